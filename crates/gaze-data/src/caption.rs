@@ -1,0 +1,150 @@
+//! Captioned images, in memory and as a folder on disk.
+//!
+//! Folder format: `DIR/images/*.png` and `DIR/captions.jsonl` (or `captions.json`, an array)
+//! with records `{"image": "images/000000.png", "caption": "a red circle"}`. Optional fields:
+//! `boxes` (the image's objects) and `word_boxes` (for each word, the index of the box it names,
+//! or null). Several records may share an image (several captions per image).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use crate::generate::captions::CaptionSample;
+use crate::image::{Image, LabeledBox};
+use crate::vqa::{load_image, read_records};
+
+/// A caption of an image of a [`CaptionSet`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionRecord {
+    /// Index into [`CaptionSet::images`].
+    pub image: usize,
+    /// The caption.
+    pub caption: String,
+    /// For each word, the box it refers to (empty when unknown).
+    pub word_boxes: Vec<Option<usize>>,
+}
+
+/// Images, their boxes and captions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CaptionSet {
+    /// The images.
+    pub images: Vec<Image>,
+    /// The objects of each image (empty when unknown).
+    pub boxes: Vec<Vec<LabeledBox>>,
+    /// One record per caption.
+    pub records: Vec<CaptionRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FolderRecord {
+    image: Option<String>,
+    caption: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    boxes: Vec<LabeledBox>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    word_boxes: Vec<Option<usize>>,
+}
+
+impl CaptionSet {
+    /// Gathers generated samples into a set.
+    pub fn from_samples(samples: Vec<CaptionSample>) -> Self {
+        let mut set = CaptionSet::default();
+        for (i, s) in samples.into_iter().enumerate() {
+            set.images.push(s.image);
+            set.boxes.push(s.boxes);
+            set.records.push(CaptionRecord { image: i, caption: s.caption, word_boxes: s.word_boxes });
+        }
+        set
+    }
+
+    /// Number of captions.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether there are no captions.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Writes the set as a caption folder.
+    pub fn write_folder(&self, dir: &Path) -> Result<()> {
+        let img_dir = dir.join("images");
+        std::fs::create_dir_all(&img_dir).map_err(|e| DataError::io(&img_dir, e))?;
+        for (i, img) in self.images.iter().enumerate() {
+            img.save_png(&img_dir.join(format!("{i:06}.png")))?;
+        }
+        let path = dir.join("captions.jsonl");
+        let mut out = String::new();
+        for (n, r) in self.records.iter().enumerate() {
+            let rec = FolderRecord {
+                image: Some(format!("images/{:06}.png", r.image)),
+                caption: Some(r.caption.clone()),
+                boxes: self.boxes.get(r.image).cloned().unwrap_or_default(),
+                word_boxes: r.word_boxes.clone(),
+            };
+            let line = serde_json::to_string(&rec).map_err(|e| DataError::Record {
+                path: path.clone(),
+                record: n + 1,
+                reason: e.to_string(),
+            })?;
+            out.push_str(&line);
+            out.push('\n');
+        }
+        crate::write_atomic(&path, out.as_bytes())
+    }
+
+    /// Reads a caption folder, resizing images to `size` (height, width) when given.
+    pub fn read_folder(dir: &Path, size: Option<(usize, usize)>) -> Result<Self> {
+        let (path, records) = read_records::<FolderRecord>(dir, &["captions.jsonl", "captions.json"])?;
+        let mut set = CaptionSet::default();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (n, rec) in records.into_iter().enumerate() {
+            let bad = |reason: String| DataError::Record { path: path.clone(), record: n + 1, reason };
+            let image = rec.image.filter(|s| !s.is_empty()).ok_or_else(|| bad("no `image`".into()))?;
+            let caption = rec.caption.filter(|s| !s.trim().is_empty()).ok_or_else(|| bad("no `caption`".into()))?;
+            let words = caption.split_whitespace().count();
+            if !rec.word_boxes.is_empty() && rec.word_boxes.len() != words {
+                return Err(bad(format!("{} `word_boxes` for {words} words", rec.word_boxes.len())));
+            }
+            if rec.word_boxes.iter().flatten().any(|&b| b >= rec.boxes.len()) {
+                return Err(bad(format!("`word_boxes` point past its {} boxes", rec.boxes.len())));
+            }
+            let idx = match by_name.get(&image) {
+                Some(&i) => i,
+                None => {
+                    let img = load_image(dir, &image, size).map_err(|e| bad(e.to_string()))?;
+                    set.images.push(img);
+                    set.boxes.push(rec.boxes.clone());
+                    by_name.insert(image, set.images.len() - 1);
+                    set.images.len() - 1
+                }
+            };
+            set.records.push(CaptionRecord { image: idx, caption, word_boxes: rec.word_boxes });
+        }
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{CaptionConfig, ShapeCaptions};
+    use gaze_tensor::Seed;
+
+    #[test]
+    fn folder_roundtrip_and_errors() -> Result<()> {
+        let g = ShapeCaptions::new(CaptionConfig::default(), Seed(0))?;
+        let set = CaptionSet::from_samples((0..5).map(|i| g.sample(i)).collect::<Result<_>>()?);
+        let dir = tempfile::tempdir().map_err(|e| DataError::io("tmp", e))?;
+        set.write_folder(dir.path())?;
+        assert_eq!(CaptionSet::read_folder(dir.path(), None)?, set);
+        std::fs::write(dir.path().join("captions.jsonl"), "{\"image\":\"images/000000.png\"}\n")
+            .map_err(|e| DataError::io("w", e))?;
+        let e = CaptionSet::read_folder(dir.path(), None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("captions.jsonl: record 1: no `caption`"), "{e}");
+        Ok(())
+    }
+}
