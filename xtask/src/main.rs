@@ -1,13 +1,18 @@
 //! gaze's task runner (`cargo xtask ...`): one module per task.
 //!
 //! - `data list | show | export`: look at and export the data sets.
+//! - `experiment <name> [--quick] | --list`: run and record an experiment.
 
 mod data;
+mod experiment;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "gaze's tasks: data previews and exports")]
+#[command(name = "cargo xtask", about = "gaze's tasks: experiments, data previews and exports")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -17,10 +22,13 @@ struct Cli {
 enum Task {
     /// Look at, list and export data sets.
     Data(data::DataArgs),
+    /// Run an experiment from experiments/<name>.toml and record its results.
+    Experiment(experiment::ExperimentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Data(a) => data::run(a),
+        Task::Experiment(a) => experiment::run(a),
     }
 }

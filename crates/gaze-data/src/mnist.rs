@@ -197,7 +197,7 @@ impl Mnist {
         )))
     }
 
-    /// Where data comes from: an explicit folder, else `GAZE_DATA_DIR`, else `source_default`.
+    /// Loads from `source`.
     pub fn load(source: &MnistSource) -> Result<Self> {
         match source {
             MnistSource::Dir(d) => Self::from_dir(d),
@@ -206,6 +206,10 @@ impl Mnist {
             MnistSource::Auto => match std::env::var_os(DATA_DIR_ENV) {
                 Some(d) if !d.is_empty() => Self::from_dir(PathBuf::from(d)),
                 _ => Self::fixture(),
+            },
+            MnistSource::EnvOrHub => match std::env::var_os(DATA_DIR_ENV) {
+                Some(d) if !d.is_empty() => Self::from_dir(PathBuf::from(d)),
+                _ => Self::from_hub(),
             },
         }
     }
@@ -237,6 +241,8 @@ pub enum MnistSource {
     Fixture,
     /// The Hugging Face hub (or its local cache).
     Hub,
+    /// The full data set: `GAZE_DATA_DIR` when set, else the hub; never the small fixture.
+    EnvOrHub,
 }
 
 #[cfg(test)]

@@ -1,0 +1,151 @@
+//! The `gaze` binary: train, evaluate, run on an image, and show a run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use clap::{Parser, Subcommand};
+use gaze_data::Image;
+use gaze_tensor::Seed;
+use gaze_train::{report, trainer, ExperimentConfig, RunOptions};
+use gaze_zoo::AttentionMap;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "gaze", about = "Train visual-attention models and see where they look")]
+struct Cli {
+    /// CPU threads (default: the experiment's `train.threads`, else all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train an experiment file; writes runs/<name>/<timestamp>-s<seed>/.
+    Train {
+        /// The experiment file.
+        config: Option<PathBuf>,
+        /// Continue the run in this folder from its last checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Folder for runs.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate a run's best checkpoint on its test set.
+    Eval {
+        /// The run folder.
+        run: PathBuf,
+    },
+    /// Classify an image with a run's model and write an overlay of where it looked.
+    Infer {
+        /// The run folder.
+        run: PathBuf,
+        /// The image (PNG); resized to the model's input.
+        image: PathBuf,
+        /// Where to write the overlay (default: <image>.attention.png).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a run's summary and the files it wrote.
+    Show {
+        /// The run folder.
+        run: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let device = Device::Cpu;
+    match cli.cmd {
+        Cmd::Train { config, resume, runs, quiet } => {
+            let path = match (&config, &resume) {
+                (Some(c), _) => c.clone(),
+                (None, Some(r)) => r.join("config.toml"),
+                (None, None) => anyhow::bail!("give an experiment file, or --resume RUN_DIR"),
+            };
+            let cfg = ExperimentConfig::load(&path)?;
+            gaze_train::set_threads(cli.threads.unwrap_or(cfg.train.threads));
+            let opts = RunOptions { runs_root: Some(runs), resume, quiet, ..RunOptions::default() };
+            let s = gaze_train::run(&cfg, &opts)?;
+            println!("{}", serde_json::to_string_pretty(&s.metrics)?);
+            println!("run: {}", s.run_dir.display());
+        }
+        Cmd::Eval { run } => {
+            gaze_train::set_threads(cli.threads.unwrap_or(0));
+            let (cfg, data, built) = trainer::load_run(&run, &device)?;
+            let e = trainer::evaluate(
+                built.model.as_ref(),
+                &data.test,
+                cfg.train.eval_batch_size,
+                Seed(cfg.seed).stream("eval"),
+                &device,
+            )?;
+            println!(
+                "{}: test accuracy {:.2}% (error {:.2}%), loss {:.4}, on {}",
+                cfg.name,
+                e.acc_pct,
+                100.0 - e.acc_pct,
+                e.loss,
+                data.description
+            );
+        }
+        Cmd::Infer { run, image, out } => {
+            gaze_train::set_threads(cli.threads.unwrap_or(0));
+            let (_cfg, data, built) = trainer::load_run(&run, &device)?;
+            let (c, h, w) = data.input;
+            let img = Image::load(&image, c == 1).with_context(|| format!("reading {}", image.display()))?.resize(h, w);
+            let pixels: Vec<f32> = img.data.iter().map(|&v| f32::from(v) / 255.0).collect();
+            let x = Tensor::from_vec(pixels, (1, h, w, c), &device)?.permute((0, 3, 1, 2))?.contiguous()?;
+            let (probs, out_) = trainer::predict(built.model.as_ref(), &x, Seed(0))?;
+            let p = &probs[0];
+            let (best, conf) = p.iter().enumerate().fold((0, 0f32), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+            println!("class {best} (p = {conf:.3})");
+            let overlay = match &out_.attention {
+                Some(AttentionMap::Grid { weights, .. }) => {
+                    let wgt = weights.get(0)?;
+                    let (gh, gw) = wgt.dims2()?;
+                    report::overlay(&img, &wgt.flatten_all()?.to_vec1::<f32>()?, gh, gw)
+                }
+                None => img.to_rgb(),
+            };
+            let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
+            overlay.upscale((224 / w.max(1)).max(1)).save_png(&out)?;
+            println!("overlay: {}", out.display());
+        }
+        Cmd::Show { run } => {
+            let s = std::fs::read_to_string(run.join("summary.json"))
+                .with_context(|| format!("{} has no summary.json (unfinished?)", run.display()))?;
+            let s: gaze_train::RunSummary = serde_json::from_str(&s)?;
+            println!(
+                "{} ({} steps, {:.1} s, {:.0} samples/s, git {})",
+                s.name, s.steps, s.wall_s, s.samples_per_s, s.git_rev
+            );
+            for (k, v) in &s.metrics {
+                println!("  {k:<16} {v}");
+            }
+            for f in [
+                "report.md",
+                "curves.png",
+                "attention/test_right.png",
+                "attention/test_wrong.png",
+                "metrics.jsonl",
+                "checkpoints/best.safetensors",
+                "checkpoints/last.safetensors",
+            ] {
+                let p = run.join(f);
+                if p.exists() {
+                    println!("  {}", p.display());
+                }
+            }
+        }
+    }
+    Ok(())
+}

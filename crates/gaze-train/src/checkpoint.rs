@@ -1,0 +1,163 @@
+//! Checkpoints: one safetensors file per checkpoint holding the model's parameters under their
+//! own names (a plain safetensors any candle `VarBuilder` can read), the optimiser's moments
+//! under `optim.*`, and the run's position as JSON in the header metadata (`gaze.state`). One
+//! file means one atomic write (temp file + rename): an interrupted save leaves the previous
+//! checkpoint whole.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use gaze_tensor::SeededVarMap;
+
+use crate::error::{Result, TrainError};
+use crate::optim::Optimizer;
+
+/// Where a run is, and everything beyond the tensors it needs to continue exactly. Every random
+/// draw is derived from the experiment seed and the step, so the position is the RNG state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The epoch to run next (or the one under way).
+    pub epoch: usize,
+    /// Batches of that epoch already done.
+    pub batch_in_epoch: usize,
+    /// Global steps done.
+    pub step: u64,
+    /// Optimiser updates done.
+    pub opt_t: u64,
+    /// The learning rate in force.
+    pub lr: f64,
+    /// Best validation accuracy so far (percent; -1 before the first validation, since JSON has
+    /// no infinities).
+    pub best_val_acc: f64,
+    /// Plateau schedule: epochs since the last improvement.
+    pub plateau_bad: usize,
+    /// Running sums of the epoch under way.
+    pub partial: EpochSums,
+    /// Seconds spent training so far (excluding evaluation).
+    pub train_seconds: f64,
+    /// Training examples seen so far.
+    pub examples: u64,
+}
+
+/// Sums over the steps of an epoch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochSums {
+    /// Sum of total losses times batch size.
+    pub loss: f64,
+    /// Sum of each loss term times batch size.
+    pub terms: std::collections::BTreeMap<String, f64>,
+    /// Correct predictions.
+    pub correct: u64,
+    /// Examples.
+    pub count: u64,
+}
+
+const STATE_KEY: &str = "gaze.state";
+
+/// Serialises the model, optimiser and state to safetensors bytes.
+pub fn encode(vars: &SeededVarMap, opt: Option<&Optimizer>, state: &TrainState) -> Result<Vec<u8>> {
+    let mut tensors: Vec<(String, Tensor)> =
+        vars.sorted_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    if let Some(o) = opt {
+        tensors.extend(o.state_tensors());
+    }
+    let json = serde_json::to_string(state).map_err(|e| TrainError::Other(format!("state to JSON: {e}")))?;
+    let meta: HashMap<String, String> = [(STATE_KEY.to_string(), json)].into();
+    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| TrainError::Other(format!("safetensors: {e}")))
+}
+
+/// Saves a checkpoint atomically.
+pub fn save(path: &Path, vars: &SeededVarMap, opt: Option<&Optimizer>, state: &TrainState) -> Result<()> {
+    let bytes = encode(vars, opt, state)?;
+    gaze_data::write_atomic(path, &bytes)
+        .map_err(|e| TrainError::Checkpoint { path: path.into(), reason: e.to_string() })
+}
+
+/// A loaded checkpoint.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Every tensor by name.
+    pub tensors: HashMap<String, Tensor>,
+    /// The position.
+    pub state: TrainState,
+}
+
+/// Reads a checkpoint.
+pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    let bad = |reason: String| TrainError::Checkpoint { path: path.into(), reason };
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let state = match header.metadata().as_ref().and_then(|m| m.get(STATE_KEY)) {
+        Some(json) => serde_json::from_str(json).map_err(|e| bad(format!("bad `{STATE_KEY}`: {e}")))?,
+        None => TrainState::default(),
+    };
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+    Ok(Loaded { tensors, state })
+}
+
+/// Copies a checkpoint's parameters into the model's variables; every variable must be present
+/// with its shape.
+pub fn restore_vars(vars: &SeededVarMap, loaded: &Loaded, path: &Path) -> Result<()> {
+    for (name, var) in vars.sorted_vars() {
+        let t = loaded
+            .tensors
+            .get(&name)
+            .ok_or_else(|| TrainError::Checkpoint { path: path.into(), reason: format!("no parameter `{name}`") })?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::Checkpoint {
+                path: path.into(),
+                reason: format!("`{name}` has shape {:?}, the model {:?}", t.dims(), var.dims()),
+            });
+        }
+        var.set(t)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gaze_tensor::Seed;
+
+    fn model(seed: u64) -> Result<SeededVarMap> {
+        let vm = SeededVarMap::new(Seed(seed));
+        candle_nn::linear(3, 2, vm.builder(&Device::Cpu).pp("l"))?;
+        Ok(vm)
+    }
+
+    #[test]
+    fn roundtrip_and_interrupted_write() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| TrainError::io("tmp", e))?;
+        let path = dir.path().join("last.safetensors");
+        let a = model(1)?;
+        let state = TrainState { step: 7, lr: 0.5, ..TrainState::default() };
+        save(&path, &a, None, &state)?;
+        // An interrupted write: the new bytes only reach the temporary file, never renamed.
+        let b = model(2)?;
+        let bytes = encode(&b, None, &TrainState { step: 9, ..TrainState::default() })?;
+        std::fs::write(dir.path().join(".last.safetensors.123.tmp"), &bytes[..bytes.len() / 2])
+            .map_err(|e| TrainError::io("tmp", e))?;
+        // A save that fails part-way (here: its temporary file cannot be created) reports the
+        // error and leaves the previous checkpoint as it was.
+        std::fs::create_dir(dir.path().join(format!(".last.safetensors.{}.tmp", std::process::id())))
+            .map_err(|e| TrainError::io("tmp", e))?;
+        let e = save(&path, &b, None, &TrainState::default()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("last.safetensors"), "{e}");
+        let loaded = load(&path, &Device::Cpu)?;
+        assert_eq!(loaded.state, state);
+        let c = model(3)?;
+        restore_vars(&c, &loaded, &path)?;
+        for ((_, x), (_, y)) in a.sorted_vars().iter().zip(c.sorted_vars()) {
+            assert_eq!(x.as_tensor().flatten_all()?.to_vec1::<f32>()?, y.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        }
+        // A truncated checkpoint file is an error naming it, not a panic.
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).map_err(|e| TrainError::io("w", e))?;
+        let e = load(&path, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("last.safetensors: checkpoint"), "{e}");
+        Ok(())
+    }
+}

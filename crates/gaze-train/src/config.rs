@@ -1,0 +1,352 @@
+//! Experiment files: `experiments/<name>.toml` = `{ name, seed, model, data, optim, train, targets }`.
+//!
+//! Unknown keys and wrong types are errors from the TOML reader that name the key and line;
+//! impossible values (batch 0, a negative learning rate ...) are [`TrainError::Config`] naming
+//! the file and the dotted key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use gaze_data::generate::CanvasConfig;
+use gaze_data::MnistSource;
+use gaze_zoo::ModelConfig;
+
+use crate::error::{Result, TrainError};
+
+/// One experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// The experiment's name (also its folder under `runs/`).
+    pub name: String,
+    /// The one seed every random draw derives from.
+    #[serde(default)]
+    pub seed: u64,
+    /// The model, by `type`.
+    pub model: ModelConfig,
+    /// The data, by `type`.
+    pub data: DataConfig,
+    /// The optimiser.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// The training loop.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Targets by metric name, as `"<= 1.0"` or `">= 98"`; written beside results.
+    #[serde(default)]
+    pub targets: BTreeMap<String, String>,
+}
+
+/// Where the data comes from, by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// MNIST-like digits: training file split into train / val, test file as test.
+    Mnist(MnistData),
+    /// Translated or cluttered MNIST generated from the digits (train from the training file).
+    MnistCanvas(CanvasData),
+}
+
+/// MNIST settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MnistData {
+    /// `auto` (GAZE_DATA_DIR, else the embedded fixture), `env_or_hub`, `fixture`, `hub`, or `{ dir = "..." }`.
+    pub source: MnistSource,
+    /// Fraction of the training file held out for validation, from its end (1/12: 55k / 5k).
+    pub val_fraction: f64,
+    /// Use at most this many training digits (after the split); 0: all.
+    pub train_limit: usize,
+    /// Use at most this many test digits; 0: all.
+    pub test_limit: usize,
+}
+
+impl Default for MnistData {
+    fn default() -> Self {
+        Self { source: MnistSource::Auto, val_fraction: 1.0 / 12.0, train_limit: 0, test_limit: 0 }
+    }
+}
+
+/// Translated / cluttered MNIST settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CanvasData {
+    /// The digits.
+    pub digits: MnistData,
+    /// The canvas.
+    pub canvas: CanvasConfig,
+}
+
+impl Default for CanvasData {
+    fn default() -> Self {
+        Self { digits: MnistData::default(), canvas: CanvasConfig::default() }
+    }
+}
+
+/// Optimiser settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// `adamw` or `sgd`.
+    pub kind: OptimKind,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (AdamW) or L2 (SGD).
+    pub weight_decay: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// AdamW beta1.
+    pub beta1: f64,
+    /// AdamW beta2.
+    pub beta2: f64,
+    /// AdamW epsilon.
+    pub eps: f64,
+    /// Clip gradients to this global L2 norm (0: no clipping).
+    pub clip_norm: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimKind::Adamw,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_norm: 0.0,
+            schedule: Schedule::Constant,
+        }
+    }
+}
+
+/// Optimiser kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimKind {
+    /// Adam with decoupled weight decay.
+    Adamw,
+    /// Stochastic gradient descent with momentum.
+    Sgd,
+}
+
+/// Learning-rate schedules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// The base rate throughout.
+    #[default]
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step {
+        /// Epochs between decays.
+        every: usize,
+        /// Decay factor.
+        gamma: f64,
+    },
+    /// Multiply by `factor` when validation accuracy has not improved for `patience` epochs.
+    Plateau {
+        /// Epochs without improvement before a cut.
+        patience: usize,
+        /// Cut factor.
+        factor: f64,
+    },
+    /// Cosine from the base rate to `min_lr` over all steps.
+    Cosine {
+        /// Final rate.
+        min_lr: f64,
+    },
+}
+
+/// Training-loop settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Examples per evaluation batch.
+    pub eval_batch_size: usize,
+    /// Also save the `last` checkpoint every this many steps (0: only at epoch ends).
+    pub checkpoint_every: u64,
+    /// Log a step line to metrics.jsonl every this many steps.
+    pub log_every: u64,
+    /// CPU threads (0: all cores). `--threads` overrides.
+    pub threads: usize,
+    /// Test images drawn with their attention in the report.
+    pub pictures: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 64,
+            eval_batch_size: 500,
+            checkpoint_every: 0,
+            log_every: 20,
+            threads: 0,
+            pictures: 16,
+        }
+    }
+}
+
+/// The dotted key (`train.epochs`) and 1-based line of the TOML entry around byte `at`: the
+/// table header above it plus the key on its line (for an unknown field the span is the key itself).
+fn key_at(text: &str, at: usize) -> (String, usize) {
+    let at = at.min(text.len());
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line_text = text[start..end].trim();
+    let line_no = text[..start].matches('\n').count() + 1;
+    let section = text[..start].lines().rev().find_map(|l| {
+        l.trim()
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .map(|t| t.trim_matches(['[', ']']).trim().to_string())
+    });
+    let key = match line_text.split_once('=') {
+        Some((k, _)) => k.trim().to_string(),
+        None if line_text.starts_with('[') => return (line_text.trim_matches(['[', ']']).to_string(), line_no),
+        None => line_text.to_string(),
+    };
+    (section.map_or(key.clone(), |s| format!("{s}.{key}")), line_no)
+}
+
+fn bad(path: &Path, key: &str, reason: impl Into<String>) -> TrainError {
+    TrainError::Config { path: path.into(), key: key.into(), reason: reason.into() }
+}
+
+impl ExperimentConfig {
+    /// Parses TOML text; `path` names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| {
+            let (key, line) = e.span().map_or(("-".to_string(), 0), |s| key_at(text, s.start));
+            let reason = if line > 0 { format!("{} (line {line})", e.message()) } else { e.message().to_string() };
+            bad(path, &key, reason)
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Reads and checks an experiment file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The config as TOML (what a run records as `config.toml`).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::Other(format!("serialising the config: {e}")))
+    }
+
+    /// Checks values no type can: positive sizes and rates, fractions in range.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let (o, t) = (&self.optim, &self.train);
+        if self.name.trim().is_empty() {
+            return Err(bad(path, "name", "must not be empty"));
+        }
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return Err(bad(path, "optim.lr", format!("{} must be a positive number", o.lr)));
+        }
+        if o.weight_decay < 0.0 {
+            return Err(bad(path, "optim.weight_decay", format!("{} is negative", o.weight_decay)));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return Err(bad(path, "optim.momentum", format!("{} is not in [0, 1)", o.momentum)));
+        }
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+            return Err(bad(path, "optim.beta1/beta2", "must be in [0, 1)"));
+        }
+        if o.clip_norm < 0.0 {
+            return Err(bad(path, "optim.clip_norm", format!("{} is negative", o.clip_norm)));
+        }
+        match o.schedule {
+            Schedule::Step { every, gamma } if every == 0 || gamma <= 0.0 => {
+                return Err(bad(path, "optim.schedule", "step needs every >= 1 and gamma > 0"))
+            }
+            Schedule::Plateau { factor, .. } if !(factor > 0.0 && factor < 1.0) => {
+                return Err(bad(path, "optim.schedule.factor", format!("{factor} is not in (0, 1)")))
+            }
+            Schedule::Cosine { min_lr } if min_lr < 0.0 || min_lr > o.lr => {
+                return Err(bad(path, "optim.schedule.min_lr", format!("{min_lr} is not in [0, lr]")))
+            }
+            _ => {}
+        }
+        if t.epochs == 0 {
+            return Err(bad(path, "train.epochs", "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(bad(path, "train.batch_size", "must be at least 1"));
+        }
+        if t.eval_batch_size == 0 {
+            return Err(bad(path, "train.eval_batch_size", "must be at least 1"));
+        }
+        let digits = match &self.data {
+            DataConfig::Mnist(m) => m,
+            DataConfig::MnistCanvas(c) => &c.digits,
+        };
+        if !(digits.val_fraction > 0.0 && digits.val_fraction < 1.0) {
+            return Err(bad(path, "data.val_fraction", format!("{} is not in (0, 1)", digits.val_fraction)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+seed = 3
+[model]
+type = "convnet"
+hidden = 8
+[data]
+type = "mnist"
+source = "fixture"
+[optim]
+lr = 0.01
+[train]
+epochs = 1
+"#;
+
+    fn err(text: &str) -> String {
+        ExperimentConfig::from_toml(text, Path::new("exp.toml")).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn good_config_parses() -> Result<()> {
+        let c = ExperimentConfig::from_toml(GOOD, Path::new("exp.toml"))?;
+        assert_eq!(c.seed, 3);
+        assert_eq!(c.train.batch_size, 64);
+        let again = ExperimentConfig::from_toml(&c.to_toml()?, Path::new("x"))?;
+        assert_eq!(again, c);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = err(&GOOD.replace("lr = 0.01", "lr = 0.01\nlearning_rate = 2"));
+        assert!(e.contains("exp.toml") && e.contains("learning_rate"), "{e}");
+        let e = err(&GOOD.replace("hidden = 8", "hiden = 8"));
+        assert!(e.contains("hiden"), "{e}");
+        let e = err(&GOOD.replace("lr = 0.01", "lr = -0.01"));
+        assert!(e.contains("exp.toml: `optim.lr`") && e.contains("-0.01"), "{e}");
+        let e = err(&GOOD.replace("epochs = 1", "epochs = 1\nbatch_size = 0"));
+        assert!(e.contains("`train.batch_size`"), "{e}");
+        let e = err(&GOOD.replace("epochs = 1", "epochs = \"one\""));
+        assert!(e.contains("exp.toml: `train.epochs`") && e.contains("expected usize"), "{e}");
+        let e = err(&GOOD.replace("lr = 0.01", "lr = 0.01\nlearning_rate = 2"));
+        assert!(e.contains("`optim.learning_rate`") && e.contains("line"), "{e}");
+        let e = err(&GOOD.replace("type = \"convnet\"", "type = \"transformer\""));
+        assert!(e.contains("transformer"), "{e}");
+    }
+}

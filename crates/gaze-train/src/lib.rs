@@ -1,0 +1,52 @@
+//! Training for gaze.
+//!
+//! - [`config`]: experiment files (`{ name, seed, model, data, optim, train, targets }`).
+//! - [`trainer`]: the loop — seeded shuffles, named loss terms, NaN guard, checkpoints and exact
+//!   resume, evaluation — and the run folder `runs/<name>/<timestamp>-s<seed>/`.
+//! - [`optim`]: AdamW and SGD whose state is saved, clipping, schedules.
+//! - [`checkpoint`]: atomic safetensors checkpoints.
+//! - [`report`]: attention pictures, curves and `report.md`; [`results`]: `experiments/RESULTS.md`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod optim;
+pub mod report;
+pub mod results;
+pub mod trainer;
+
+pub use config::ExperimentConfig;
+pub use error::{Result, TrainError};
+pub use trainer::{run, RunOptions, RunSummary};
+
+impl ExperimentConfig {
+    /// The `--quick` version of an experiment: one epoch on a few hundred digits of the embedded
+    /// fixture, for smoke checks and tests. Its numbers mean nothing and are never recorded.
+    pub fn quick(mut self) -> Self {
+        let shrink = |m: &mut config::MnistData| {
+            m.source = gaze_data::MnistSource::Fixture;
+            m.train_limit = 256;
+            m.test_limit = 128;
+        };
+        match &mut self.data {
+            config::DataConfig::Mnist(m) => shrink(m),
+            config::DataConfig::MnistCanvas(c) => shrink(&mut c.digits),
+        }
+        self.train.epochs = 1;
+        self.train.pictures = self.train.pictures.min(4);
+        self
+    }
+}
+
+/// Sets the number of CPU threads candle uses (0: leave the default). Call before any tensor
+/// work: the thread pool reads `RAYON_NUM_THREADS` once.
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        // Safe here: called at the start of a binary, before any thread is spawned.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! What a run shows a person: attention overlays on test images, training curves, `report.md`.
+//! Pictures belong to the trainer, not to each model: a model says what it attended
+//! ([`AttentionMap`]) and this module draws it.
+
+use std::path::Path;
+
+use candle_core::Device;
+use plotters::prelude::*;
+
+use gaze_data::preview::{grid, Tile};
+use gaze_data::{Image, LabeledImages};
+use gaze_tensor::Seed;
+use gaze_zoo::{AttentionMap, Model};
+
+use crate::config::ExperimentConfig;
+use crate::data::Prepared;
+use crate::error::{Result, TrainError};
+use crate::trainer::{Evaluation, RunSummary};
+
+/// The heat colour of `v` in [0, 1]: black-red-yellow-white.
+fn heat(v: f32) -> [f32; 3] {
+    let v = v.clamp(0.0, 1.0);
+    [(3.0 * v).min(1.0), (3.0 * v - 1.0).clamp(0.0, 1.0), (3.0 * v - 2.0).clamp(0.0, 1.0)]
+}
+
+/// Overlays a grid of non-negative `weights` (gh rows of gw) on `image` as a heat map: each
+/// pixel is blended with the heat colour of its cell's weight (scaled so the largest is 1).
+pub fn overlay(image: &Image, weights: &[f32], gh: usize, gw: usize) -> Image {
+    let rgb = image.to_rgb();
+    let max = weights.iter().copied().fold(0f32, f32::max).max(1e-12);
+    let mut out = rgb.clone();
+    for y in 0..rgb.height {
+        for x in 0..rgb.width {
+            let cell = (y * gh / rgb.height.max(1)) * gw + x * gw / rgb.width.max(1);
+            let v = weights.get(cell).copied().unwrap_or(0.0) / max;
+            let h = heat(v);
+            let a = 0.65 * v.sqrt();
+            for c in 0..3 {
+                let o = (y * rgb.width + x) * 3 + c;
+                let base = f32::from(rgb.data[o]) / 255.0 * 0.8;
+                out.data[o] = ((base * (1.0 - a) + h[c] * a) * 255.0).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Draws what `model` attended on `images` (indices into `set`) as tiles.
+pub fn attention_tiles(
+    model: &dyn Model,
+    set: &LabeledImages,
+    indices: &[usize],
+    predictions: &[u32],
+    device: &Device,
+) -> Result<(Vec<Tile>, String)> {
+    if indices.is_empty() {
+        return Ok((vec![], String::new()));
+    }
+    let b = set.batch(indices, device)?;
+    let (_, out) = crate::trainer::predict(model, &b.images, Seed(0))?;
+    let mut tiles = Vec::with_capacity(indices.len());
+    let mut title = String::from("inputs");
+    for (k, &i) in indices.iter().enumerate() {
+        let img = Image::grey(set.rows, set.cols, set.image(i).unwrap_or_default().to_vec())?;
+        let shown = match &out.attention {
+            Some(AttentionMap::Grid { weights, title: t }) => {
+                title = t.clone();
+                let w = weights.get(k)?;
+                let (gh, gw) = w.dims2()?;
+                overlay(&img, &w.flatten_all()?.to_vec1::<f32>()?, gh, gw)
+            }
+            None => img.to_rgb(),
+        };
+        let pred = predictions.get(i).copied().unwrap_or(u32::MAX);
+        let truth = set.labels[i];
+        let mark = if pred == u32::from(truth) { "right" } else { "WRONG" };
+        tiles.push(Tile { image: shown, boxes: vec![], lines: vec![format!("pred {pred} true {truth} {mark}")] });
+    }
+    Ok((tiles, title))
+}
+
+/// Writes `attention/test_right.png` and `attention/test_wrong.png`: test images with what the
+/// model attended, right and wrong predictions.
+pub fn pictures(
+    model: &dyn Model,
+    data: &Prepared,
+    test: &Evaluation,
+    cfg: &ExperimentConfig,
+    run_dir: &Path,
+    device: &Device,
+) -> Result<()> {
+    let dir = run_dir.join("attention");
+    let n = cfg.train.pictures;
+    if n == 0 {
+        return Ok(());
+    }
+    let right: Vec<usize> = (0..data.test.len())
+        .filter(|&i| test.predictions.get(i).is_some_and(|&p| p == u32::from(data.test.labels[i])))
+        .take(n)
+        .collect();
+    let wrong: Vec<usize> = (0..data.test.len())
+        .filter(|&i| test.predictions.get(i).is_some_and(|&p| p != u32::from(data.test.labels[i])))
+        .take(n)
+        .collect();
+    for (name, idx) in [("test_right", right), ("test_wrong", wrong)] {
+        let (tiles, title) = attention_tiles(model, &data.test, &idx, &test.predictions, device)?;
+        if tiles.is_empty() {
+            continue;
+        }
+        let mut img = grid(&tiles, 8, 112);
+        let mut framed = Image::filled(img.height + 16, img.width, 3, 255);
+        framed.draw_text(&format!("{name}: {title}"), 4, 6, 1, [0, 0, 0]);
+        framed.blit(&img, 16, 0);
+        img = framed;
+        img.save_png(&dir.join(format!("{name}.png")))?;
+    }
+    Ok(())
+}
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+
+fn plot_err<E: std::fmt::Display>(e: E) -> TrainError {
+    TrainError::Other(format!("drawing curves: {e}"))
+}
+
+/// Draws `curves.png` from `metrics.jsonl`: training loss by step, and train / validation
+/// accuracy by epoch.
+pub fn curves(run_dir: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let get = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+    let steps: Vec<(f64, f64)> =
+        lines.iter().filter(|v| v["kind"] == "step").filter_map(|v| Some((get(v, "step")?, get(v, "loss")?))).collect();
+    let epochs: Vec<&serde_json::Value> = lines.iter().filter(|v| v["kind"] == "epoch").collect();
+    let train_acc: Vec<(f64, f64)> =
+        epochs.iter().filter_map(|v| Some((get(v, "epoch")?, get(v, "train_acc_pct")?))).collect();
+    let val_acc: Vec<(f64, f64)> =
+        epochs.iter().filter_map(|v| Some((get(v, "epoch")?, get(v, "val_acc_pct")?))).collect();
+    let (w, h) = (960u32, 360u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let (left, right) = root.split_horizontally(w / 2);
+        let max_step = steps.last().map_or(1.0, |s| s.0).max(1.0);
+        let max_loss = steps.iter().map(|s| s.1).fold(0.0, f64::max).max(1e-3);
+        let mut c = ChartBuilder::on(&left)
+            .caption("training loss (logged steps)", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..max_step, 0.0..max_loss * 1.05)
+            .map_err(plot_err)?;
+        c.configure_mesh().x_desc("step").label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
+        c.draw_series(LineSeries::new(steps.iter().copied(), &BLUE)).map_err(plot_err)?;
+        let n_ep = epochs.len().max(1) as f64;
+        let lo = train_acc.iter().chain(&val_acc).map(|p| p.1).fold(100.0, f64::min).min(99.0).max(0.0);
+        let mut c = ChartBuilder::on(&right)
+            .caption("accuracy % by epoch (blue train, red val)", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.5..n_ep + 0.5, (lo - 0.5).max(0.0)..100.0)
+            .map_err(plot_err)?;
+        c.configure_mesh().x_desc("epoch").label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
+        c.draw_series(LineSeries::new(train_acc.iter().copied(), &BLUE)).map_err(plot_err)?;
+        c.draw_series(LineSeries::new(val_acc.iter().copied(), &RED)).map_err(plot_err)?;
+        c.draw_series(val_acc.iter().map(|&p| Circle::new(p, 3, RED.filled()))).map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Image { height: h as usize, width: w as usize, channels: 3, data: buf }.save_png(&run_dir.join("curves.png"))?;
+    Ok(())
+}
+
+/// Writes `report.md` (and `curves.png`): config, final metrics against targets, pictures.
+pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<()> {
+    curves(run_dir)?;
+    let mut md = format!("# {}\n\n", cfg.name);
+    md +=
+        &format!("- data: {}\n- git: `{}`\n- finished: {}\n- command: `{}`\n\n", s.data, s.git_rev, s.date, s.command);
+    md += "## Final metrics\n\n| metric | value | target |\n|---|---|---|\n";
+    for (k, v) in &s.metrics {
+        md += &format!("| {k} | {v} | {} |\n", cfg.targets.get(k).map_or("", String::as_str));
+    }
+    md += &format!(
+        "| wall_s | {} | |\n| samples_per_s | {} | |\n| steps | {} | |\n\n",
+        s.wall_s, s.samples_per_s, s.steps
+    );
+    md += "## Training curves\n\n![curves](curves.png)\n\n## Where it looked\n\n";
+    for f in ["test_right", "test_wrong"] {
+        if run_dir.join("attention").join(format!("{f}.png")).is_file() {
+            md += &format!("![{f}](attention/{f}.png)\n\n");
+        }
+    }
+    md += &format!("## Config\n\n```toml\n{}```\n", cfg.to_toml()?);
+    gaze_data::write_atomic(&run_dir.join("report.md"), md.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_brightens_the_attended_cell() {
+        let img = Image::filled(4, 4, 1, 0);
+        let o = overlay(&img, &[0.0, 1.0, 0.0, 0.0], 2, 2);
+        // top-right cell is hot, bottom-left is not
+        assert!(o.get(0, 3, 0) > 100);
+        assert_eq!(o.get(3, 0, 0), 0);
+    }
+}

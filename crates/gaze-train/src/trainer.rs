@@ -1,0 +1,438 @@
+//! The training loop: epochs of seeded shuffled batches, named loss terms, checkpoints, resume,
+//! evaluation, and the run folder that records it all.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use gaze_data::{Batcher, LabeledImages};
+use gaze_tensor::{Seed, SeededVarMap};
+use gaze_zoo::{Batch, Model};
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::{ExperimentConfig, Schedule};
+use crate::data::{self, Prepared};
+use crate::error::{Result, TrainError};
+use crate::optim::{scheduled_lr, Optimizer};
+
+/// How to run (beyond the experiment file).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Folder under which `<name>/<timestamp>-s<seed>/` is made (default `runs`).
+    pub runs_root: Option<PathBuf>,
+    /// Continue the run in this folder from its `checkpoints/last.safetensors`.
+    pub resume: Option<PathBuf>,
+    /// Stop (after saving the `last` checkpoint) once this many global steps are done.
+    pub stop_after_steps: Option<u64>,
+    /// No progress bars.
+    pub quiet: bool,
+    /// Fault injection for tests: the `classify` term becomes NaN at this step.
+    pub inject_nan_at_step: Option<u64>,
+    /// The command that started the run, recorded in its summary.
+    pub command: Option<String>,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The experiment.
+    pub name: String,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Final metrics by name (`test_acc_pct`, `test_error_pct`, `val_acc_pct` ...).
+    pub metrics: BTreeMap<String, f64>,
+    /// Wall-clock seconds of the whole run (this process and any it resumed).
+    pub wall_s: f64,
+    /// Training examples per second (training steps only).
+    pub samples_per_s: f64,
+    /// Global steps done.
+    pub steps: u64,
+    /// Whether the run stopped before its last epoch (`stop_after_steps`).
+    pub stopped_early: bool,
+    /// Git revision of the code.
+    pub git_rev: String,
+    /// The command that started it.
+    pub command: String,
+    /// When it finished (UTC, RFC 3339).
+    pub date: String,
+    /// Where the data came from.
+    pub data: String,
+}
+
+/// A model with its variables.
+pub struct Built {
+    /// The model.
+    pub model: Box<dyn Model>,
+    /// Its parameters.
+    pub vars: SeededVarMap,
+}
+
+/// Builds the model of `cfg` for `data`, parameters from `seed.stream("init")`.
+pub fn build_model(
+    cfg: &ExperimentConfig,
+    input: (usize, usize, usize),
+    classes: usize,
+    device: &Device,
+) -> Result<Built> {
+    let vars = SeededVarMap::new(Seed(cfg.seed).stream("init"));
+    let model = gaze_zoo::build(&cfg.model, input, classes, vars.builder(device))?;
+    Ok(Built { model, vars })
+}
+
+/// The git revision of the working tree (`+dirty` when it has changes), or `unknown`.
+pub fn git_rev() -> String {
+    let out = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match out(&["rev-parse", "--short=10", "HEAD"]) {
+        Some(rev) => {
+            let dirty = out(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{rev}+dirty")
+            } else {
+                rev
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// Now as `YYYY-MM-DDTHH:MM:SSZ` (UTC), without a date crate.
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // civil-from-days (H. Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn batch_of(set: &LabeledImages, idx: &[usize], device: &Device) -> Result<Batch> {
+    let b = set.batch(idx, device)?;
+    Ok(Batch { images: b.images, targets: b.labels })
+}
+
+/// Accuracy, mean loss per term and every prediction of `model` on `set`.
+pub struct Evaluation {
+    /// Percent correct.
+    pub acc_pct: f64,
+    /// Mean total loss.
+    pub loss: f64,
+    /// Mean of each term.
+    pub terms: BTreeMap<String, f64>,
+    /// The predicted class of each example.
+    pub predictions: Vec<u32>,
+}
+
+/// Evaluates `model` on `set` in batches (eval mode, draws from `seed`).
+pub fn evaluate(
+    model: &dyn Model,
+    set: &LabeledImages,
+    batch: usize,
+    seed: Seed,
+    device: &Device,
+) -> Result<Evaluation> {
+    let mut rng = seed.rng();
+    let (mut correct, mut loss, mut terms, mut preds) = (0u64, 0f64, BTreeMap::new(), Vec::with_capacity(set.len()));
+    for idx in Batcher::new((0..set.len()).collect(), batch, false)? {
+        let b = batch_of(set, &idx, device)?;
+        let out = model.forward(&b, false, &mut rng)?;
+        let p = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let t = b.targets.to_vec1::<u32>()?;
+        correct += p.iter().zip(&t).filter(|(a, b)| a == b).count() as u64;
+        preds.extend(p);
+        let n = idx.len() as f64;
+        loss += f64::from(out.total_loss()?.to_scalar::<f32>()?) * n;
+        for (name, v) in &out.losses {
+            *terms.entry(name.clone()).or_insert(0.0) += f64::from(v.to_scalar::<f32>()?) * n;
+        }
+    }
+    let n = set.len().max(1) as f64;
+    terms.values_mut().for_each(|v: &mut f64| *v /= n);
+    Ok(Evaluation { acc_pct: 100.0 * correct as f64 / n, loss: loss / n, terms, predictions: preds })
+}
+
+fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    writeln!(f, "{value}").map_err(|e| TrainError::io(path, e))
+}
+
+/// Drops metric lines written after `step` (they are redone after a resume).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    gaze_data::write_atomic(path, body.as_bytes()).map_err(TrainError::from)
+}
+
+/// Trains `cfg` and writes its run folder; returns the summary.
+pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let seed = Seed(cfg.seed);
+    let data = data::prepare(&cfg.data, seed)?;
+    let run_dir = match &opts.resume {
+        Some(d) => d.clone(),
+        None => {
+            let root = opts.runs_root.clone().unwrap_or_else(|| PathBuf::from("runs"));
+            let stamp = now_utc().replace(':', "").replace('-', "");
+            let mut dir = root.join(&cfg.name).join(format!("{stamp}-s{}", cfg.seed));
+            let mut k = 1;
+            while dir.exists() {
+                dir = root.join(&cfg.name).join(format!("{stamp}-s{}-{k}", cfg.seed));
+                k += 1;
+            }
+            dir
+        }
+    };
+    let ckpt_dir = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let git = git_rev();
+    let command = opts.command.clone().unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    if opts.resume.is_none() {
+        // The run records itself before step 1.
+        gaze_data::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+        let info =
+            serde_json::json!({ "git_rev": git, "command": command, "started": now_utc(), "data": data.description });
+        gaze_data::write_atomic(&run_dir.join("run.json"), info.to_string().as_bytes())?;
+    }
+
+    let built = build_model(cfg, data.input, data.classes, &device)?;
+    let trainable: Vec<_> = built.vars.sorted_vars().into_iter().filter(|(n, _)| !n.contains("running_")).collect();
+    let mut opt = Optimizer::new(&cfg.optim, trainable)?;
+    let last_path = ckpt_dir.join("last.safetensors");
+    let best_path = ckpt_dir.join("best.safetensors");
+    let mut st = TrainState { lr: cfg.optim.lr, best_val_acc: -1.0, ..TrainState::default() };
+    if opts.resume.is_some() {
+        let loaded = checkpoint::load(&last_path, &device)?;
+        checkpoint::restore_vars(&built.vars, &loaded, &last_path)?;
+        opt.load_state(&|k| loaded.tensors.get(k).cloned(), loaded.state.opt_t, loaded.state.lr)?;
+        st = loaded.state;
+        truncate_metrics(&metrics_path, st.step)?;
+    }
+
+    let bs = cfg.train.batch_size;
+    let train_idx: Vec<usize> = (0..data.train.len()).collect();
+    let steps_per_epoch = train_idx.len().div_ceil(bs) as u64;
+    let total_steps = steps_per_epoch * cfg.train.epochs as u64;
+    let model = built.model.as_ref();
+    let mut stopped_early = false;
+
+    'epochs: while st.epoch < cfg.train.epochs {
+        let mut batches = Batcher::shuffled(train_idx.clone(), bs, false, seed.stream("shuffle"), st.epoch as u64)?;
+        batches.skip_batches(st.batch_in_epoch);
+        let bar = progress_bar(
+            opts.quiet,
+            steps_per_epoch,
+            st.batch_in_epoch as u64,
+            &format!("{} epoch {}/{}", cfg.name, st.epoch + 1, cfg.train.epochs),
+        );
+        for idx in batches {
+            let t0 = Instant::now();
+            let b = batch_of(&data.train, &idx, &device)?;
+            let mut rng = seed.stream("sampling").index(st.step).rng();
+            let mut out = model.forward(&b, true, &mut rng)?;
+            if opts.inject_nan_at_step == Some(st.step + 1) {
+                for (name, t) in out.losses.iter_mut() {
+                    if name == "classify" {
+                        *t = (&*t * f64::NAN)?;
+                    }
+                }
+            }
+            let mut term_values = BTreeMap::new();
+            for (name, t) in &out.losses {
+                let v = t.to_scalar::<f32>()?;
+                if !v.is_finite() {
+                    bar.abandon();
+                    return Err(TrainError::NonFinite { step: st.step + 1, term: name.clone(), value: v });
+                }
+                term_values.insert(name.clone(), f64::from(v));
+            }
+            let loss = out.total_loss()?;
+            opt.lr = scheduled_lr(&cfg.optim, st.step, total_steps, steps_per_epoch, opt.lr);
+            let info = opt.step(&loss.backward()?)?;
+            let preds = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            let targets = b.targets.to_vec1::<u32>()?;
+            let correct = preds.iter().zip(&targets).filter(|(a, b)| a == b).count() as u64;
+            let n = idx.len() as u64;
+            st.step += 1;
+            st.batch_in_epoch += 1;
+            st.opt_t = opt.t;
+            st.lr = opt.lr;
+            st.examples += n;
+            st.train_seconds += t0.elapsed().as_secs_f64();
+            let total: f64 = term_values.values().sum();
+            st.partial.loss += total * n as f64;
+            for (k, v) in &term_values {
+                *st.partial.terms.entry(k.clone()).or_insert(0.0) += v * n as f64;
+            }
+            st.partial.correct += correct;
+            st.partial.count += n;
+            let sps = st.examples as f64 / st.train_seconds.max(1e-9);
+            bar.set_position(st.batch_in_epoch as u64);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}% {:.0} samples/s",
+                st.partial.loss / st.partial.count as f64,
+                100.0 * st.partial.correct as f64 / st.partial.count as f64,
+                sps
+            ));
+            if st.step % cfg.train.log_every.max(1) == 0 {
+                append_jsonl(
+                    &metrics_path,
+                    &serde_json::json!({
+                        "kind": "step", "step": st.step, "epoch": st.epoch, "loss": total, "terms": term_values,
+                        "acc_pct": 100.0 * correct as f64 / n as f64, "lr": st.lr, "grad_norm": info.grad_norm,
+                    }),
+                )?;
+            }
+            if cfg.train.checkpoint_every > 0 && st.step % cfg.train.checkpoint_every == 0 {
+                checkpoint::save(&last_path, &built.vars, Some(&opt), &st)?;
+            }
+            if opts.stop_after_steps.is_some_and(|s| st.step >= s) {
+                checkpoint::save(&last_path, &built.vars, Some(&opt), &st)?;
+                bar.abandon_with_message(format!("stopped after step {}", st.step));
+                stopped_early = true;
+                break 'epochs;
+            }
+        }
+        bar.finish();
+        // End of epoch: validate, schedule, record, checkpoint.
+        let val = evaluate(model, &data.val, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
+        let p = std::mem::take(&mut st.partial);
+        let cnt = p.count.max(1) as f64;
+        let improved = val.acc_pct > st.best_val_acc;
+        if let Schedule::Plateau { patience, factor } = cfg.optim.schedule {
+            st.plateau_bad = if improved { 0 } else { st.plateau_bad + 1 };
+            if st.plateau_bad > patience {
+                opt.lr *= factor;
+                st.lr = opt.lr;
+                st.plateau_bad = 0;
+            }
+        }
+        let line = serde_json::json!({
+            "kind": "epoch", "step": st.step, "epoch": st.epoch + 1,
+            "train_loss": p.loss / cnt, "train_acc_pct": 100.0 * p.correct as f64 / cnt,
+            "train_terms": p.terms.iter().map(|(k, v)| (k.clone(), v / cnt)).collect::<BTreeMap<_, _>>(),
+            "val_loss": val.loss, "val_acc_pct": val.acc_pct, "lr": st.lr,
+            "samples_per_s": st.examples as f64 / st.train_seconds.max(1e-9),
+        });
+        append_jsonl(&metrics_path, &line)?;
+        if !opts.quiet {
+            eprintln!("epoch {}: train loss {:.4}, val acc {:.2}%", st.epoch + 1, p.loss / cnt, val.acc_pct);
+        }
+        st.epoch += 1;
+        st.batch_in_epoch = 0;
+        if improved {
+            st.best_val_acc = val.acc_pct;
+            checkpoint::save(&best_path, &built.vars, None, &st)?;
+        }
+        checkpoint::save(&last_path, &built.vars, Some(&opt), &st)?;
+    }
+
+    let mut metrics = BTreeMap::new();
+    if !stopped_early {
+        // Test the best-on-validation parameters.
+        if best_path.is_file() {
+            let loaded = checkpoint::load(&best_path, &device)?;
+            checkpoint::restore_vars(&built.vars, &loaded, &best_path)?;
+        }
+        let val = evaluate(model, &data.val, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
+        let test = evaluate(model, &data.test, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
+        metrics.insert("val_acc_pct".to_string(), round4(val.acc_pct));
+        metrics.insert("test_acc_pct".to_string(), round4(test.acc_pct));
+        metrics.insert("test_error_pct".to_string(), round4(100.0 - test.acc_pct));
+        metrics.insert("test_loss".to_string(), round4(test.loss));
+        crate::report::pictures(model, &data, &test, cfg, &run_dir, &device)?;
+        // Leave `last` as the final parameters of training, as saved at the last epoch end.
+    }
+    let prev_wall = std::fs::read_to_string(run_dir.join("summary.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<RunSummary>(&s).ok())
+        .map_or(0.0, |s| s.wall_s);
+    let summary = RunSummary {
+        name: cfg.name.clone(),
+        run_dir: run_dir.clone(),
+        metrics,
+        wall_s: round4(prev_wall + started.elapsed().as_secs_f64()),
+        samples_per_s: round4(st.examples as f64 / st.train_seconds.max(1e-9)),
+        steps: st.step,
+        stopped_early,
+        git_rev: git,
+        command,
+        date: now_utc(),
+        data: data.description.clone(),
+    };
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
+    gaze_data::write_atomic(&run_dir.join("summary.json"), json.as_bytes())?;
+    if !stopped_early {
+        crate::report::write(cfg, &summary, &run_dir)?;
+    }
+    Ok(summary)
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+fn progress_bar(quiet: bool, len: u64, pos: u64, prefix: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed} {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix.to_string());
+    bar.set_position(pos);
+    bar
+}
+
+/// Loads a run's config and best (else last) parameters, for `eval` and `infer`.
+pub fn load_run(run_dir: &Path, device: &Device) -> Result<(ExperimentConfig, Prepared, Built)> {
+    let cfg = ExperimentConfig::load(&run_dir.join("config.toml"))?;
+    let data = data::prepare(&cfg.data, Seed(cfg.seed))?;
+    let built = build_model(&cfg, data.input, data.classes, device)?;
+    let best = run_dir.join("checkpoints/best.safetensors");
+    let path = if best.is_file() { best } else { run_dir.join("checkpoints/last.safetensors") };
+    let loaded = checkpoint::load(&path, device)?;
+    checkpoint::restore_vars(&built.vars, &loaded, &path)?;
+    Ok((cfg, data, built))
+}
+
+/// The softmax probabilities of one image batch (b, c, h, w) -> (b, classes), and the model output.
+pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Vec<f32>>, gaze_zoo::Output)> {
+    let b = images.dim(0)?;
+    let targets = Tensor::zeros(b, candle_core::DType::U32, images.device())?;
+    let out = model.forward(&Batch { images: images.clone(), targets }, false, &mut seed.rng())?;
+    let probs = candle_nn::ops::softmax(&out.logits, D::Minus1)?.to_vec2::<f32>()?;
+    Ok((probs, out))
+}

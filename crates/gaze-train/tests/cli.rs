@@ -1,0 +1,47 @@
+//! The `gaze` binary end to end: train a tiny run, then `eval`, `infer` on a PNG, `show`.
+//! (Here rather than in the `tests` crate: only this package's tests can run its binary.)
+
+use std::path::Path;
+use std::process::Command;
+
+fn gaze(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_gaze")).args(args).output()?;
+    anyhow::ensure!(out.status.success(), "gaze {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn train_eval_infer_show() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = tmp.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "name = \"cli\"\nseed = 2\n[model]\ntype = \"convnet\"\nhidden = 16\n[model.convnet]\nchannels = [4, 8]\n\
+         [data]\ntype = \"mnist\"\nsource = \"fixture\"\ntrain_limit = 64\ntest_limit = 32\n[train]\nepochs = 1\nbatch_size = 16\npictures = 2\n",
+    )?;
+    let runs = tmp.path().join("runs");
+    let out = gaze(&[
+        "train",
+        cfg.to_str().unwrap_or_default(),
+        "--runs",
+        runs.to_str().unwrap_or_default(),
+        "--quiet",
+        "--threads",
+        "1",
+    ])?;
+    let run =
+        out.lines().find_map(|l| l.strip_prefix("run: ")).ok_or_else(|| anyhow::anyhow!("no run line in {out}"))?;
+    assert!(gaze(&["eval", run])?.contains("test accuracy"));
+    // A digit as a PNG: the first test digit of the fixture (a 7).
+    let m = gaze_data::Mnist::fixture()?;
+    let png = tmp.path().join("digit.png");
+    gaze_data::Image::grey(28, 28, m.test.image(0).unwrap_or_default().to_vec())?.save_png(&png)?;
+    let out = gaze(&["infer", run, png.to_str().unwrap_or_default()])?;
+    assert!(out.starts_with("class "), "{out}");
+    let overlay = tmp.path().join("digit.attention.png");
+    assert!(overlay.is_file());
+    assert!(gaze_data::Image::load(&overlay, false)?.width >= 28);
+    assert!(gaze(&["show", run])?.contains("test_acc_pct"));
+    assert!(Path::new(run).join("report.md").is_file());
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! A plain ConvNet classifier: the no-attention baseline every attention model is compared with.
+//! Conv blocks -> flatten -> Linear -> ReLU -> dropout -> Linear.
+//!
+//! It has no attention; for pictures it exposes the L2 norm of its last feature map per cell
+//! (the quantity HAN's presence score is built on), normalised to sum to 1.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+use gaze_encoders::{ConvNet, ConvNetConfig};
+use gaze_tensor::seed::Rng;
+
+use crate::model::{AttentionMap, Batch, Model, Output};
+
+/// Settings of [`ConvNetClassifier`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConvNetClassifierConfig {
+    /// The conv blocks (`in_channels` is taken from the data).
+    pub convnet: ConvNetConfig,
+    /// Width of the hidden fully connected layer.
+    pub hidden: usize,
+    /// Dropout probability before the last layer (training only).
+    pub dropout: f32,
+}
+
+impl Default for ConvNetClassifierConfig {
+    /// 32- and 64-channel 3x3 blocks with 2x2 pooling, 128 hidden units, dropout 0.25.
+    fn default() -> Self {
+        Self { convnet: ConvNetConfig::default(), hidden: 128, dropout: 0.25 }
+    }
+}
+
+impl ConvNetClassifierConfig {
+    /// A tiny classifier for tests.
+    pub fn tiny() -> Self {
+        Self { convnet: ConvNetConfig::tiny(), hidden: 16, dropout: 0.0 }
+    }
+}
+
+/// The ConvNet classifier.
+#[derive(Debug, Clone)]
+pub struct ConvNetClassifier {
+    net: ConvNet,
+    fc: Linear,
+    out: Linear,
+    dropout: f32,
+}
+
+/// Inverted dropout with a mask drawn from `rng`: kept units are scaled by 1 / (1 - p).
+pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let mask: Vec<f32> =
+        (0..x.elem_count()).map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+    x * Tensor::from_vec(mask, x.shape(), x.device())?
+}
+
+impl ConvNetClassifier {
+    /// Builds the classifier for (channels, height, width) inputs and `classes` outputs.
+    pub fn new(
+        cfg: &ConvNetClassifierConfig,
+        input: (usize, usize, usize),
+        classes: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if !(0.0..1.0).contains(&cfg.dropout) {
+            return Err(candle_core::Error::Msg(format!("convnet: dropout {} is not in [0, 1)", cfg.dropout)));
+        }
+        let net_cfg = ConvNetConfig { in_channels: input.0, ..cfg.convnet.clone() };
+        let (d, h, w) = net_cfg.output_shape(input.1, input.2);
+        if h == 0 || w == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "convnet: a {}x{} input is too small for {} pooled blocks",
+                input.1,
+                input.2,
+                net_cfg.channels.len()
+            )));
+        }
+        let net = ConvNet::new(&net_cfg, vb.pp("convnet"))?;
+        let fc = candle_nn::linear(d * h * w, cfg.hidden, vb.pp("fc"))?;
+        let out = candle_nn::linear(cfg.hidden, classes, vb.pp("out"))?;
+        Ok(Self { net, fc, out, dropout: cfg.dropout })
+    }
+}
+
+impl Model for ConvNetClassifier {
+    /// Shapes: images (b, c, h, w), targets (b,) -> logits (b, classes), loss `classify`,
+    /// feature-norm map (b, h', w').
+    fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output> {
+        let feats = self.net.forward(&batch.images, train)?;
+        let norm = feats.sqr()?.sum(1)?.sqrt()?; // (b, h', w')
+        let total = (norm.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)? + 1e-12)?;
+        let weights = norm.broadcast_div(&total)?.detach();
+        let mut x = self.fc.forward(&feats.flatten_from(1)?)?.relu()?;
+        if train {
+            x = dropout(&x, self.dropout, rng)?;
+        }
+        let logits = self.out.forward(&x)?;
+        let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        Ok(Output {
+            logits,
+            losses: vec![("classify".into(), classify)],
+            attention: Some(AttentionMap::Grid { weights, title: "feature norm (no attention)".into() }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use gaze_tensor::{Seed, SeededVarMap};
+
+    #[test]
+    fn tiny_loss_falls_on_a_fixed_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = SeededVarMap::new(Seed(0));
+        let model = ConvNetClassifier::new(&ConvNetClassifierConfig::tiny(), (1, 12, 12), 3, vm.builder(&dev))?;
+        let mut r = Seed(1).rng();
+        let imgs: Vec<f32> = (0..6 * 144).map(|_| r.random::<f32>()).collect();
+        let batch = Batch {
+            images: Tensor::from_vec(imgs, (6, 1, 12, 12), &dev)?,
+            targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, &dev)?,
+        };
+        let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
+        let mut opt = candle_nn::optim::AdamW::new_lr(vars, 1e-2)?;
+        let first = model.forward(&batch, true, &mut r)?.total_loss()?.to_scalar::<f32>()?;
+        for _ in 0..30 {
+            let loss = model.forward(&batch, true, &mut r)?.total_loss()?;
+            candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
+        }
+        let last = model.forward(&batch, false, &mut r)?.total_loss()?.to_scalar::<f32>()?;
+        assert!(last < first * 0.5, "{first} -> {last}");
+        let out = model.forward(&batch, false, &mut r)?;
+        let AttentionMap::Grid { weights, .. } = out.attention.expect("map");
+        let sums = weights.sum(D::Minus1)?.sum(D::Minus1)?.to_vec1::<f32>()?;
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4));
+        assert_eq!(out.logits.dtype(), DType::F32);
+        Ok(())
+    }
+}

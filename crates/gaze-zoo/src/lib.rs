@@ -1,0 +1,11 @@
+//! gaze's models, one per file, and the interface the trainer drives them through.
+//!
+//! A model takes a [`Batch`] of tensors and returns an [`Output`]: logits, its loss terms by name
+//! (train and eval share one loss), and what it attended to, for the trainer to draw.
+//! Models are chosen by the tagged enum [`ModelConfig`].
+
+pub mod convnet_classifier;
+pub mod model;
+
+pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
+pub use model::{build, AttentionMap, Batch, Model, ModelConfig, Output};

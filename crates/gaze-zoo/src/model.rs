@@ -1,0 +1,79 @@
+//! The model interface.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use gaze_tensor::seed::Rng;
+
+use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
+
+/// One batch, as tensors. Fields a model does not use may be absent.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Images (b, c, h, w) f32 in [0, 1].
+    pub images: Tensor,
+    /// Class targets (b,) u32.
+    pub targets: Tensor,
+}
+
+/// What a model attended to, per example, for pictures.
+#[derive(Debug, Clone)]
+pub enum AttentionMap {
+    /// Non-negative weights over a grid laid over the image, (b, gh, gw); drawn as a heat map.
+    Grid {
+        /// The weights.
+        weights: Tensor,
+        /// What the map is, for captions ("attention", "feature norm (no attention)").
+        title: String,
+    },
+}
+
+/// What a forward pass gives.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Class scores (b, classes).
+    pub logits: Tensor,
+    /// Loss terms by name (`classify`, `baseline`, `reinforce` ...), each a scalar, already weighted.
+    pub losses: Vec<(String, Tensor)>,
+    /// What the model looked at, when it says.
+    pub attention: Option<AttentionMap>,
+}
+
+impl Output {
+    /// The total loss: the sum of the terms.
+    pub fn total_loss(&self) -> Result<Tensor> {
+        let mut it = self.losses.iter();
+        let Some((_, first)) = it.next() else {
+            return Err(candle_core::Error::Msg("model returned no loss terms".into()));
+        };
+        it.try_fold(first.clone(), |acc, (_, t)| acc + t)
+    }
+}
+
+/// A trainable model.
+pub trait Model: Send + Sync {
+    /// Runs the model on `batch`. `train` selects training behaviour (dropout, sampling);
+    /// `rng` is this step's seeded stream for every random draw.
+    fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output>;
+}
+
+/// Every model, by `type` in the experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// A plain ConvNet classifier (no attention; the baseline).
+    Convnet(ConvNetClassifierConfig),
+}
+
+/// Builds the model of `cfg` for inputs of (channels, height, width) and `classes` classes.
+pub fn build(
+    cfg: &ModelConfig,
+    input: (usize, usize, usize),
+    classes: usize,
+    vb: VarBuilder,
+) -> Result<Box<dyn Model>> {
+    match cfg {
+        ModelConfig::Convnet(c) => Ok(Box::new(ConvNetClassifier::new(c, input, classes, vb)?)),
+    }
+}
