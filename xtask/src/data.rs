@@ -65,7 +65,8 @@ pub fn run(a: DataArgs) -> anyhow::Result<()> {
             let source = data_dir.map_or(MnistSource::Auto, MnistSource::Dir);
             let tiles = catalog::preview(&dataset, n, Seed(seed), &source)
                 .with_context(|| format!("making {n} samples of {dataset}"))?;
-            let img = gaze_data::preview::grid(&tiles, cols, 192);
+            // tiles about 256 px wide: 128 px scenes at 2x, 60 px canvases at 4x
+            let img = gaze_data::preview::grid(&tiles, cols, 256);
             img.save_png(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} ({} samples of {dataset}, {}x{} px)", out.display(), tiles.len(), img.width, img.height);
         }

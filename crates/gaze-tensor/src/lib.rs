@@ -4,9 +4,18 @@
 //!   reproducible `rand` generators derived from them. candle's CPU random number generator cannot
 //!   be seeded, so every random draw in gaze comes from here.
 //! - [`init`]: a seeded VarBuilder backend, so initial weights are reproducible.
+//! - [`sample`]: categorical and Gaussian draws with log-probabilities and entropies.
+//! - [`ops`]: presence (squared L2 per cell), top-k masks, masked softmax.
+//! - [`glimpse`]: batched multi-scale glimpse extraction (RAM's retina), differentiable in the image.
+//! - [`testing`]: finite-difference gradient checks.
 
+pub mod glimpse;
 pub mod init;
+pub mod ops;
+pub mod sample;
 pub mod seed;
+pub mod testing;
 
+pub use glimpse::{glimpses, GlimpseSpec};
 pub use init::SeededVarMap;
 pub use seed::Seed;

@@ -56,7 +56,9 @@ impl Optimizer {
         let (lr, wd) = (self.lr, self.cfg.weight_decay);
         for (i, g) in gs.into_iter().enumerate() {
             let Some(g) = g else { continue };
-            let g = if scale != 1.0 { (g * scale)? } else { g };
+            // Gradients can carry autograd history; moments kept from step to step must not, or
+            // every step would keep the previous steps' graphs alive.
+            let g = if scale != 1.0 { (g * scale)?.detach() } else { g.detach() };
             let var = &self.vars[i].1;
             let theta = var.as_tensor();
             match self.cfg.kind {
@@ -69,14 +71,14 @@ impl Optimizer {
                     let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
                     let decayed = if wd > 0.0 { (theta * (1.0 - lr * wd))? } else { theta.clone() };
                     var.set(&(decayed - (update * lr)?)?)?;
-                    self.m[i] = m;
-                    self.v[i] = v;
+                    self.m[i] = m.detach();
+                    self.v[i] = v.detach();
                 }
                 OptimKind::Sgd => {
                     let g = if wd > 0.0 { (g + (theta * wd)?)? } else { g };
                     let buf = ((&self.m[i] * self.cfg.momentum)? + g)?;
                     var.set(&(theta - (&buf * lr)?)?)?;
-                    self.m[i] = buf;
+                    self.m[i] = buf.detach();
                 }
             }
         }
@@ -168,6 +170,21 @@ mod tests {
         o.step(&loss.backward()?)?;
         let after2 = v.as_tensor().to_vec1::<f32>()?;
         assert!((after2[0] - (-c - 1.5 * c)).abs() < 1e-5, "{after2:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn state_holds_no_autograd_history() -> Result<()> {
+        // Moments that track ops would chain every step's graph to the next (a memory leak).
+        let w = Var::from_vec(vec![1.0f32, 2.0], 2, &Device::Cpu)?;
+        for kind in [OptimKind::Adamw, OptimKind::Sgd] {
+            let mut o = Optimizer::new(&OptimConfig { kind, ..OptimConfig::default() }, vec![("w".into(), w.clone())])?;
+            for _ in 0..2 {
+                let loss = (w.as_tensor().sqr()? * w.as_tensor())?.sum_all()?; // grads depend on w
+                o.step(&loss.backward()?)?;
+            }
+            assert!(o.state_tensors().iter().all(|(_, t)| !t.track_op()), "{kind:?}");
+        }
         Ok(())
     }
 
