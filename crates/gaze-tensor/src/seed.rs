@@ -73,4 +73,3 @@ mod tests {
         assert_eq!(x, r2.random::<u64>());
     }
 }
-}
