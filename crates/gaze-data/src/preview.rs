@@ -60,7 +60,11 @@ pub fn grid(tiles: &[Tile], cols: usize, tile_px: usize) -> Image {
         }
         out.blit(&img, y0 as i64, x0 as i64);
         // a thin frame, so white images stand apart from the white page
-        out.stroke_rect(BBox::new(x0 as f32 - 1.0, y0 as f32 - 1.0, img.width as f32 + 2.0, img.height as f32 + 2.0), [150, 150, 150], 1);
+        out.stroke_rect(
+            BBox::new(x0 as f32 - 1.0, y0 as f32 - 1.0, img.width as f32 + 2.0, img.height as f32 + 2.0),
+            [150, 150, 150],
+            1,
+        );
         let mut y = y0 + th + 3;
         for line in &t.lines {
             for l in wrap(line, chars) {

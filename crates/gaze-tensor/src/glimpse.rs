@@ -33,7 +33,10 @@ impl GlimpseSpec {
     /// Checks the spec against an `h x w` image.
     pub fn check(&self, h: usize, w: usize) -> Result<()> {
         if self.patch == 0 || self.scales == 0 || self.factor == 0 {
-            return Err(err(format!("glimpse: patch {}, scales {}, factor {} must all be >= 1", self.patch, self.scales, self.factor)));
+            return Err(err(format!(
+                "glimpse: patch {}, scales {}, factor {} must all be >= 1",
+                self.patch, self.scales, self.factor
+            )));
         }
         if self.largest() > h.max(w) {
             return Err(err(format!(
@@ -61,10 +64,16 @@ pub fn corners(locs: &[f32], h: usize, w: usize, side: usize) -> Vec<(i64, i64)>
 }
 
 fn check_inputs(images: &Tensor, locs: &Tensor, spec: &GlimpseSpec) -> Result<(usize, usize, usize, usize)> {
-    let (b, c, h, w) = images.dims4().map_err(|_| err(format!("glimpse: images must be (b, c, h, w), got {:?}", images.dims())))?;
-    let (lb, two) = locs.dims2().map_err(|_| err(format!("glimpse: locations must be (b, 2), got {:?}", locs.dims())))?;
+    let (b, c, h, w) =
+        images.dims4().map_err(|_| err(format!("glimpse: images must be (b, c, h, w), got {:?}", images.dims())))?;
+    let (lb, two) =
+        locs.dims2().map_err(|_| err(format!("glimpse: locations must be (b, 2), got {:?}", locs.dims())))?;
     if lb != b || two != 2 {
-        return Err(err(format!("glimpse: locations {:?} do not match images {:?} (want ({b}, 2))", locs.dims(), images.dims())));
+        return Err(err(format!(
+            "glimpse: locations {:?} do not match images {:?} (want ({b}, 2))",
+            locs.dims(),
+            images.dims()
+        )));
     }
     spec.check(h, w)?;
     Ok((b, c, h, w))
@@ -89,7 +98,9 @@ pub fn glimpses(images: &Tensor, locs: &Tensor, spec: &GlimpseSpec) -> Result<Te
                 idx.extend((row..row + side).map(|v| v as u32));
             }
         }
-        let idx = Tensor::from_vec(idx, (b, 1, side * side), images.device())?.broadcast_as((b, c, side * side))?.contiguous()?;
+        let idx = Tensor::from_vec(idx, (b, 1, side * side), images.device())?
+            .broadcast_as((b, c, side * side))?
+            .contiguous()?;
         let patch = flat.gather(&idx, 2)?.reshape((b, c, side, side))?;
         let k = side / spec.patch;
         out.push(if k > 1 { patch.avg_pool2d(k)? } else { patch });
@@ -130,7 +141,13 @@ mod tests {
     /// Cuts patch `side` at corner (x0, y0) of a (h, w) single-channel image by hand, with zeros
     /// outside, and averages blocks of `k`.
     fn hand(img: &[f32], h: usize, w: usize, x0: i64, y0: i64, side: usize, k: usize) -> Vec<f32> {
-        let px = |y: i64, x: i64| if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 { 0.0 } else { img[y as usize * w + x as usize] };
+        let px = |y: i64, x: i64| {
+            if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
+                0.0
+            } else {
+                img[y as usize * w + x as usize]
+            }
+        };
         let g = side / k;
         let mut out = vec![0f32; g * g];
         for r in 0..g {
@@ -192,7 +209,10 @@ mod tests {
         let big = GlimpseSpec { patch: 8, scales: 3, factor: 2 };
         let e = glimpses(&images, &locs, &big).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("32") && e.contains("28x28 canvas"), "{e}");
-        let e = glimpses(&images, &locs.narrow(0, 0, 1)?, &GlimpseSpec { patch: 8, scales: 1, factor: 2 }).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = glimpses(&images, &locs.narrow(0, 0, 1)?, &GlimpseSpec { patch: 8, scales: 1, factor: 2 })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("[1, 2]"), "{e}");
         assert!(glimpses(&images, &locs, &GlimpseSpec { patch: 0, scales: 1, factor: 2 }).is_err());
         Ok(())

@@ -12,7 +12,8 @@ fn err(msg: String) -> candle_core::Error {
 /// Presence of each cell: the squared L2 norm over its features.
 /// Shapes: feats (b, n, d) -> (b, n).
 pub fn presence(feats: &Tensor) -> Result<Tensor> {
-    let (_b, _n, _d) = feats.dims3().map_err(|_| err(format!("presence: feats must be (b, n, d), got {:?}", feats.dims())))?;
+    let (_b, _n, _d) =
+        feats.dims3().map_err(|_| err(format!("presence: feats must be (b, n, d), got {:?}", feats.dims())))?;
     feats.sqr()?.sum(D::Minus1)
 }
 
@@ -20,7 +21,8 @@ pub fn presence(feats: &Tensor) -> Result<Tensor> {
 /// the lower index). Not differentiable (the mask is a selection).
 /// Shapes: scores (b, n) -> mask (b, n) f32, indices (b, k) u32.
 pub fn top_k_mask(scores: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
-    let (b, n) = scores.dims2().map_err(|_| err(format!("top_k_mask: scores must be (b, n), got {:?}", scores.dims())))?;
+    let (b, n) =
+        scores.dims2().map_err(|_| err(format!("top_k_mask: scores must be (b, n), got {:?}", scores.dims())))?;
     if k == 0 || k > n {
         return Err(err(format!("top_k_mask: k = {k} must be in 1..={n} (the number of cells)")));
     }

@@ -15,7 +15,8 @@ fn err(msg: String) -> candle_core::Error {
 /// One draw per row from the categorical distributions `probs` (rows sum to 1).
 /// Shapes: probs (b, n) -> indices (b,) u32.
 pub fn categorical_sample(probs: &Tensor, rng: &mut Rng) -> Result<Tensor> {
-    let (_, n) = probs.dims2().map_err(|_| err(format!("categorical_sample: probs must be (b, n), got {:?}", probs.dims())))?;
+    let (_, n) =
+        probs.dims2().map_err(|_| err(format!("categorical_sample: probs must be (b, n), got {:?}", probs.dims())))?;
     let rows = probs.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -56,7 +57,12 @@ pub fn gaussian_sample(mean: &Tensor, sigma: f64, rng: &mut Rng) -> Result<Tenso
     if sigma.is_nan() || sigma <= 0.0 {
         return Err(err(format!("gaussian_sample: sigma = {sigma} must be positive")));
     }
-    let noise: Vec<f32> = (0..mean.elem_count()).map(|_| { let z: f64 = StandardNormal.sample(rng); (sigma * z) as f32 }).collect();
+    let noise: Vec<f32> = (0..mean.elem_count())
+        .map(|_| {
+            let z: f64 = StandardNormal.sample(rng);
+            (sigma * z) as f32
+        })
+        .collect();
     (mean.detach() + Tensor::from_vec(noise, mean.shape(), mean.device())?)?.detach().to_dtype(mean.dtype())
 }
 
@@ -94,7 +100,8 @@ mod tests {
             }
         }
         let n = 10_000.0;
-        let chi2: f64 = counts.iter().zip(alpha).map(|(&o, a)| (o - n * f64::from(a)).powi(2) / (n * f64::from(a))).sum();
+        let chi2: f64 =
+            counts.iter().zip(alpha).map(|(&o, a)| (o - n * f64::from(a)).powi(2) / (n * f64::from(a))).sum();
         // 4 degrees of freedom: P(chi2 > 18.47) = 0.001.
         assert!(chi2 < 18.47, "chi2 {chi2}, counts {counts:?}");
         Ok(())

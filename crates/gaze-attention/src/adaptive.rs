@@ -1,0 +1,124 @@
+//! AdaHAN's adaptive hard attention ("Learning Visual Question Answering by Bootstrapping Hard
+//! Attention", section 3.2): softmax over the cells' presence (squared L2 norm); keep every cell
+//! whose weight is at least a threshold (1/n by default), so the number kept varies per example;
+//! at least one cell (the strongest) is always kept. Kept cells pass their features on
+//! (differentiably), the rest are zeroed.
+
+use candle_core::{Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::shape_err;
+
+/// Settings of [`AdaptiveHard`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveHardConfig {
+    /// Keep cells whose softmax weight is at least this; `None`: 1/n (uniform).
+    pub threshold: Option<f32>,
+}
+
+impl AdaptiveHardConfig {
+    /// For tests.
+    pub fn tiny() -> Self {
+        Self::default()
+    }
+}
+
+/// What an adaptive selection gives.
+#[derive(Debug, Clone)]
+pub struct AdaptiveSelection {
+    /// 0/1 mask of kept cells (b, n).
+    pub mask: Tensor,
+    /// Features with dropped cells zeroed (b, n, d).
+    pub kept: Tensor,
+    /// Softmax of presence (b, n).
+    pub weights: Tensor,
+    /// Cells kept per example.
+    pub counts: Vec<usize>,
+}
+
+/// Adaptive hard attention (no parameters).
+#[derive(Debug, Clone)]
+pub struct AdaptiveHard {
+    cfg: AdaptiveHardConfig,
+}
+
+impl AdaptiveHard {
+    /// An adaptive selector; a threshold must be in (0, 1].
+    pub fn new(cfg: &AdaptiveHardConfig) -> Result<Self> {
+        if let Some(t) = cfg.threshold {
+            if !(t > 0.0 && t <= 1.0) {
+                return Err(shape_err("AdaptiveHard", format!("threshold {t} is not in (0, 1]")));
+            }
+        }
+        Ok(Self { cfg: cfg.clone() })
+    }
+
+    /// Shapes: feats (b, n, d) -> mask (b, n), kept (b, n, d), weights (b, n), counts (b).
+    pub fn select(&self, feats: &Tensor) -> Result<AdaptiveSelection> {
+        let (b, n, _) = feats
+            .dims3()
+            .map_err(|_| shape_err("AdaptiveHard", format!("feats must be (b, n, d), got {:?}", feats.dims())))?;
+        let threshold = self.cfg.threshold.unwrap_or(1.0 / n as f32);
+        let weights = candle_nn::ops::softmax(&gaze_tensor::ops::presence(feats)?, D::Minus1)?;
+        let rows = weights.detach().to_vec2::<f32>()?;
+        let mut mask = vec![0f32; b * n];
+        let mut counts = Vec::with_capacity(b);
+        for (r, row) in rows.iter().enumerate() {
+            let mut count = 0;
+            for (i, &w) in row.iter().enumerate() {
+                if w >= threshold {
+                    mask[r * n + i] = 1.0;
+                    count += 1;
+                }
+            }
+            if count == 0 {
+                let best = row.iter().enumerate().fold(0, |a, (i, &v)| if v > row[a] { i } else { a });
+                mask[r * n + best] = 1.0;
+                count = 1;
+            }
+            counts.push(count);
+        }
+        let mask = Tensor::from_vec(mask, (b, n), feats.device())?;
+        let kept = feats.broadcast_mul(&mask.unsqueeze(2)?)?;
+        Ok(AdaptiveSelection { mask, kept, weights, counts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn keeps_exactly_the_cells_over_threshold() -> Result<()> {
+        // presence 0, 1, 2.25, 0.01: softmax ~ (0.07, 0.19, 0.67, 0.07); 1/n = 0.25 keeps one
+        let f = Var::new(&[[[0f32], [1.0], [1.5], [0.1]]], &Device::Cpu)?;
+        let sel = AdaptiveHard::new(&AdaptiveHardConfig::default())?.select(f.as_tensor())?;
+        let w = sel.weights.to_vec2::<f32>()?[0].clone();
+        let by_hand: Vec<f32> = w.iter().map(|&v| if v >= 0.25 { 1.0 } else { 0.0 }).collect();
+        assert_eq!(sel.mask.to_vec2::<f32>()?[0], by_hand);
+        assert_eq!(sel.counts, vec![1]);
+        let low = AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(0.1) })?.select(f.as_tensor())?;
+        assert_eq!(low.mask.to_vec2::<f32>()?[0], vec![0.0, 1.0, 1.0, 0.0]);
+        assert_eq!(low.counts, vec![2]);
+        // gradient reaches the kept cells' features directly; dropped cells get only the
+        // softmax path, which is zero here because the mask stops kept * 0
+        let g = low.kept.sum_all()?.backward()?;
+        let grad = g.get(f.as_tensor()).map(|t| t.to_vec3::<f32>()).transpose()?.unwrap_or_default();
+        assert_eq!(grad[0], vec![vec![0.0], vec![1.0], vec![1.0], vec![0.0]]);
+        // a threshold nobody passes still keeps the strongest cell
+        let high = AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(0.99) })?.select(f.as_tensor())?;
+        assert_eq!(high.mask.to_vec2::<f32>()?[0], vec![0.0, 0.0, 1.0, 0.0]);
+        assert!(AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(1.5) }).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn uniform_presence_keeps_every_cell() -> Result<()> {
+        let f = Tensor::ones((2, 5, 3), candle_core::DType::F32, &Device::Cpu)?;
+        let sel = AdaptiveHard::new(&AdaptiveHardConfig::default())?.select(&f)?;
+        assert_eq!(sel.counts, vec![5, 5]);
+        Ok(())
+    }
+}
