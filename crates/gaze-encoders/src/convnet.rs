@@ -1,5 +1,6 @@
 //! A configurable ConvNet: blocks of conv (same padding) -> optional batch norm -> ReLU ->
-//! optional max-pool with kernel == stride (candle's pool backward needs kernel == stride).
+//! optional max-pool with kernel == stride ([`gaze_tensor::ops::max_pool2d`]: candle's own
+//! pool backward is wrong by a factor of k^2).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, VarBuilder};
@@ -19,19 +20,28 @@ pub struct ConvNetConfig {
     pub pool: usize,
     /// Batch norm after each conv.
     pub batch_norm: bool,
+    /// Convolutions per block before its pooling (VGG stacks 2 or 3).
+    pub convs_per_block: usize,
 }
 
 impl Default for ConvNetConfig {
     /// Two 3x3 blocks of 32 and 64 channels, each followed by 2x2 max-pooling.
     fn default() -> Self {
-        Self { in_channels: 1, channels: vec![32, 64], kernel: 3, pool: 2, batch_norm: false }
+        Self { in_channels: 1, channels: vec![32, 64], kernel: 3, pool: 2, batch_norm: false, convs_per_block: 1 }
     }
 }
 
 impl ConvNetConfig {
     /// A small net for tests.
     pub fn tiny() -> Self {
-        Self { in_channels: 1, channels: vec![4, 8], kernel: 3, pool: 2, batch_norm: false }
+        Self { in_channels: 1, channels: vec![4, 8], kernel: 3, pool: 2, batch_norm: false, convs_per_block: 1 }
+    }
+
+    /// VGG-style blocks ("Very Deep Convolutional Networks", Simonyan and Zisserman 2015): two
+    /// 3x3 convs with batch norm per block, 2x2 max-pooling after each block. Learn to Pay
+    /// Attention reads three of these blocks' outputs.
+    pub fn vgg(in_channels: usize, channels: Vec<usize>) -> Self {
+        Self { in_channels, channels, kernel: 3, pool: 2, batch_norm: true, convs_per_block: 2 }
     }
 
     /// The (channels, height, width) of the last feature map for an input of `h x w`.
@@ -46,11 +56,10 @@ impl ConvNetConfig {
     }
 }
 
-/// One block.
+/// One block: convs (each with optional batch norm and a ReLU), then pooling.
 #[derive(Debug, Clone)]
 struct Block {
-    conv: Conv2d,
-    bn: Option<BatchNorm>,
+    layers: Vec<(Conv2d, Option<BatchNorm>)>,
 }
 
 /// A stack of conv blocks.
@@ -71,13 +80,26 @@ impl ConvNet {
         }
         let conv_cfg = candle_nn::Conv2dConfig { padding: cfg.kernel / 2, ..Default::default() };
         let mut blocks = Vec::with_capacity(cfg.channels.len());
+        if cfg.convs_per_block == 0 {
+            return Err(candle_core::Error::Msg("ConvNet: convs_per_block must be at least 1".into()));
+        }
         let mut c_in = cfg.in_channels;
         for (i, &c) in cfg.channels.iter().enumerate() {
             let vb = vb.pp(format!("block{i}"));
-            let conv = candle_nn::conv2d(c_in, c, cfg.kernel, conv_cfg, vb.pp("conv"))?;
-            let bn = if cfg.batch_norm { Some(candle_nn::batch_norm(c, 1e-5, vb.pp("bn"))?) } else { None };
-            blocks.push(Block { conv, bn });
-            c_in = c;
+            let mut layers = Vec::with_capacity(cfg.convs_per_block);
+            for j in 0..cfg.convs_per_block {
+                // the first conv of a block keeps the names `conv` / `bn` of single-conv nets
+                let (cn, bnn) = if j == 0 {
+                    ("conv".to_string(), "bn".to_string())
+                } else {
+                    (format!("conv{j}"), format!("bn{j}"))
+                };
+                let conv = candle_nn::conv2d(c_in, c, cfg.kernel, conv_cfg, vb.pp(cn))?;
+                let bn = if cfg.batch_norm { Some(candle_nn::batch_norm(c, 1e-5, vb.pp(bnn))?) } else { None };
+                layers.push((conv, bn));
+                c_in = c;
+            }
+            blocks.push(Block { layers });
         }
         Ok(Self { cfg: cfg.clone(), blocks })
     }
@@ -106,13 +128,15 @@ impl ConvNet {
         let mut outs = Vec::with_capacity(self.blocks.len());
         let mut x = x.clone();
         for b in &self.blocks {
-            x = b.conv.forward(&x)?;
-            if let Some(bn) = &b.bn {
-                x = bn.forward_t(&x, train)?;
+            for (conv, bn) in &b.layers {
+                x = conv.forward(&x)?;
+                if let Some(bn) = bn {
+                    x = bn.forward_t(&x, train)?;
+                }
+                x = x.relu()?;
             }
-            x = x.relu()?;
             if p > 1 {
-                x = x.max_pool2d(p)?;
+                x = gaze_tensor::ops::max_pool2d(&x, p)?; // candle's pool backward is off by p^2
             }
             outs.push(x.clone());
         }
@@ -143,6 +167,40 @@ mod tests {
         let bad = Tensor::zeros((2, 3, 28, 28), candle_core::DType::F32, &Device::Cpu)?;
         let e = net.forward(&bad, false).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("3 channels"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn vgg_blocks_expose_every_map_and_train_with_batch_norm() -> Result<()> {
+        let vm = SeededVarMap::new(Seed(0));
+        let net = ConvNet::new(&ConvNetConfig::vgg(3, vec![4, 6, 8]), vm.builder(&Device::Cpu))?;
+        let x = Tensor::ones((2, 3, 16, 16), candle_core::DType::F32, &Device::Cpu)?;
+        let dims: Vec<Vec<usize>> = net.forward_all(&x, true)?.iter().map(|t| t.dims().to_vec()).collect();
+        assert_eq!(dims, vec![vec![2, 4, 8, 8], vec![2, 6, 4, 4], vec![2, 8, 2, 2]]);
+        assert!(vm.sorted_vars().iter().any(|(n, _)| n == "block2.conv1.weight"));
+        Ok(())
+    }
+
+    #[test]
+    fn gradient_check_through_the_convnet() -> Result<()> {
+        use rand::Rng;
+        let vm = SeededVarMap::new(Seed(2));
+        let cfg = ConvNetConfig {
+            in_channels: 1,
+            channels: vec![2, 2],
+            kernel: 3,
+            pool: 2,
+            batch_norm: false,
+            convs_per_block: 1,
+        };
+        let net = ConvNet::new(&cfg, vm.builder(&Device::Cpu))?;
+        let mut r = Seed(3).rng();
+        let x = Tensor::from_vec((0..64).map(|_| r.random::<f32>()).collect::<Vec<_>>(), (1, 1, 8, 8), &Device::Cpu)?;
+        let w =
+            Tensor::from_vec((0..8).map(|i| (i as f32 - 3.5) / 4.0).collect::<Vec<_>>(), (1, 2, 2, 2), &Device::Cpu)?;
+        let c = gaze_tensor::testing::grad_check_kinks(|x| (net.forward(x, false)? * &w)?.sum_all(), &x, 1e-2)?;
+        assert!(c.max_rel_err < 2e-2, "{c:?}");
+        assert!(c.compared >= 48, "too many kinks skipped: {c:?}");
         Ok(())
     }
 }
