@@ -117,8 +117,8 @@ mod tests {
         assert!((h[1] - 2f32.ln()).abs() < 1e-6);
         let mean = Tensor::new(&[[0.1f32, -0.2]], &Device::Cpu)?;
         let x = Tensor::new(&[[0.3f32, 0.0]], &Device::Cpu)?;
-        let s = 0.2;
-        let want = -(0.04 + 0.04) / (2.0 * s * s) - 2.0 * ((s as f64).ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
+        let s: f64 = 0.2;
+        let want = -(0.04 + 0.04) / (2.0 * s * s) - 2.0 * (s.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
         let got = gaussian_log_prob(&mean, s, &x)?.to_vec1::<f32>()?[0];
         assert!((f64::from(got) - want).abs() < 1e-5, "{got} vs {want}");
         assert!((gaussian_entropy(1, 1.0) - 1.4189385332046727).abs() < 1e-12);

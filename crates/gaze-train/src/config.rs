@@ -70,19 +70,13 @@ impl Default for MnistData {
 }
 
 /// Translated / cluttered MNIST settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct CanvasData {
     /// The digits.
     pub digits: MnistData,
     /// The canvas.
     pub canvas: CanvasConfig,
-}
-
-impl Default for CanvasData {
-    fn default() -> Self {
-        Self { digits: MnistData::default(), canvas: CanvasConfig::default() }
-    }
 }
 
 /// Optimiser settings.

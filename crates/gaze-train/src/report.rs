@@ -35,10 +35,10 @@ pub fn overlay(image: &Image, weights: &[f32], gh: usize, gw: usize) -> Image {
             let v = weights.get(cell).copied().unwrap_or(0.0) / max;
             let h = heat(v);
             let a = 0.65 * v.sqrt();
-            for c in 0..3 {
+            for (c, hc) in h.iter().enumerate() {
                 let o = (y * rgb.width + x) * 3 + c;
                 let base = f32::from(rgb.data[o]) / 255.0 * 0.8;
-                out.data[o] = ((base * (1.0 - a) + h[c] * a) * 255.0).round().clamp(0.0, 255.0) as u8;
+                out.data[o] = ((base * (1.0 - a) + hc * a) * 255.0).round().clamp(0.0, 255.0) as u8;
             }
         }
     }
@@ -155,7 +155,7 @@ pub fn curves(run_dir: &Path) -> Result<()> {
         c.configure_mesh().x_desc("step").label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
         c.draw_series(LineSeries::new(steps.iter().copied(), &BLUE)).map_err(plot_err)?;
         let n_ep = epochs.len().max(1) as f64;
-        let lo = train_acc.iter().chain(&val_acc).map(|p| p.1).fold(100.0, f64::min).min(99.0).max(0.0);
+        let lo = train_acc.iter().chain(&val_acc).map(|p| p.1).fold(100.0, f64::min).clamp(0.0, 99.0);
         let mut c = ChartBuilder::on(&right)
             .caption("accuracy % by epoch (blue train, red val)", ("sans-serif", 16))
             .margin(10)

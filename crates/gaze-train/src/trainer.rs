@@ -203,7 +203,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         Some(d) => d.clone(),
         None => {
             let root = opts.runs_root.clone().unwrap_or_else(|| PathBuf::from("runs"));
-            let stamp = now_utc().replace(':', "").replace('-', "");
+            let stamp = now_utc().replace([':', '-'], "");
             let mut dir = root.join(&cfg.name).join(format!("{stamp}-s{}", cfg.seed));
             let mut k = 1;
             while dir.exists() {
