@@ -2,7 +2,9 @@
 //!
 //! - `data list | show | export`: look at and export the data sets.
 //! - `experiment <name> [--quick] | --list`: run and record an experiment.
+//! - `bench convnet`: time a training step and its parts.
 
+mod bench;
 mod data;
 mod experiment;
 
@@ -24,11 +26,14 @@ enum Task {
     Data(data::DataArgs),
     /// Run an experiment from experiments/<name>.toml and record its results.
     Experiment(experiment::ExperimentArgs),
+    /// Time training steps and their parts.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Data(a) => data::run(a),
         Task::Experiment(a) => experiment::run(a),
+        Task::Bench(a) => bench::run(a),
     }
 }

@@ -78,7 +78,6 @@ impl ConvNet {
         if cfg.kernel % 2 == 0 || cfg.kernel == 0 {
             return Err(candle_core::Error::Msg(format!("ConvNet: kernel {} must be odd", cfg.kernel)));
         }
-        let conv_cfg = candle_nn::Conv2dConfig { padding: cfg.kernel / 2, ..Default::default() };
         let mut blocks = Vec::with_capacity(cfg.channels.len());
         if cfg.convs_per_block == 0 {
             return Err(candle_core::Error::Msg("ConvNet: convs_per_block must be at least 1".into()));
@@ -94,6 +93,7 @@ impl ConvNet {
                 } else {
                     (format!("conv{j}"), format!("bn{j}"))
                 };
+                let conv_cfg = candle_nn::Conv2dConfig { padding: cfg.kernel / 2, ..Default::default() };
                 let conv = candle_nn::conv2d(c_in, c, cfg.kernel, conv_cfg, vb.pp(cn))?;
                 let bn = if cfg.batch_norm { Some(candle_nn::batch_norm(c, 1e-5, vb.pp(bnn))?) } else { None };
                 layers.push((conv, bn));

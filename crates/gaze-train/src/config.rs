@@ -175,6 +175,9 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Test images drawn with their attention in the report.
     pub pictures: usize,
+    /// Training images are shifted by up to this many pixels in x and y (uniform, seeded per
+    /// step; zeros fill in); 0: no augmentation.
+    pub augment_shift: usize,
 }
 
 impl Default for TrainConfig {
@@ -187,6 +190,7 @@ impl Default for TrainConfig {
             log_every: 20,
             threads: 0,
             pictures: 16,
+            augment_shift: 0,
         }
     }
 }

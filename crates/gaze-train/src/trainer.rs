@@ -128,6 +128,43 @@ fn batch_of(set: &LabeledImages, idx: &[usize], device: &Device) -> Result<Batch
     Ok(Batch { images: b.images, targets: b.labels })
 }
 
+/// A training batch whose images are shifted by up to `max` pixels each way (uniform per image,
+/// drawn from `rng`), zeros filling in.
+pub fn shifted_batch(
+    set: &LabeledImages,
+    idx: &[usize],
+    max: usize,
+    rng: &mut gaze_tensor::seed::Rng,
+    device: &Device,
+) -> Result<Batch> {
+    use rand::Rng as _;
+    let (h, w) = (set.rows, set.cols);
+    let m = max as i64;
+    let mut shifted = LabeledImages {
+        rows: h,
+        cols: w,
+        pixels: Vec::with_capacity(idx.len() * h * w),
+        labels: Vec::with_capacity(idx.len()),
+    };
+    for &i in idx {
+        let src = set.image(i).ok_or_else(|| TrainError::Other(format!("image {i} of {}", set.len())))?;
+        let (dy, dx) = (rng.random_range(-m..=m), rng.random_range(-m..=m));
+        for y in 0..h as i64 {
+            for x in 0..w as i64 {
+                let (sy, sx) = (y - dy, x - dx);
+                let v = if sy < 0 || sx < 0 || sy >= h as i64 || sx >= w as i64 {
+                    0
+                } else {
+                    src[(sy as usize) * w + sx as usize]
+                };
+                shifted.pixels.push(v);
+            }
+        }
+        shifted.labels.push(set.labels[i]);
+    }
+    batch_of(&shifted, &(0..idx.len()).collect::<Vec<_>>(), device)
+}
+
 /// Accuracy, mean loss per term and every prediction of `model` on `set`.
 pub struct Evaluation {
     /// Percent correct.
@@ -258,7 +295,12 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         );
         for idx in batches {
             let t0 = Instant::now();
-            let b = batch_of(&data.train, &idx, &device)?;
+            let b = if cfg.train.augment_shift > 0 {
+                let mut aug = seed.stream("augment").index(st.step).rng();
+                shifted_batch(&data.train, &idx, cfg.train.augment_shift, &mut aug, &device)?
+            } else {
+                batch_of(&data.train, &idx, &device)?
+            };
             let mut rng = seed.stream("sampling").index(st.step).rng();
             let mut out = model.forward(&b, true, &mut rng)?;
             if opts.inject_nan_at_step == Some(st.step + 1) {
@@ -397,6 +439,34 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         crate::report::write(cfg, &summary, &run_dir)?;
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifts_move_the_digit_and_keep_its_ink() -> Result<()> {
+        let set = LabeledImages {
+            rows: 4,
+            cols: 4,
+            pixels: (0..16).map(|i| if i == 5 { 200 } else { 0 }).collect(),
+            labels: vec![3],
+        };
+        let mut seen = std::collections::HashSet::new();
+        for s in 0..40 {
+            let b = shifted_batch(&set, &[0], 1, &mut Seed(s).rng(), &Device::Cpu)?;
+            let px = b.images.flatten_all()?.to_vec1::<f32>()?;
+            let on: Vec<usize> = (0..16).filter(|&i| px[i] > 0.0).collect();
+            assert_eq!(on.len(), 1, "the one pixel stays inside a 1-pixel shift");
+            let (y, x) = (on[0] / 4, on[0] % 4);
+            assert!(y.abs_diff(1) <= 1 && x.abs_diff(1) <= 1);
+            seen.insert(on[0]);
+            assert_eq!(b.targets.to_vec1::<u32>()?, vec![3]);
+        }
+        assert!(seen.len() >= 7, "shifts vary: {seen:?}");
+        Ok(())
+    }
 }
 
 fn round4(x: f64) -> f64 {

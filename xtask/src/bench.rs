@@ -1,0 +1,113 @@
+//! `cargo xtask bench <what>`: timings measured in one process, printed as a table and written as
+//! JSON under `runs/bench/`.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use clap::Args;
+use gaze_tensor::{Seed, SeededVarMap};
+use gaze_train::config::OptimConfig;
+use gaze_train::optim::Optimizer;
+use gaze_zoo::{Batch, ConvNetClassifier, ConvNetClassifierConfig, Model};
+use rand::Rng;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// What to time: `convnet` (the MNIST baseline's training step, split into its parts).
+    what: String,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 128])]
+    batch: Vec<usize>,
+    /// Timed repetitions per measurement (after 3 warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// CPU threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn time<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let t = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0 / reps as f64)
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    gaze_train::set_threads(a.threads);
+    if a.what == "layers" {
+        return layers(&a);
+    }
+    anyhow::ensure!(a.what == "convnet", "unknown benchmark `{}` (known: convnet, layers)", a.what);
+    let dev = Device::Cpu;
+    let mut rows = vec![];
+    println!("| batch | forward ms | forward+backward ms | optimizer ms | step ms | samples/s | threads |");
+    println!("|---|---|---|---|---|---|---|");
+    for &b in &a.batch {
+        let vm = SeededVarMap::new(Seed(0));
+        let model = ConvNetClassifier::new(&ConvNetClassifierConfig::default(), (1, 28, 28), 10, vm.builder(&dev))?;
+        let mut r = Seed(1).rng();
+        let px: Vec<f32> = (0..b * 784).map(|_| r.random::<f32>()).collect();
+        let batch = Batch {
+            images: Tensor::from_vec(px, (b, 1, 28, 28), &dev)?,
+            targets: Tensor::from_vec((0..b).map(|i| (i % 10) as u32).collect::<Vec<_>>(), b, &dev)?,
+        };
+        let mut opt = Optimizer::new(&OptimConfig::default(), vm.sorted_vars())?;
+        let mut rng = Seed(2).rng();
+        let fwd = time(a.reps, || Ok(model.forward(&batch, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?))?;
+        let fb = time(a.reps, || Ok(model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?))?;
+        let grads = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
+        let optm = time(a.reps, || Ok(opt.step(&grads)?))?;
+        let step = time(a.reps, || {
+            let g = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
+            Ok(opt.step(&g)?)
+        })?;
+        let sps = b as f64 / (step / 1000.0);
+        println!("| {b} | {fwd:.2} | {fb:.2} | {optm:.2} | {step:.2} | {sps:.0} | {} |", a.threads);
+        rows.push(serde_json::json!({"batch": b, "forward_ms": fwd, "forward_backward_ms": fb, "optimizer_ms": optm, "step_ms": step, "samples_per_s": sps, "threads": a.threads}));
+    }
+    let out = crate::experiment::root().join("runs/bench/convnet.json");
+    gaze_data::write_atomic(&out, serde_json::to_string_pretty(&rows)?.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Forward and forward+backward time of each kind of layer of the ConvNet baseline, alone.
+fn layers(a: &BenchArgs) -> anyhow::Result<()> {
+    use candle_core::Var;
+    let dev = Device::Cpu;
+    let b = a.batch.first().copied().unwrap_or(64);
+    let mut r = Seed(1).rng();
+    let mut t = |shape: &[usize]| -> anyhow::Result<Var> {
+        let n: usize = shape.iter().product();
+        Ok(Var::from_vec((0..n).map(|_| r.random::<f32>() - 0.5).collect::<Vec<_>>(), shape, &dev)?)
+    };
+    let (x1, w1) = (t(&[b, 1, 28, 28])?, t(&[32, 1, 3, 3])?);
+    let (x2, w2) = (t(&[b, 32, 14, 14])?, t(&[64, 32, 3, 3])?);
+    let (p1, p2) = (t(&[b, 32, 28, 28])?, t(&[b, 64, 14, 14])?);
+    let (f, fw) = (t(&[b, 3136])?, t(&[128, 3136])?);
+    type Case<'a> = (&'a str, Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>);
+    let cases: Vec<Case> = vec![
+        ("conv1 candle", Box::new(|| x1.as_tensor().conv2d(w1.as_tensor(), 1, 1, 1, 1))),
+        ("conv2 candle", Box::new(|| x2.as_tensor().conv2d(w2.as_tensor(), 1, 1, 1, 1))),
+        ("pool1 gaze", Box::new(|| gaze_tensor::ops::max_pool2d(p1.as_tensor(), 2))),
+        ("pool1 candle", Box::new(|| p1.as_tensor().max_pool2d(2))),
+        ("pool2 gaze", Box::new(|| gaze_tensor::ops::max_pool2d(p2.as_tensor(), 2))),
+        ("relu 32x28x28", Box::new(|| p1.as_tensor().relu())),
+        ("fc 3136->128", Box::new(|| f.as_tensor().matmul(&fw.as_tensor().t()?))),
+    ];
+    println!("| layer (batch {b}) | forward ms | forward+backward ms |");
+    println!("|---|---|---|");
+    for (name, op) in &cases {
+        let fwd = time(a.reps, || Ok(op()?.sum_all()?.to_scalar::<f32>()?))?;
+        let fb = time(a.reps, || Ok(op()?.sum_all()?.backward()?))?;
+        println!("| {name} | {fwd:.2} | {fb:.2} |");
+    }
+    Ok(())
+}
