@@ -441,34 +441,6 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shifts_move_the_digit_and_keep_its_ink() -> Result<()> {
-        let set = LabeledImages {
-            rows: 4,
-            cols: 4,
-            pixels: (0..16).map(|i| if i == 5 { 200 } else { 0 }).collect(),
-            labels: vec![3],
-        };
-        let mut seen = std::collections::HashSet::new();
-        for s in 0..40 {
-            let b = shifted_batch(&set, &[0], 1, &mut Seed(s).rng(), &Device::Cpu)?;
-            let px = b.images.flatten_all()?.to_vec1::<f32>()?;
-            let on: Vec<usize> = (0..16).filter(|&i| px[i] > 0.0).collect();
-            assert_eq!(on.len(), 1, "the one pixel stays inside a 1-pixel shift");
-            let (y, x) = (on[0] / 4, on[0] % 4);
-            assert!(y.abs_diff(1) <= 1 && x.abs_diff(1) <= 1);
-            seen.insert(on[0]);
-            assert_eq!(b.targets.to_vec1::<u32>()?, vec![3]);
-        }
-        assert!(seen.len() >= 7, "shifts vary: {seen:?}");
-        Ok(())
-    }
-}
-
 fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
@@ -505,4 +477,32 @@ pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Ve
     let out = model.forward(&Batch { images: images.clone(), targets }, false, &mut seed.rng())?;
     let probs = candle_nn::ops::softmax(&out.logits, D::Minus1)?.to_vec2::<f32>()?;
     Ok((probs, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifts_move_the_digit_and_keep_its_ink() -> Result<()> {
+        let set = LabeledImages {
+            rows: 4,
+            cols: 4,
+            pixels: (0..16).map(|i| if i == 5 { 200 } else { 0 }).collect(),
+            labels: vec![3],
+        };
+        let mut seen = std::collections::HashSet::new();
+        for s in 0..40 {
+            let b = shifted_batch(&set, &[0], 1, &mut Seed(s).rng(), &Device::Cpu)?;
+            let px = b.images.flatten_all()?.to_vec1::<f32>()?;
+            let on: Vec<usize> = (0..16).filter(|&i| px[i] > 0.0).collect();
+            assert_eq!(on.len(), 1, "the one pixel stays inside a 1-pixel shift");
+            let (y, x) = (on[0] / 4, on[0] % 4);
+            assert!(y.abs_diff(1) <= 1 && x.abs_diff(1) <= 1);
+            seen.insert(on[0]);
+            assert_eq!(b.targets.to_vec1::<u32>()?, vec![3]);
+        }
+        assert!(seen.len() >= 7, "shifts vary: {seen:?}");
+        Ok(())
+    }
 }
