@@ -13,6 +13,12 @@ use crate::idx;
 /// The environment variable naming a folder of IDX files.
 pub const DATA_DIR_ENV: &str = "GAZE_DATA_DIR";
 
+/// The hub's MNIST files (parquet conversion of `ylecun/mnist`).
+#[cfg(feature = "hub")]
+const HUB_FILES: [&str; 2] = ["mnist/test/0000.parquet", "mnist/train/0000.parquet"];
+#[cfg(feature = "hub")]
+const HUB_REVISION: &str = "refs/convert/parquet";
+
 /// The standard IDX file names: (train images, train labels, test images, test labels).
 pub const STANDARD_NAMES: [&str; 4] =
     ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
@@ -169,16 +175,36 @@ impl Mnist {
         })
     }
 
-    /// MNIST from the Hugging Face hub (`ylecun/mnist`, parquet), from the local hub cache when
-    /// it is there. Offline with no cache this is an error that says how to use a folder instead.
+    /// MNIST from the Hugging Face hub (`ylecun/mnist`, parquet), from the local hub cache
+    /// (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) when it is there.
+    /// With `HF_HUB_OFFLINE=1` the network is never tried: no cache is an error that says how to
+    /// use a folder instead (so is any download failure).
     #[cfg(feature = "hub")]
     pub fn from_hub() -> Result<Self> {
+        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
+        Self::from_hub_checked(offline)
+    }
+
+    /// [`Mnist::from_hub`] with the offline switch given rather than read from the environment.
+    #[cfg(feature = "hub")]
+    pub fn from_hub_checked(offline: bool) -> Result<Self> {
+        let how = format!(
+            "put the four IDX files ({}) in a folder and pass --data-dir DIR or set {DATA_DIR_ENV}=DIR",
+            STANDARD_NAMES.join(", ")
+        );
+        let client =
+            hf_hub::HFClientSync::new().map_err(|e| DataError::Hub(format!("Hugging Face hub client: {e}; {how}")))?;
+        let repo = client.dataset("ylecun", "mnist");
+        let cached = HUB_FILES
+            .iter()
+            .all(|f| repo.download_file().filename(*f).revision(HUB_REVISION).local_files_only(true).send().is_ok());
+        if !cached && offline {
+            return Err(DataError::Hub(format!(
+                "MNIST is not in the Hugging Face hub cache and HF_HUB_OFFLINE is set; {how}"
+            )));
+        }
         let ds = candle_datasets::vision::mnist::load().map_err(|e| {
-            DataError::Hub(format!(
-                "could not get MNIST from the Hugging Face hub ({e}). Offline? Put the four IDX \
-                 files ({}) in a folder and pass --data-dir DIR or set {DATA_DIR_ENV}=DIR",
-                STANDARD_NAMES.join(", ")
-            ))
+            DataError::Hub(format!("could not get MNIST from the Hugging Face hub ({e}). Offline? {how}"))
         })?;
         let to_set = |images: &candle_core::Tensor, labels: &candle_core::Tensor| -> Result<LabeledImages> {
             let pixels = (images * 255.0)?.round()?.to_dtype(candle_core::DType::U8)?.flatten_all()?.to_vec1::<u8>()?;

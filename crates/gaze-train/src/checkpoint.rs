@@ -70,11 +70,20 @@ pub fn encode(vars: &SeededVarMap, opt: Option<&Optimizer>, state: &TrainState) 
         .map_err(|e| TrainError::Other(format!("safetensors: {e}")))
 }
 
-/// Saves a checkpoint atomically.
+/// Saves a checkpoint atomically, then a readable copy of its state beside it (`last.json` for
+/// `last.safetensors`): the position, learning rate and optimiser step. The copy inside the
+/// safetensors header is the one a resume reads, so the two can never disagree about a load.
 pub fn save(path: &Path, vars: &SeededVarMap, opt: Option<&Optimizer>, state: &TrainState) -> Result<()> {
     let bytes = encode(vars, opt, state)?;
     gaze_data::write_atomic(path, &bytes)
-        .map_err(|e| TrainError::Checkpoint { path: path.into(), reason: e.to_string() })
+        .map_err(|e| TrainError::Checkpoint { path: path.into(), reason: e.to_string() })?;
+    let json = serde_json::json!({
+        "state": state,
+        "optimizer": opt.map(|o| serde_json::json!({ "t": o.t, "lr": o.lr, "tensors": "optim.m.* / optim.v.* in the safetensors file" })),
+        "rng": "every draw is derived from the experiment seed and `step`: the position is the RNG state",
+    });
+    gaze_data::write_atomic(&path.with_extension("json"), json.to_string().as_bytes())
+        .map_err(|e| TrainError::Checkpoint { path: path.with_extension("json"), reason: e.to_string() })
 }
 
 /// A loaded checkpoint.
