@@ -45,6 +45,50 @@ pub fn overlay(image: &Image, weights: &[f32], gh: usize, gw: usize) -> Image {
     out
 }
 
+/// Outlines the kept cells of a (gh, gw) 0/1 `mask` on `image`, scaled up by `f`.
+pub fn draw_cells(image: &Image, mask: &[f32], gh: usize, gw: usize, f: usize) -> Image {
+    let mut out = image.to_rgb().upscale(f);
+    let (ch, cw) = (out.height as f32 / gh.max(1) as f32, out.width as f32 / gw.max(1) as f32);
+    for r in 0..gh {
+        for c in 0..gw {
+            if mask.get(r * gw + c).is_some_and(|&m| m > 0.5) {
+                out.stroke_rect(gaze_data::BBox::new(c as f32 * cw, r as f32 * ch, cw, ch), [255, 60, 40], 1);
+            }
+        }
+    }
+    out
+}
+
+/// Draws a glimpse path on `image` scaled up by `f`: at each step a box per scale (sides
+/// `sizes` in image pixels) around the centre, the step's number at its corner, and a line from
+/// each centre to the next. Centres are (x, y) in [-1, 1], as the retina reads them.
+pub fn draw_glimpses(image: &Image, centres: &[(f32, f32)], sizes: &[usize], f: usize) -> Image {
+    let mut out = image.to_rgb().upscale(f);
+    let (h, w) = (image.height as f32, image.width as f32);
+    let fs = f as f32;
+    let px = |c: (f32, f32)| (0.5 * (c.0.clamp(-1.0, 1.0) + 1.0) * w * fs, 0.5 * (c.1.clamp(-1.0, 1.0) + 1.0) * h * fs);
+    let colours = gaze_data::preview::BOX_COLOURS;
+    for pair in centres.windows(2) {
+        let ((x0, y0), (x1, y1)) = (px(pair[0]), px(pair[1]));
+        let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+        for k in 0..=steps {
+            let t = k as f32 / steps as f32;
+            out.put((y0 + t * (y1 - y0)) as i64, (x0 + t * (x1 - x0)) as i64, [255, 255, 255]);
+        }
+    }
+    for (t, &c) in centres.iter().enumerate() {
+        let (cx, cy) = px(c);
+        let colour = colours[t % colours.len()];
+        for &side in sizes {
+            let half = side as f32 * fs / 2.0;
+            out.stroke_rect(gaze_data::BBox::new(cx - half, cy - half, 2.0 * half, 2.0 * half), colour, 1);
+        }
+        let half = sizes.first().copied().unwrap_or(0) as f32 * fs / 2.0;
+        out.draw_text(&format!("{}", t + 1), (cy - half) as i64 + 1, (cx - half) as i64 + 2, 1, colour);
+    }
+    out
+}
+
 /// Draws what `model` attended on `images` (indices into `set`) as tiles.
 pub fn attention_tiles(
     model: &dyn Model,
@@ -68,6 +112,16 @@ pub fn attention_tiles(
                 let w = weights.get(k)?;
                 let (gh, gw) = w.dims2()?;
                 overlay(&img, &w.flatten_all()?.to_vec1::<f32>()?, gh, gw)
+            }
+            Some(AttentionMap::Cells { mask, title: t }) => {
+                title = t.clone();
+                let m = mask.get(k)?;
+                let (gh, gw) = m.dims2()?;
+                draw_cells(&img, &m.flatten_all()?.to_vec1::<f32>()?, gh, gw, 1)
+            }
+            Some(AttentionMap::Glimpses { centres, sizes, title: t }) => {
+                title = t.clone();
+                draw_glimpses(&img, centres.get(k).map_or(&[][..], Vec::as_slice), sizes, 1)
             }
             None => img.to_rgb(),
         };
@@ -201,6 +255,22 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glimpse_paths_and_kept_cells_are_drawn() {
+        let img = Image::filled(20, 20, 1, 0);
+        // two steps: the centre, then the top-left corner; one 4-px scale and one 8-px scale
+        let g = draw_glimpses(&img, &[(0.0, 0.0), (-0.5, -0.5)], &[4, 8], 2);
+        assert_eq!((g.width, g.height), (40, 40));
+        let c0 = gaze_data::preview::BOX_COLOURS[0];
+        // step 1's inner box: centre (20, 20) at 2x, half-side 4 -> its top edge is row 16
+        assert_eq!((0..3).map(|c| g.get(16, 20, c)).collect::<Vec<_>>(), c0.to_vec());
+        // the path passes between the two centres (20, 20) and (10, 10)
+        assert_eq!(g.get(15, 15, 0), 255);
+        let cells = draw_cells(&img, &[0.0, 1.0, 0.0, 0.0], 2, 2, 1);
+        assert_eq!(cells.get(0, 15, 0), 255); // top-right cell outlined
+        assert_eq!(cells.get(15, 5, 0), 0); // bottom-left not
+    }
 
     #[test]
     fn overlay_brightens_the_attended_cell() {

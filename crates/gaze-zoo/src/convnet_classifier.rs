@@ -137,7 +137,7 @@ mod tests {
         let last = model.forward(&batch, false, &mut r)?.total_loss()?.to_scalar::<f32>()?;
         assert!(last < first * 0.5, "{first} -> {last}");
         let out = model.forward(&batch, false, &mut r)?;
-        let AttentionMap::Grid { weights, .. } = out.attention.expect("map");
+        let Some(AttentionMap::Grid { weights, .. }) = out.attention else { panic!("a grid map") };
         let sums = weights.sum(D::Minus1)?.sum(D::Minus1)?.to_vec1::<f32>()?;
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4));
         assert_eq!(out.logits.dtype(), DType::F32);

@@ -27,6 +27,23 @@ pub enum AttentionMap {
         /// What the map is, for captions ("attention", "feature norm (no attention)").
         title: String,
     },
+    /// Cells kept by a hard attention, (b, gh, gw) of 0/1; drawn as outlined boxes.
+    Cells {
+        /// The mask.
+        mask: Tensor,
+        /// What the map is.
+        title: String,
+    },
+    /// Glimpses per step: for each example, each step's centre (x, y) in [-1, 1]; drawn as
+    /// numbered boxes of every scale joined by the path.
+    Glimpses {
+        /// `centres[example][step]`.
+        centres: Vec<Vec<(f32, f32)>>,
+        /// Side in pixels of each scale's patch (g, s*g, ...).
+        sizes: Vec<usize>,
+        /// What the map is.
+        title: String,
+    },
 }
 
 /// What a forward pass gives.

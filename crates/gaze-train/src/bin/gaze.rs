@@ -114,6 +114,14 @@ fn main() -> anyhow::Result<()> {
                     let (gh, gw) = wgt.dims2()?;
                     report::overlay(&img, &wgt.flatten_all()?.to_vec1::<f32>()?, gh, gw)
                 }
+                Some(AttentionMap::Cells { mask, .. }) => {
+                    let m = mask.get(0)?;
+                    let (gh, gw) = m.dims2()?;
+                    report::draw_cells(&img, &m.flatten_all()?.to_vec1::<f32>()?, gh, gw, 1)
+                }
+                Some(AttentionMap::Glimpses { centres, sizes, .. }) => {
+                    report::draw_glimpses(&img, centres.first().map_or(&[][..], Vec::as_slice), sizes, 1)
+                }
                 None => img.to_rgb(),
             };
             let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
