@@ -45,6 +45,19 @@ pub fn overlay(image: &Image, weights: &[f32], gh: usize, gw: usize) -> Image {
     out
 }
 
+/// Lays images of one height side by side with `gap` white pixels between them.
+pub fn strip(panels: &[Image], gap: usize) -> Image {
+    let h = panels.iter().map(|p| p.height).max().unwrap_or(1);
+    let w = panels.iter().map(|p| p.width).sum::<usize>() + gap * panels.len().saturating_sub(1);
+    let mut out = Image::filled(h, w.max(1), 3, 255);
+    let mut x = 0;
+    for p in panels {
+        out.blit(p, 0, x as i64);
+        x += p.width + gap;
+    }
+    out
+}
+
 /// Outlines the kept cells of a (gh, gw) 0/1 `mask` on `image`, scaled up by `f`.
 pub fn draw_cells(image: &Image, mask: &[f32], gh: usize, gw: usize, f: usize) -> Image {
     let mut out = image.to_rgb().upscale(f);
@@ -113,6 +126,17 @@ pub fn attention_tiles(
                 let (gh, gw) = w.dims2()?;
                 overlay(&img, &w.flatten_all()?.to_vec1::<f32>()?, gh, gw)
             }
+            Some(AttentionMap::Steps { weights, title: t }) => {
+                title = t.clone();
+                let w = weights.get(k)?; // (t, gh, gw)
+                let (steps, gh, gw) = w.dims3()?;
+                let mut panels = Vec::with_capacity(steps + 1);
+                for s in 0..steps {
+                    panels.push(overlay(&img, &w.get(s)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+                }
+                panels.push(overlay(&img, &w.sum(0)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+                strip(&panels, 2)
+            }
             Some(AttentionMap::Cells { mask, title: t }) => {
                 title = t.clone();
                 let m = mask.get(k)?;
@@ -161,7 +185,8 @@ pub fn pictures(
         if tiles.is_empty() {
             continue;
         }
-        let mut img = grid(&tiles, 8, 112);
+        let wide = tiles.first().is_some_and(|t| t.image.width > 2 * t.image.height);
+        let mut img = if wide { grid(&tiles, 2, 2 * tiles[0].image.width) } else { grid(&tiles, 8, 112) };
         let mut framed = Image::filled(img.height + 16, img.width, 3, 255);
         framed.draw_text(&format!("{name}: {title}"), 4, 6, 1, [0, 0, 0]);
         framed.blit(&img, 16, 0);
@@ -241,6 +266,13 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
         "| wall_s | {} | |\n| samples_per_s | {} | |\n| steps | {} | |\n\n",
         s.wall_s, s.samples_per_s, s.steps
     );
+    if !s.stats.is_empty() {
+        md += "## Statistics on the test set\n\n| statistic | mean |\n|---|---|\n";
+        for (k, v) in &s.stats {
+            md += &format!("| {k} | {v} |\n");
+        }
+        md += "\n";
+    }
     md += "## Training curves\n\n![curves](curves.png)\n\n## Where it looked\n\n";
     for f in ["test_right", "test_wrong"] {
         if run_dir.join("attention").join(format!("{f}.png")).is_file() {

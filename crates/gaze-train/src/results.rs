@@ -64,6 +64,7 @@ mod tests {
             command: "cargo xtask experiment x".into(),
             date: "2026-11-21T10:00:00Z".into(),
             data: "d".into(),
+            stats: BTreeMap::new(),
         }
     }
 

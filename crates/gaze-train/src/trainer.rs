@@ -61,6 +61,9 @@ pub struct RunSummary {
     pub date: String,
     /// Where the data came from.
     pub data: String,
+    /// Test-set means of the model's statistics (attention entropy per step ...).
+    #[serde(default)]
+    pub stats: BTreeMap<String, f64>,
 }
 
 /// A model with its variables.
@@ -175,6 +178,8 @@ pub struct Evaluation {
     pub terms: BTreeMap<String, f64>,
     /// The predicted class of each example.
     pub predictions: Vec<u32>,
+    /// Mean of each statistic the model reports (attention entropy per step ...).
+    pub stats: BTreeMap<String, f64>,
 }
 
 /// Evaluates `model` on `set` in batches (eval mode, draws from `seed`).
@@ -187,6 +192,7 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let mut rng = seed.rng();
     let (mut correct, mut loss, mut terms, mut preds) = (0u64, 0f64, BTreeMap::new(), Vec::with_capacity(set.len()));
+    let mut stats: BTreeMap<String, f64> = BTreeMap::new();
     for idx in Batcher::new((0..set.len()).collect(), batch, false)? {
         let b = batch_of(set, &idx, device)?;
         let out = model.forward(&b, false, &mut rng)?;
@@ -199,10 +205,14 @@ pub fn evaluate(
         for (name, v) in &out.losses {
             *terms.entry(name.clone()).or_insert(0.0) += f64::from(v.to_scalar::<f32>()?) * n;
         }
+        for (name, v) in &out.stats {
+            *stats.entry(name.clone()).or_insert(0.0) += f64::from(v.to_scalar::<f32>()?) * n;
+        }
     }
     let n = set.len().max(1) as f64;
     terms.values_mut().for_each(|v: &mut f64| *v /= n);
-    Ok(Evaluation { acc_pct: 100.0 * correct as f64 / n, loss: loss / n, terms, predictions: preds })
+    stats.values_mut().for_each(|v: &mut f64| *v = round4(*v / n));
+    Ok(Evaluation { acc_pct: 100.0 * correct as f64 / n, loss: loss / n, terms, predictions: preds, stats })
 }
 
 fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
@@ -348,11 +358,17 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
                 sps
             ));
             if st.step % cfg.train.log_every.max(1) == 0 {
+                let stats = out
+                    .stats
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), f64::from(v.to_scalar::<f32>()?))))
+                    .collect::<Result<BTreeMap<_, _>>>()?;
                 append_jsonl(
                     &metrics_path,
                     &serde_json::json!({
                         "kind": "step", "step": st.step, "epoch": st.epoch, "loss": total, "terms": term_values,
                         "acc_pct": 100.0 * correct as f64 / n as f64, "lr": st.lr, "grad_norm": info.grad_norm,
+                        "stats": stats,
                     }),
                 )?;
             }
@@ -384,7 +400,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             "kind": "epoch", "step": st.step, "epoch": st.epoch + 1,
             "train_loss": p.loss / cnt, "train_acc_pct": 100.0 * p.correct as f64 / cnt,
             "train_terms": p.terms.iter().map(|(k, v)| (k.clone(), v / cnt)).collect::<BTreeMap<_, _>>(),
-            "val_loss": val.loss, "val_acc_pct": val.acc_pct, "lr": st.lr,
+            "val_loss": val.loss, "val_acc_pct": val.acc_pct, "val_stats": val.stats, "lr": st.lr,
             "samples_per_s": st.examples as f64 / st.train_seconds.max(1e-9),
         });
         append_jsonl(&metrics_path, &line)?;
@@ -401,6 +417,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
 
     let mut metrics = BTreeMap::new();
+    let mut test_stats = BTreeMap::new();
     if !stopped_early {
         // Test the best-on-validation parameters.
         if best_path.is_file() {
@@ -413,6 +430,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         metrics.insert("test_acc_pct".to_string(), round4(test.acc_pct));
         metrics.insert("test_error_pct".to_string(), round4(100.0 - test.acc_pct));
         metrics.insert("test_loss".to_string(), round4(test.loss));
+        test_stats = test.stats.clone();
         crate::report::pictures(model, &data, &test, cfg, &run_dir, &device)?;
         // Leave `last` as the final parameters of training, as saved at the last epoch end.
     }
@@ -432,6 +450,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         command,
         date: now_utc(),
         data: data.description.clone(),
+        stats: test_stats,
     };
     let json = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
     gaze_data::write_atomic(&run_dir.join("summary.json"), json.as_bytes())?;

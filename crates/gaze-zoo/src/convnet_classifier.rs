@@ -106,6 +106,7 @@ impl Model for ConvNetClassifier {
             logits,
             losses: vec![("classify".into(), classify)],
             attention: Some(AttentionMap::Grid { weights, title: "feature norm (no attention)".into() }),
+            stats: vec![],
         })
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod convnet_classifier;
 pub mod model;
+pub mod soft_attention_mnist;
 
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 pub use model::{build, AttentionMap, Batch, Model, ModelConfig, Output};
+pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use gaze_tensor::seed::Rng;
 
 use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
+use crate::soft_attention_mnist::{SoftAttentionMnist, SoftAttentionMnistConfig};
 
 /// One batch, as tensors. Fields a model does not use may be absent.
 #[derive(Debug, Clone)]
@@ -34,6 +35,14 @@ pub enum AttentionMap {
         /// What the map is.
         title: String,
     },
+    /// Soft masks per step, (b, t, gh, gw), each summing to 1; drawn as a strip of heat maps and
+    /// their sum.
+    Steps {
+        /// The masks.
+        weights: Tensor,
+        /// What the map is.
+        title: String,
+    },
     /// Glimpses per step: for each example, each step's centre (x, y) in [-1, 1]; drawn as
     /// numbered boxes of every scale joined by the path.
     Glimpses {
@@ -55,6 +64,8 @@ pub struct Output {
     pub losses: Vec<(String, Tensor)>,
     /// What the model looked at, when it says.
     pub attention: Option<AttentionMap>,
+    /// Scalar statistics by name that are logged but not trained on (attention entropy ...).
+    pub stats: Vec<(String, Tensor)>,
 }
 
 impl Output {
@@ -81,6 +92,8 @@ pub trait Model: Send + Sync {
 pub enum ModelConfig {
     /// A plain ConvNet classifier (no attention; the baseline).
     Convnet(ConvNetClassifierConfig),
+    /// Elementary soft attention on MNIST (conv volume + LSTM key, three relations).
+    SoftAttentionMnist(SoftAttentionMnistConfig),
 }
 
 /// Builds the model of `cfg` for inputs of (channels, height, width) and `classes` classes.
@@ -92,5 +105,6 @@ pub fn build(
 ) -> Result<Box<dyn Model>> {
     match cfg {
         ModelConfig::Convnet(c) => Ok(Box::new(ConvNetClassifier::new(c, input, classes, vb)?)),
+        ModelConfig::SoftAttentionMnist(c) => Ok(Box::new(SoftAttentionMnist::new(c, input, classes, vb)?)),
     }
 }

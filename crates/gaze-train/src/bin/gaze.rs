@@ -114,6 +114,16 @@ fn main() -> anyhow::Result<()> {
                     let (gh, gw) = wgt.dims2()?;
                     report::overlay(&img, &wgt.flatten_all()?.to_vec1::<f32>()?, gh, gw)
                 }
+                Some(AttentionMap::Steps { weights, .. }) => {
+                    let w = weights.get(0)?;
+                    let (steps, gh, gw) = w.dims3()?;
+                    let mut panels = Vec::with_capacity(steps + 1);
+                    for s in 0..steps {
+                        panels.push(report::overlay(&img, &w.get(s)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+                    }
+                    panels.push(report::overlay(&img, &w.sum(0)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+                    report::strip(&panels, 2)
+                }
                 Some(AttentionMap::Cells { mask, .. }) => {
                     let m = mask.get(0)?;
                     let (gh, gw) = m.dims2()?;

@@ -1,0 +1,225 @@
+//! Elementary soft attention on MNIST, after a well-known tutorial on attention: a conv layer
+//! and max-pool give an activation volume (14, 14, 12); an LSTM (196 units) runs 10 steps; at
+//! each step its state relates a key to the volume, the attended vector sum_ij mask_ij F_ij feeds
+//! the next step, and the last state classifies. Three relations, by config:
+//! - `location_softmax`: mask = softmax(Linear(h -> 196)) ([`LocationSoftmax`]);
+//! - `gaussian`: a 2-D Gaussian window from Linear(h -> 5) ([`GaussianWindow`]);
+//! - `feature_key`: a 12-d key, mask = softmax_ij <F_ij, key> ([`DotProductAttention`]).
+//! Unlike the tutorial (precomputed features) the conv layer is trained end to end.
+
+use candle_core::{Result, Tensor};
+use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
+use candle_nn::{Conv2d, Linear, Module, VarBuilder, LSTM};
+use serde::{Deserialize, Serialize};
+
+use gaze_attention::{
+    Attend, DotProductAttention, DotProductConfig, GaussianWindow, GaussianWindowConfig, LocationSoftmax,
+    LocationSoftmaxConfig,
+};
+use gaze_tensor::seed::Rng;
+
+use crate::model::{AttentionMap, Batch, Model, Output};
+
+/// How the LSTM's state is related to the activation volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relation {
+    /// Softmax over a linear map of the state to the cells.
+    LocationSoftmax,
+    /// A 2-D Gaussian window (mean, scales, correlation) from the state.
+    Gaussian,
+    /// A feature-like key compared with every cell by dot product.
+    FeatureKey,
+}
+
+/// Settings of [`SoftAttentionMnist`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SoftAttentionMnistConfig {
+    /// The relation between key and volume.
+    pub relation: Relation,
+    /// Channels of the activation volume (12).
+    pub channels: usize,
+    /// Kernel of the conv layer (odd; same padding).
+    pub kernel: usize,
+    /// LSTM units (196).
+    pub hidden: usize,
+    /// Attention steps (10).
+    pub steps: usize,
+}
+
+impl Default for SoftAttentionMnistConfig {
+    /// The tutorial's setting: 12 channels, 14 x 14 cells, 196 LSTM units, 10 steps.
+    fn default() -> Self {
+        Self { relation: Relation::LocationSoftmax, channels: 12, kernel: 5, hidden: 196, steps: 10 }
+    }
+}
+
+impl SoftAttentionMnistConfig {
+    /// A tiny model for tests.
+    pub fn tiny(relation: Relation) -> Self {
+        Self { relation, channels: 3, kernel: 3, hidden: 8, steps: 3 }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Relator {
+    Location(LocationSoftmax),
+    Gaussian(GaussianWindow),
+    Key(DotProductAttention),
+}
+
+impl Relator {
+    fn attend(&self, feats: &Tensor, h: &Tensor) -> Result<gaze_attention::Attended> {
+        match self {
+            Relator::Location(a) => a.attend(feats, h),
+            Relator::Gaussian(a) => a.attend(feats, h),
+            Relator::Key(a) => a.attend(feats, h),
+        }
+    }
+}
+
+/// The model.
+#[derive(Debug, Clone)]
+pub struct SoftAttentionMnist {
+    cfg: SoftAttentionMnistConfig,
+    conv: Conv2d,
+    lstm: LSTM,
+    relator: Relator,
+    out: Linear,
+    grid: (usize, usize),
+}
+
+impl SoftAttentionMnist {
+    /// Builds the model for (channels, height, width) images (height and width even).
+    pub fn new(
+        cfg: &SoftAttentionMnistConfig,
+        input: (usize, usize, usize),
+        classes: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if cfg.kernel % 2 == 0 || cfg.steps == 0 || cfg.channels == 0 || cfg.hidden == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "soft_attention_mnist: kernel {} must be odd and channels, hidden, steps >= 1",
+                cfg.kernel
+            )));
+        }
+        let (gh, gw) = (input.1 / 2, input.2 / 2);
+        let n = gh * gw;
+        let conv_cfg = candle_nn::Conv2dConfig { padding: cfg.kernel / 2, ..Default::default() };
+        let conv = candle_nn::conv2d(input.0, cfg.channels, cfg.kernel, conv_cfg, vb.pp("conv"))?;
+        let lstm = candle_nn::lstm(cfg.channels, cfg.hidden, LSTMConfig::default(), vb.pp("lstm"))?;
+        let avb = vb.pp("attention");
+        let relator = match cfg.relation {
+            Relation::LocationSoftmax => Relator::Location(LocationSoftmax::new(
+                &LocationSoftmaxConfig { cells: n, feat_dim: cfg.channels, query_dim: cfg.hidden },
+                avb,
+            )?),
+            Relation::Gaussian => Relator::Gaussian(GaussianWindow::new(
+                &GaussianWindowConfig {
+                    grid_h: gh,
+                    grid_w: gw,
+                    feat_dim: cfg.channels,
+                    query_dim: cfg.hidden,
+                    ..GaussianWindowConfig::default()
+                },
+                avb,
+            )?),
+            Relation::FeatureKey => Relator::Key(DotProductAttention::new(
+                &DotProductConfig { feat_dim: cfg.channels, query_dim: cfg.hidden, scaled: false },
+                avb,
+            )?),
+        };
+        let out = candle_nn::linear(cfg.hidden, classes, vb.pp("out"))?;
+        Ok(Self { cfg: cfg.clone(), conv, lstm, relator, out, grid: (gh, gw) })
+    }
+
+    /// The activation volume as cells. Shapes: images (b, c, h, w) -> (b, n, channels).
+    pub fn volume(&self, images: &Tensor) -> Result<Tensor> {
+        let f = gaze_tensor::ops::max_pool2d(&self.conv.forward(images)?.relu()?, 2)?;
+        f.flatten_from(2)?.transpose(1, 2)?.contiguous()
+    }
+}
+
+impl Model for SoftAttentionMnist {
+    /// Shapes: images (b, c, h, w) -> logits (b, classes), loss `classify`, masks (b, t, h/2, w/2),
+    /// statistics `entropy_tNN` (mean attention entropy at step NN, nats; ln 196 = 5.28 is uniform).
+    fn forward(&self, batch: &Batch, _train: bool, _rng: &mut Rng) -> Result<Output> {
+        let feats = self.volume(&batch.images)?;
+        let b = feats.dim(0)?;
+        let mut state: LSTMState = self.lstm.zero_state(b)?;
+        let mut masks = Vec::with_capacity(self.cfg.steps);
+        let mut stats = Vec::with_capacity(self.cfg.steps);
+        for t in 0..self.cfg.steps {
+            let att = self.relator.attend(&feats, state.h())?;
+            state = self.lstm.step(&att.context, &state)?;
+            let w = att.weights.detach();
+            let entropy = gaze_tensor::sample::categorical_entropy(&w)?.mean_all()?;
+            stats.push((format!("entropy_t{:02}", t + 1), entropy));
+            masks.push(w);
+        }
+        let logits = self.out.forward(state.h())?;
+        let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let (gh, gw) = self.grid;
+        let weights = Tensor::stack(&masks, 1)?.reshape((b, self.cfg.steps, gh, gw))?;
+        let title = format!("{:?} attention, steps 1..{} then their sum", self.cfg.relation, self.cfg.steps);
+        Ok(Output {
+            logits,
+            losses: vec![("classify".into(), classify)],
+            attention: Some(AttentionMap::Steps { weights, title }),
+            stats,
+        })
+    }
+}
+
+/// For tests: the sum of each step's mask, (b, t, gh, gw) -> (b, t).
+#[cfg(test)]
+fn step_sums(weights: &Tensor) -> Result<Vec<Vec<f32>>> {
+    weights.sum(candle_core::D::Minus1)?.sum(candle_core::D::Minus1)?.to_vec2::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use gaze_tensor::{Seed, SeededVarMap};
+    use rand::Rng as _;
+
+    fn batch(dev: &Device) -> Result<Batch> {
+        let mut r = Seed(1).rng();
+        let imgs: Vec<f32> = (0..6 * 64).map(|_| r.random::<f32>()).collect();
+        Ok(Batch {
+            images: Tensor::from_vec(imgs, (6, 1, 8, 8), dev)?,
+            targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, dev)?,
+        })
+    }
+
+    #[test]
+    fn masks_sum_to_one_per_step_and_loss_falls() -> Result<()> {
+        let dev = Device::Cpu;
+        for relation in [Relation::LocationSoftmax, Relation::Gaussian, Relation::FeatureKey] {
+            let vm = SeededVarMap::new(Seed(0));
+            let model =
+                SoftAttentionMnist::new(&SoftAttentionMnistConfig::tiny(relation), (1, 8, 8), 3, vm.builder(&dev))?;
+            let b = batch(&dev)?;
+            let mut rng = Seed(2).rng();
+            let out = model.forward(&b, false, &mut rng)?;
+            let Some(AttentionMap::Steps { weights, .. }) = &out.attention else { panic!("step masks") };
+            assert_eq!(weights.dims(), &[6, 3, 4, 4]);
+            for row in step_sums(weights)? {
+                assert!(row.iter().all(|s| (s - 1.0).abs() < 1e-5), "{relation:?}: {row:?}");
+            }
+            assert_eq!(out.stats.len(), 3);
+            let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
+            let mut opt = candle_nn::optim::AdamW::new_lr(vars, 2e-2)?;
+            let first = out.total_loss()?.to_scalar::<f32>()?;
+            for _ in 0..40 {
+                let loss = model.forward(&b, true, &mut rng)?.total_loss()?;
+                candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
+            }
+            let last = model.forward(&b, false, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
+            assert!(last < 0.5 * first, "{relation:?}: {first} -> {last}");
+        }
+        Ok(())
+    }
+}
