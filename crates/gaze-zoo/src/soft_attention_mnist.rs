@@ -5,6 +5,7 @@
 //! - `location_softmax`: mask = softmax(Linear(h -> 196)) ([`LocationSoftmax`]);
 //! - `gaussian`: a 2-D Gaussian window from Linear(h -> 5) ([`GaussianWindow`]);
 //! - `feature_key`: a 12-d key, mask = softmax_ij <F_ij, key> ([`DotProductAttention`]).
+//!
 //! Unlike the tutorial (precomputed features) the conv layer is trained end to end.
 
 use candle_core::{Result, Tensor};
