@@ -102,6 +102,38 @@ pub fn draw_glimpses(image: &Image, centres: &[(f32, f32)], sizes: &[usize], f: 
     out
 }
 
+/// Draws what a model attended, for example `k` of its batch, over `img`: a heat map, a strip
+/// of per-step heat maps and their sum, outlined kept cells, or a numbered glimpse path. Returns
+/// the picture and the map's title (`None` when the model said nothing).
+pub fn render_attention(img: &Image, map: Option<&AttentionMap>, k: usize) -> Result<(Image, Option<String>)> {
+    Ok(match map {
+        Some(AttentionMap::Grid { weights, title }) => {
+            let w = weights.get(k)?;
+            let (gh, gw) = w.dims2()?;
+            (overlay(img, &w.flatten_all()?.to_vec1::<f32>()?, gh, gw), Some(title.clone()))
+        }
+        Some(AttentionMap::Steps { weights, title }) => {
+            let w = weights.get(k)?; // (t, gh, gw)
+            let (steps, gh, gw) = w.dims3()?;
+            let mut panels = Vec::with_capacity(steps + 1);
+            for s in 0..steps {
+                panels.push(overlay(img, &w.get(s)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+            }
+            panels.push(overlay(img, &w.sum(0)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+            (strip(&panels, 2), Some(title.clone()))
+        }
+        Some(AttentionMap::Cells { mask, title }) => {
+            let m = mask.get(k)?;
+            let (gh, gw) = m.dims2()?;
+            (draw_cells(img, &m.flatten_all()?.to_vec1::<f32>()?, gh, gw, 1), Some(title.clone()))
+        }
+        Some(AttentionMap::Glimpses { centres, sizes, title }) => {
+            (draw_glimpses(img, centres.get(k).map_or(&[][..], Vec::as_slice), sizes, 1), Some(title.clone()))
+        }
+        None => (img.to_rgb(), None),
+    })
+}
+
 /// Draws what `model` attended on `images` (indices into `set`) as tiles.
 pub fn attention_tiles(
     model: &dyn Model,
@@ -119,36 +151,10 @@ pub fn attention_tiles(
     let mut title = String::from("inputs");
     for (k, &i) in indices.iter().enumerate() {
         let img = Image::grey(set.rows, set.cols, set.image(i).unwrap_or_default().to_vec())?;
-        let shown = match &out.attention {
-            Some(AttentionMap::Grid { weights, title: t }) => {
-                title = t.clone();
-                let w = weights.get(k)?;
-                let (gh, gw) = w.dims2()?;
-                overlay(&img, &w.flatten_all()?.to_vec1::<f32>()?, gh, gw)
-            }
-            Some(AttentionMap::Steps { weights, title: t }) => {
-                title = t.clone();
-                let w = weights.get(k)?; // (t, gh, gw)
-                let (steps, gh, gw) = w.dims3()?;
-                let mut panels = Vec::with_capacity(steps + 1);
-                for s in 0..steps {
-                    panels.push(overlay(&img, &w.get(s)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
-                }
-                panels.push(overlay(&img, &w.sum(0)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
-                strip(&panels, 2)
-            }
-            Some(AttentionMap::Cells { mask, title: t }) => {
-                title = t.clone();
-                let m = mask.get(k)?;
-                let (gh, gw) = m.dims2()?;
-                draw_cells(&img, &m.flatten_all()?.to_vec1::<f32>()?, gh, gw, 1)
-            }
-            Some(AttentionMap::Glimpses { centres, sizes, title: t }) => {
-                title = t.clone();
-                draw_glimpses(&img, centres.get(k).map_or(&[][..], Vec::as_slice), sizes, 1)
-            }
-            None => img.to_rgb(),
-        };
+        let (shown, t) = render_attention(&img, out.attention.as_ref(), k)?;
+        if let Some(t) = t {
+            title = t;
+        }
         let pred = predictions.get(i).copied().unwrap_or(u32::MAX);
         let truth = set.labels[i];
         let mark = if pred == u32::from(truth) { "right" } else { "WRONG" };

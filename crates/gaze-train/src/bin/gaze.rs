@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use gaze_data::Image;
 use gaze_tensor::Seed;
 use gaze_train::{report, trainer, ExperimentConfig, RunOptions};
-use gaze_zoo::AttentionMap;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -108,32 +107,7 @@ fn main() -> anyhow::Result<()> {
             let p = &probs[0];
             let (best, conf) = p.iter().enumerate().fold((0, 0f32), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
             println!("class {best} (p = {conf:.3})");
-            let overlay = match &out_.attention {
-                Some(AttentionMap::Grid { weights, .. }) => {
-                    let wgt = weights.get(0)?;
-                    let (gh, gw) = wgt.dims2()?;
-                    report::overlay(&img, &wgt.flatten_all()?.to_vec1::<f32>()?, gh, gw)
-                }
-                Some(AttentionMap::Steps { weights, .. }) => {
-                    let w = weights.get(0)?;
-                    let (steps, gh, gw) = w.dims3()?;
-                    let mut panels = Vec::with_capacity(steps + 1);
-                    for s in 0..steps {
-                        panels.push(report::overlay(&img, &w.get(s)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
-                    }
-                    panels.push(report::overlay(&img, &w.sum(0)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
-                    report::strip(&panels, 2)
-                }
-                Some(AttentionMap::Cells { mask, .. }) => {
-                    let m = mask.get(0)?;
-                    let (gh, gw) = m.dims2()?;
-                    report::draw_cells(&img, &m.flatten_all()?.to_vec1::<f32>()?, gh, gw, 1)
-                }
-                Some(AttentionMap::Glimpses { centres, sizes, .. }) => {
-                    report::draw_glimpses(&img, centres.first().map_or(&[][..], Vec::as_slice), sizes, 1)
-                }
-                None => img.to_rgb(),
-            };
+            let (overlay, _) = report::render_attention(&img, out_.attention.as_ref(), 0)?;
             let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
             overlay.upscale((224 / w.max(1)).max(1)).save_png(&out)?;
             println!("overlay: {}", out.display());
