@@ -1,5 +1,6 @@
 //! `cargo xtask bench <what>`: timings measured in one process, printed as a table and written as
-//! JSON under `runs/bench/`.
+//! JSON under `runs/bench/`: a model's training step split into forward, backward and optimiser
+//! (`convnet`, or any experiment by name), or each ConvNet layer alone (`layers`).
 
 use std::time::Instant;
 
@@ -9,12 +10,13 @@ use clap::Args;
 use gaze_tensor::{Seed, SeededVarMap};
 use gaze_train::config::OptimConfig;
 use gaze_train::optim::Optimizer;
-use gaze_zoo::{Batch, ConvNetClassifier, ConvNetClassifierConfig, Model};
+use gaze_zoo::Batch;
 use rand::Rng;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What to time: `convnet` (the MNIST baseline's training step, split into its parts).
+    /// What to time: `convnet` (the MNIST baseline), an experiment's name (its model's training
+    /// step, split into its parts), or `layers` (each ConvNet layer alone).
     what: String,
     /// Batch sizes.
     #[arg(long, value_delimiter = ',', default_values_t = [64usize, 128])]
@@ -43,18 +45,27 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.what == "layers" {
         return layers(&a);
     }
-    anyhow::ensure!(a.what == "convnet", "unknown benchmark `{}` (known: convnet, layers)", a.what);
+    // `convnet` is the MNIST baseline; any other name is an experiment file's model.
+    let name = if a.what == "convnet" { "mnist-convnet" } else { a.what.as_str() };
+    let path = crate::experiment::root().join("experiments").join(format!("{name}.toml"));
+    let cfg = gaze_train::ExperimentConfig::load(&path)
+        .with_context(|| format!("`{}` is neither `layers` nor an experiment (see `cargo xtask experiment --list`)", a.what))?;
+    let input = match &cfg.data {
+        gaze_train::config::DataConfig::MnistCanvas(c) => (1, c.canvas.canvas, c.canvas.canvas),
+        gaze_train::config::DataConfig::Mnist(_) => (1, 28, 28),
+    };
     let dev = Device::Cpu;
     let mut rows = vec![];
+    println!("model of `{name}`, input {input:?}, random images");
     println!("| batch | forward ms | forward+backward ms | optimizer ms | step ms | samples/s | threads |");
     println!("|---|---|---|---|---|---|---|");
     for &b in &a.batch {
         let vm = SeededVarMap::new(Seed(0));
-        let model = ConvNetClassifier::new(&ConvNetClassifierConfig::default(), (1, 28, 28), 10, vm.builder(&dev))?;
+        let model = gaze_zoo::build(&cfg.model, input, 10, vm.builder(&dev))?;
         let mut r = Seed(1).rng();
-        let px: Vec<f32> = (0..b * 784).map(|_| r.random::<f32>()).collect();
+        let px: Vec<f32> = (0..b * input.1 * input.2).map(|_| r.random::<f32>()).collect();
         let batch = Batch {
-            images: Tensor::from_vec(px, (b, 1, 28, 28), &dev)?,
+            images: Tensor::from_vec(px, (b, 1, input.1, input.2), &dev)?,
             targets: Tensor::from_vec((0..b).map(|i| (i % 10) as u32).collect::<Vec<_>>(), b, &dev)?,
         };
         let mut opt = Optimizer::new(&OptimConfig::default(), vm.sorted_vars())?;
@@ -69,11 +80,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         })?;
         let sps = b as f64 / (step / 1000.0);
         println!("| {b} | {fwd:.2} | {fb:.2} | {optm:.2} | {step:.2} | {sps:.0} | {} |", a.threads);
-        rows.push(serde_json::json!({"batch": b, "forward_ms": fwd, "forward_backward_ms": fb, "optimizer_ms": optm, "step_ms": step, "samples_per_s": sps, "threads": a.threads}));
+        rows.push(serde_json::json!({"model": name, "batch": b, "forward_ms": fwd, "forward_backward_ms": fb, "optimizer_ms": optm, "step_ms": step, "samples_per_s": sps, "threads": a.threads}));
     }
-    let out = crate::experiment::root().join("runs/bench/convnet.json");
-    gaze_data::write_atomic(&out, serde_json::to_string_pretty(&rows)?.as_bytes())
-        .with_context(|| format!("writing {}", out.display()))?;
+    let out = crate::experiment::root().join(format!("runs/bench/{name}.json"));
+    gaze_data::write_atomic(&out, serde_json::to_string_pretty(&rows)?.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(())
 }
