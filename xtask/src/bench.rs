@@ -48,8 +48,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // `convnet` is the MNIST baseline; any other name is an experiment file's model.
     let name = if a.what == "convnet" { "mnist-convnet" } else { a.what.as_str() };
     let path = crate::experiment::root().join("experiments").join(format!("{name}.toml"));
-    let cfg = gaze_train::ExperimentConfig::load(&path)
-        .with_context(|| format!("`{}` is neither `layers` nor an experiment (see `cargo xtask experiment --list`)", a.what))?;
+    let cfg = gaze_train::ExperimentConfig::load(&path).with_context(|| {
+        format!("`{}` is neither `layers` nor an experiment (see `cargo xtask experiment --list`)", a.what)
+    })?;
     let input = match &cfg.data {
         gaze_train::config::DataConfig::MnistCanvas(c) => (1, c.canvas.canvas, c.canvas.canvas),
         gaze_train::config::DataConfig::Mnist(_) => (1, 28, 28),
@@ -83,7 +84,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         rows.push(serde_json::json!({"model": name, "batch": b, "forward_ms": fwd, "forward_backward_ms": fb, "optimizer_ms": optm, "step_ms": step, "samples_per_s": sps, "threads": a.threads}));
     }
     let out = crate::experiment::root().join(format!("runs/bench/{name}.json"));
-    gaze_data::write_atomic(&out, serde_json::to_string_pretty(&rows)?.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+    gaze_data::write_atomic(&out, serde_json::to_string_pretty(&rows)?.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(())
 }
