@@ -223,4 +223,41 @@ mod tests {
         }
         Ok(())
     }
+
+    #[test]
+    fn gaussian_mask_peaks_at_its_predicted_mean() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = SeededVarMap::new(Seed(5));
+        let cfg = SoftAttentionMnistConfig { hidden: 6, ..SoftAttentionMnistConfig::tiny(Relation::Gaussian) };
+        let model = SoftAttentionMnist::new(&cfg, (1, 16, 16), 3, vm.builder(&dev))?;
+        let Relator::Gaussian(g) = &model.relator else { panic!("gaussian relator") };
+        let feats = model.volume(&batch(&dev)?.images.pad_with_zeros(2, 4, 4)?.pad_with_zeros(3, 4, 4)?)?;
+        let mut r = Seed(9).rng();
+        for _ in 0..20 {
+            // a random LSTM state, as at any step
+            let h =
+                Tensor::from_vec((0..6 * 6).map(|_| r.random::<f32>() * 4.0 - 2.0).collect::<Vec<_>>(), (6, 6), &dev)?;
+            let (mean, scale, rho) = g.window_params(&h)?;
+            let (mean, scale, rho) = (mean.to_vec2::<f32>()?, scale.to_vec2::<f32>()?, rho.to_vec2::<f32>()?);
+            let masks = g.attend(&feats, &h)?.weights.to_vec2::<f32>()?;
+            for (k, m) in masks.iter().enumerate() {
+                // Independently: the Mahalanobis distance of every cell centre from the predicted
+                // mean under the predicted scales and correlation; the mask must peak where it is
+                // smallest (the nearest cell when rho = 0 and the scales are equal).
+                let q = |cell: usize| {
+                    let (cx, cy) = (((cell % 8) as f32 + 0.5) / 4.0 - 1.0, ((cell / 8) as f32 + 0.5) / 4.0 - 1.0);
+                    let (dx, dy) = ((cx - mean[k][0]) / scale[k][0], (cy - mean[k][1]) / scale[k][1]);
+                    (dx * dx - 2.0 * rho[k][0] * dx * dy + dy * dy) / (1.0 - rho[k][0] * rho[k][0])
+                };
+                let peak = m.iter().enumerate().fold(0, |a, (i, &v)| if v > m[a] { i } else { a });
+                let nearest = (0..64).fold(0, |a, i| if q(i) < q(a) { i } else { a });
+                assert!(
+                    peak == nearest || (q(peak) - q(nearest)).abs() < 1e-4,
+                    "peak {peak}, nearest {nearest}, mean {:?}",
+                    mean[k]
+                );
+            }
+        }
+        Ok(())
+    }
 }
