@@ -74,20 +74,29 @@ impl ClevrObject {
     }
 }
 
+/// The object closest to (or, with `farthest`, farthest from) `me`, among the others.
+fn nearest<'a>(objects: &'a [ClevrObject], me: &ClevrObject, farthest: bool) -> Option<&'a ClevrObject> {
+    let d2 = |o: &&ClevrObject| (o.x - me.x).powi(2) + (o.y - me.y).powi(2);
+    let others = objects.iter().filter(|o| o.colour != me.colour);
+    if farthest {
+        others.max_by(|a, b| d2(a).total_cmp(&d2(b)))
+    } else {
+        others.min_by(|a, b| d2(a).total_cmp(&d2(b)))
+    }
+}
+
 /// The answer to question (`relational`, `subtype`) about colour `colour`, recomputed from the
 /// scene description alone. `size` is the image side.
 pub fn answer(objects: &[ClevrObject], colour: usize, relational: bool, subtype: usize, size: usize) -> Option<String> {
     let me = objects.iter().find(|o| o.colour == colour)?;
     let half = size as f32 / 2.0;
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
-    let d2 = |o: &ClevrObject| (o.x - me.x).powi(2) + (o.y - me.y).powi(2);
-    let others = objects.iter().filter(|o| o.colour != colour);
     Some(match (relational, subtype) {
         (false, 0) => me.shape().to_string(),
         (false, 1) => yes_no(me.x < half),
         (false, 2) => yes_no(me.y < half),
-        (true, 0) => others.min_by(|a, b| d2(a).total_cmp(&d2(b)))?.shape().to_string(),
-        (true, 1) => others.max_by(|a, b| d2(a).total_cmp(&d2(b)))?.shape().to_string(),
+        (true, 0) => nearest(objects, me, false)?.shape().to_string(),
+        (true, 1) => nearest(objects, me, true)?.shape().to_string(),
         (true, 2) => objects.iter().filter(|o| o.square == me.square).count().to_string(),
         _ => return None,
     })
@@ -190,11 +199,8 @@ impl SortOfClevr {
                 let mut focus = vec![colour];
                 if relational {
                     let me = objects[colour];
-                    let d2 = |o: &ClevrObject| (o.x - me.x).powi(2) + (o.y - me.y).powi(2);
-                    let others = objects.iter().filter(|o| o.colour != colour);
                     let pick = match subtype {
-                        0 => others.min_by(|a, b| d2(a).total_cmp(&d2(b))).map(|o| vec![o.colour]),
-                        1 => others.max_by(|a, b| d2(a).total_cmp(&d2(b))).map(|o| vec![o.colour]),
+                        0 | 1 => nearest(&objects, &me, subtype == 1).map(|o| vec![o.colour]),
                         _ => Some(
                             objects
                                 .iter()
