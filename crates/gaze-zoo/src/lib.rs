@@ -6,8 +6,10 @@
 
 pub mod convnet_classifier;
 pub mod model;
+pub mod ram;
 pub mod soft_attention_mnist;
 
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 pub use model::{build, AttentionMap, Batch, Model, ModelConfig, Output};
+pub use ram::{Core, Ram, RamConfig};
 pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use gaze_tensor::seed::Rng;
 
 use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
+use crate::ram::{Ram, RamConfig};
 use crate::soft_attention_mnist::{SoftAttentionMnist, SoftAttentionMnistConfig};
 
 /// One batch, as tensors. Fields a model does not use may be absent.
@@ -94,6 +95,8 @@ pub enum ModelConfig {
     Convnet(ConvNetClassifierConfig),
     /// Elementary soft attention on MNIST (conv volume + LSTM key, three relations).
     SoftAttentionMnist(SoftAttentionMnistConfig),
+    /// The recurrent attention model (glimpses, recurrent core, REINFORCE location policy).
+    Ram(RamConfig),
 }
 
 /// Builds the model of `cfg` for inputs of (channels, height, width) and `classes` classes.
@@ -106,5 +109,6 @@ pub fn build(
     match cfg {
         ModelConfig::Convnet(c) => Ok(Box::new(ConvNetClassifier::new(c, input, classes, vb)?)),
         ModelConfig::SoftAttentionMnist(c) => Ok(Box::new(SoftAttentionMnist::new(c, input, classes, vb)?)),
+        ModelConfig::Ram(c) => Ok(Box::new(Ram::new(c, input, classes, vb)?)),
     }
 }

@@ -7,6 +7,12 @@
 //! - `feature_key`: a 12-d key, mask = softmax_ij <F_ij, key> ([`DotProductAttention`]).
 //!
 //! Unlike the tutorial (precomputed features) the conv layer is trained end to end.
+//!
+//! Two options, off by default, matter for `feature_key`: a content key alone cannot say *where*
+//! it looked (the attended vector is a weighted mean of translation-equivariant features), so
+//! `position_embedding` adds a learned (cells, channels) table to the volume before attention, as
+//! transformers add positions to tokens; `scaled_key` divides the scores by sqrt(channels)
+//! ("Attention Is All You Need").
 
 use candle_core::{Result, Tensor};
 use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
@@ -47,19 +53,31 @@ pub struct SoftAttentionMnistConfig {
     pub hidden: usize,
     /// Attention steps (10).
     pub steps: usize,
+    /// Add a learned position vector to every cell of the volume (off: the tutorial's volume).
+    pub position_embedding: bool,
+    /// `feature_key` only: divide scores by sqrt(channels).
+    pub scaled_key: bool,
 }
 
 impl Default for SoftAttentionMnistConfig {
     /// The tutorial's setting: 12 channels, 14 x 14 cells, 196 LSTM units, 10 steps.
     fn default() -> Self {
-        Self { relation: Relation::LocationSoftmax, channels: 12, kernel: 5, hidden: 196, steps: 10 }
+        Self {
+            relation: Relation::LocationSoftmax,
+            channels: 12,
+            kernel: 5,
+            hidden: 196,
+            steps: 10,
+            position_embedding: false,
+            scaled_key: false,
+        }
     }
 }
 
 impl SoftAttentionMnistConfig {
     /// A tiny model for tests.
     pub fn tiny(relation: Relation) -> Self {
-        Self { relation, channels: 3, kernel: 3, hidden: 8, steps: 3 }
+        Self { relation, channels: 3, kernel: 3, hidden: 8, steps: 3, position_embedding: false, scaled_key: false }
     }
 }
 
@@ -88,6 +106,7 @@ pub struct SoftAttentionMnist {
     lstm: LSTM,
     relator: Relator,
     out: Linear,
+    positions: Option<Tensor>,
     grid: (usize, usize),
 }
 
@@ -127,18 +146,29 @@ impl SoftAttentionMnist {
                 avb,
             )?),
             Relation::FeatureKey => Relator::Key(DotProductAttention::new(
-                &DotProductConfig { feat_dim: cfg.channels, query_dim: cfg.hidden, scaled: false },
+                &DotProductConfig { feat_dim: cfg.channels, query_dim: cfg.hidden, scaled: cfg.scaled_key },
                 avb,
             )?),
         };
         let out = candle_nn::linear(cfg.hidden, classes, vb.pp("out"))?;
-        Ok(Self { cfg: cfg.clone(), conv, lstm, relator, out, grid: (gh, gw) })
+        let positions = if cfg.position_embedding {
+            let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.1 };
+            Some(vb.get_with_hints((1, n, cfg.channels), "positions", init)?)
+        } else {
+            None
+        };
+        Ok(Self { cfg: cfg.clone(), conv, lstm, relator, out, positions, grid: (gh, gw) })
     }
 
-    /// The activation volume as cells. Shapes: images (b, c, h, w) -> (b, n, channels).
+    /// The activation volume as cells (plus the position table, if configured).
+    /// Shapes: images (b, c, h, w) -> (b, n, channels).
     pub fn volume(&self, images: &Tensor) -> Result<Tensor> {
         let f = gaze_tensor::ops::max_pool2d(&self.conv.forward(images)?.relu()?, 2)?;
-        f.flatten_from(2)?.transpose(1, 2)?.contiguous()
+        let cells = f.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        match &self.positions {
+            Some(p) => cells.broadcast_add(p),
+            None => Ok(cells),
+        }
     }
 }
 
@@ -198,10 +228,19 @@ mod tests {
     #[test]
     fn masks_sum_to_one_per_step_and_loss_falls() -> Result<()> {
         let dev = Device::Cpu;
-        for relation in [Relation::LocationSoftmax, Relation::Gaussian, Relation::FeatureKey] {
+        let key_with_options = SoftAttentionMnistConfig {
+            position_embedding: true,
+            scaled_key: true,
+            ..SoftAttentionMnistConfig::tiny(Relation::FeatureKey)
+        };
+        let cfgs = [Relation::LocationSoftmax, Relation::Gaussian, Relation::FeatureKey]
+            .map(SoftAttentionMnistConfig::tiny)
+            .into_iter()
+            .chain([key_with_options]);
+        for cfg in cfgs {
+            let relation = cfg.relation;
             let vm = SeededVarMap::new(Seed(0));
-            let model =
-                SoftAttentionMnist::new(&SoftAttentionMnistConfig::tiny(relation), (1, 8, 8), 3, vm.builder(&dev))?;
+            let model = SoftAttentionMnist::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
             let b = batch(&dev)?;
             let mut rng = Seed(2).rng();
             let out = model.forward(&b, false, &mut rng)?;

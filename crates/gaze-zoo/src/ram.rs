@@ -1,0 +1,458 @@
+//! RAM, after "Recurrent Models of Visual Attention" (Mnih, Heess, Graves, Kavukcuoglu, 2014).
+//!
+//! At each of T steps a glimpse sensor ([`Retina`]: k concentric patches around l, each larger one
+//! pooled to g x g) is read at the current location; a glimpse network mixes what it saw with where
+//! (`g = ReLU(W [ReLU(W_g rho); ReLU(W_l l)])`); a recurrent core updates its state (ReLU RNN or
+//! LSTM); a location network proposes the next location as a Gaussian with fixed sigma around
+//! `tanh(W h.detach())`, sampled, detached and clamped to [-1, 1]; a learned baseline
+//! `b_t = W h.detach()` predicts the reward. The last state classifies.
+//!
+//! Loss (the paper's hybrid loss, named terms):
+//! - `classify`: cross-entropy of the last state's prediction;
+//! - `baseline`: mean squared error of every b_t against the reward R (1 if right, else 0);
+//! - `reinforce`: `lambda * mean_b sum_t -log pi(l_t) * (R - b_t).detach()`.
+//!
+//! Because the location and baseline networks read the *detached* state, the REINFORCE term trains
+//! only the location network and the baseline term only the baseline; the glimpse network and core
+//! learn from `classify` (the common public reimplementation's reading of the paper).
+//! The first glimpse is at the centre; the T - 1 later locations are sampled.
+//!
+//! Options: a `random_glimpses` ablation (locations uniform in [-1, 1], no policy; the paper's
+//! "random glimpses" rows) and Monte-Carlo averaging of the class probabilities over
+//! `mc_samples` sampled paths at evaluation.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
+use candle_nn::{Linear, Module, VarBuilder, LSTM};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+use gaze_attention::{Retina, RetinaConfig};
+use gaze_tensor::glimpse::GlimpseSpec;
+use gaze_tensor::sample::{gaussian_log_prob, gaussian_sample};
+use gaze_tensor::seed::Rng;
+
+use crate::model::{AttentionMap, Batch, Model, Output};
+
+/// The recurrent core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Core {
+    /// `h_t = ReLU(W_g g_t + W_h h_{t-1} + b)` (the paper's MNIST core).
+    Rnn,
+    /// An LSTM (for harder tasks).
+    Lstm,
+}
+
+/// Settings of [`Ram`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RamConfig {
+    /// Glimpses per image, T.
+    pub glimpses: usize,
+    /// Patch side g in pixels.
+    pub patch: usize,
+    /// Scales k (concentric patches).
+    pub scales: usize,
+    /// Scale factor s between consecutive patches.
+    pub factor: usize,
+    /// Width of the "what" and "where" layers of the glimpse network (128).
+    pub glimpse_hidden: usize,
+    /// Width of the glimpse vector g (256).
+    pub glimpse_out: usize,
+    /// Core state width (256).
+    pub hidden: usize,
+    /// The recurrent core.
+    pub core: Core,
+    /// Standard deviation of the location policy, in [-1, 1] units.
+    pub sigma: f64,
+    /// Weight lambda of the REINFORCE term.
+    pub reinforce_weight: f64,
+    /// Sampled paths averaged at evaluation (1: a single sampled path).
+    pub mc_samples: usize,
+    /// Ablation: glimpse at uniformly random locations; no location policy is trained.
+    pub random_glimpses: bool,
+}
+
+impl Default for RamConfig {
+    /// The 28x28 MNIST setting: 6 glimpses of one 8x8 patch, ReLU RNN of 256, sigma 0.05,
+    /// lambda 0.01.
+    fn default() -> Self {
+        Self {
+            glimpses: 6,
+            patch: 8,
+            scales: 1,
+            factor: 2,
+            glimpse_hidden: 128,
+            glimpse_out: 256,
+            hidden: 256,
+            core: Core::Rnn,
+            sigma: 0.05,
+            reinforce_weight: 0.01,
+            mc_samples: 1,
+            random_glimpses: false,
+        }
+    }
+}
+
+impl RamConfig {
+    /// A tiny model for tests (8x8 images: two 2x2 scales).
+    pub fn tiny() -> Self {
+        Self {
+            glimpses: 3,
+            patch: 2,
+            scales: 2,
+            factor: 2,
+            glimpse_hidden: 8,
+            glimpse_out: 12,
+            hidden: 16,
+            ..Self::default()
+        }
+    }
+
+    fn retina(&self) -> RetinaConfig {
+        RetinaConfig { patch: self.patch, scales: self.scales, factor: self.factor }
+    }
+
+    /// Side in pixels of each scale's patch: g, s*g, s^2*g, ...
+    pub fn sizes(&self) -> Vec<usize> {
+        (0..self.scales).map(|i| self.patch * self.factor.pow(i as u32)).collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum CoreNet {
+    Rnn { input: Linear, recurrent: Linear },
+    Lstm(LSTM),
+}
+
+#[derive(Debug, Clone)]
+enum CoreState {
+    Rnn(Tensor),
+    Lstm(LSTMState),
+}
+
+impl CoreState {
+    fn h(&self) -> &Tensor {
+        match self {
+            CoreState::Rnn(h) => h,
+            CoreState::Lstm(s) => s.h(),
+        }
+    }
+}
+
+/// One sampled path through an image batch.
+struct Path {
+    logits: Tensor,
+    /// log pi(l_t) of each sampled location, (b, T - 1); None for random glimpses or T = 1.
+    log_pi: Option<Tensor>,
+    /// b_t for each sampled location, (b, T - 1).
+    baselines: Option<Tensor>,
+    /// Glimpse centres, (b, T, 2).
+    locations: Tensor,
+}
+
+/// The model.
+#[derive(Debug, Clone)]
+pub struct Ram {
+    cfg: RamConfig,
+    retina: Retina,
+    what: Linear,
+    where_: Linear,
+    mix: Linear,
+    core: CoreNet,
+    locator: Linear,
+    baseline: Linear,
+    classifier: Linear,
+}
+
+impl Ram {
+    /// Builds the model for (channels, height, width) images. Errors name the impossible setting
+    /// (a glimpse larger than the canvas, zero glimpses, a non-positive sigma).
+    pub fn new(cfg: &RamConfig, input: (usize, usize, usize), classes: usize, vb: VarBuilder) -> Result<Self> {
+        let msg = |m: String| candle_core::Error::Msg(format!("ram: {m}"));
+        GlimpseSpec { patch: cfg.patch, scales: cfg.scales, factor: cfg.factor }
+            .check(input.1, input.2)
+            .map_err(|e| msg(e.to_string()))?;
+        if cfg.glimpses == 0 || cfg.glimpse_hidden == 0 || cfg.glimpse_out == 0 || cfg.hidden == 0 {
+            return Err(msg("glimpses, glimpse_hidden, glimpse_out and hidden must all be >= 1".into()));
+        }
+        if cfg.sigma.is_nan() || cfg.sigma <= 0.0 {
+            return Err(msg(format!("sigma = {} must be positive", cfg.sigma)));
+        }
+        if cfg.mc_samples == 0 {
+            return Err(msg("mc_samples must be >= 1".into()));
+        }
+        if !cfg.reinforce_weight.is_finite() || cfg.reinforce_weight < 0.0 {
+            return Err(msg(format!("reinforce_weight = {} must be finite and >= 0", cfg.reinforce_weight)));
+        }
+        let rcfg = cfg.retina();
+        let (gh, go, hd) = (cfg.glimpse_hidden, cfg.glimpse_out, cfg.hidden);
+        let core = match cfg.core {
+            Core::Rnn => CoreNet::Rnn {
+                input: candle_nn::linear(go, hd, vb.pp("core.input"))?,
+                recurrent: candle_nn::linear_no_bias(hd, hd, vb.pp("core.recurrent"))?,
+            },
+            Core::Lstm => CoreNet::Lstm(candle_nn::lstm(go, hd, LSTMConfig::default(), vb.pp("core.lstm"))?),
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            retina: Retina::new(&rcfg),
+            what: candle_nn::linear(rcfg.output_len(input.0), gh, vb.pp("glimpse.what"))?,
+            where_: candle_nn::linear(2, gh, vb.pp("glimpse.where"))?,
+            mix: candle_nn::linear(2 * gh, go, vb.pp("glimpse.mix"))?,
+            core,
+            locator: candle_nn::linear(hd, 2, vb.pp("locator"))?,
+            baseline: candle_nn::linear(hd, 1, vb.pp("baseline"))?,
+            classifier: candle_nn::linear(hd, classes, vb.pp("classifier"))?,
+        })
+    }
+
+    /// The glimpse vector g for images at locations l. Shapes: (b, c, h, w), (b, 2) -> (b, glimpse_out).
+    pub fn glimpse(&self, images: &Tensor, locs: &Tensor) -> Result<Tensor> {
+        let what = self.what.forward(&self.retina.forward(images, locs)?)?.relu()?;
+        let where_ = self.where_.forward(locs)?.relu()?;
+        self.mix.forward(&Tensor::cat(&[what, where_], 1)?)?.relu()
+    }
+
+    fn step(&self, g: &Tensor, state: Option<&CoreState>) -> Result<CoreState> {
+        match (&self.core, state) {
+            (CoreNet::Rnn { input, .. }, None) => Ok(CoreState::Rnn(input.forward(g)?.relu()?)),
+            (CoreNet::Rnn { input, recurrent }, Some(s)) => {
+                Ok(CoreState::Rnn((input.forward(g)? + recurrent.forward(s.h())?)?.relu()?))
+            }
+            (CoreNet::Lstm(l), None) => Ok(CoreState::Lstm(l.step(g, &l.zero_state(g.dim(0)?)?)?)),
+            (CoreNet::Lstm(l), Some(CoreState::Lstm(s))) => Ok(CoreState::Lstm(l.step(g, s)?)),
+            (CoreNet::Lstm(_), Some(CoreState::Rnn(_))) => {
+                Err(candle_core::Error::Msg("ram: LSTM core given an RNN state".into()))
+            }
+        }
+    }
+
+    /// The mean of the location policy for a state: tanh(W h.detach()), (b, hidden) -> (b, 2).
+    pub fn location_mean(&self, h: &Tensor) -> Result<Tensor> {
+        self.locator.forward(&h.detach())?.tanh()
+    }
+
+    fn path(&self, images: &Tensor, rng: &mut Rng) -> Result<Path> {
+        let (b, dev) = (images.dim(0)?, images.device());
+        let mut loc = Tensor::zeros((b, 2), images.dtype(), dev)?;
+        let mut state: Option<CoreState> = None;
+        let (mut log_pi, mut baselines, mut locations) = (vec![], vec![], vec![]);
+        for t in 0..self.cfg.glimpses {
+            locations.push(loc.clone());
+            let g = self.glimpse(images, &loc)?;
+            let s = self.step(&g, state.as_ref())?;
+            if t + 1 < self.cfg.glimpses {
+                let h = s.h();
+                loc = if self.cfg.random_glimpses {
+                    let xy: Vec<f32> = (0..b * 2).map(|_| rng.random_range(-1.0f32..=1.0)).collect();
+                    Tensor::from_vec(xy, (b, 2), dev)?
+                } else {
+                    let mean = self.location_mean(h)?;
+                    let sample = gaussian_sample(&mean, self.cfg.sigma, rng)?;
+                    log_pi.push(gaussian_log_prob(&mean, self.cfg.sigma, &sample)?);
+                    baselines.push(self.baseline.forward(&h.detach())?.squeeze(1)?);
+                    sample.clamp(-1f32, 1f32)?
+                };
+            }
+            state = Some(s);
+        }
+        let h = match &state {
+            Some(s) => s.h(),
+            None => return Err(candle_core::Error::Msg("ram: no glimpses".into())),
+        };
+        let stack = |v: &[Tensor]| if v.is_empty() { Ok(None) } else { Tensor::stack(v, 1).map(Some) };
+        Ok(Path {
+            logits: self.classifier.forward(h)?,
+            log_pi: stack(&log_pi)?,
+            baselines: stack(&baselines)?,
+            locations: Tensor::stack(&locations, 1)?,
+        })
+    }
+}
+
+impl Model for Ram {
+    /// Shapes: images (b, c, h, w) -> logits (b, classes); losses `classify`, `baseline`,
+    /// `reinforce`; glimpse centres per step; statistics `reward` (mean R) and `baseline` (mean b_t).
+    fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output> {
+        let path = self.path(&batch.images, rng)?;
+        let classify = candle_nn::loss::cross_entropy(&path.logits, &batch.targets)?;
+        let reward = path.logits.argmax(D::Minus1)?.eq(&batch.targets)?.to_dtype(path.logits.dtype())?;
+        let mut losses = vec![("classify".to_string(), classify)];
+        let mut stats = vec![("reward".to_string(), reward.mean_all()?)];
+        if let (Some(log_pi), Some(baselines)) = (&path.log_pi, &path.baselines) {
+            let r = reward.unsqueeze(1)?.broadcast_as(baselines.shape())?;
+            losses.push(("baseline".into(), (baselines - &r)?.sqr()?.mean_all()?));
+            let advantage = (r - baselines)?.detach();
+            let reinforce = (log_pi * advantage)?.sum(1)?.mean_all()?.neg()?;
+            losses.push(("reinforce".into(), (reinforce * self.cfg.reinforce_weight)?));
+            stats.push(("baseline".into(), baselines.mean_all()?));
+        }
+        let logits = if !train && self.cfg.mc_samples > 1 {
+            let mut probs = candle_nn::ops::softmax(&path.logits, D::Minus1)?;
+            for _ in 1..self.cfg.mc_samples {
+                probs = (probs + candle_nn::ops::softmax(&self.path(&batch.images, rng)?.logits, D::Minus1)?)?;
+            }
+            (probs / self.cfg.mc_samples as f64)?.clamp(1e-30, 1.0)?.log()?
+        } else {
+            path.logits
+        };
+        let locs = path.locations.to_vec3::<f32>()?;
+        let centres = locs.iter().map(|steps| steps.iter().map(|xy| (xy[0], xy[1])).collect()).collect();
+        let title = if self.cfg.random_glimpses { "random glimpses" } else { "glimpse path" };
+        Ok(Output {
+            logits,
+            losses,
+            attention: Some(AttentionMap::Glimpses { centres, sizes: self.cfg.sizes(), title: title.into() }),
+            stats,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use gaze_tensor::{Seed, SeededVarMap};
+
+    fn batch(dev: &Device, n: usize) -> Result<Batch> {
+        let mut r = Seed(1).rng();
+        let imgs: Vec<f32> = (0..n * 64).map(|_| r.random::<f32>()).collect();
+        Ok(Batch {
+            images: Tensor::from_vec(imgs, (n, 1, 8, 8), dev)?,
+            targets: Tensor::from_vec((0..n).map(|i| (i % 3) as u32).collect::<Vec<_>>(), n, dev)?,
+        })
+    }
+
+    fn loss_of(out: &Output, name: &str) -> Tensor {
+        out.losses.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).expect(name)
+    }
+
+    #[test]
+    fn tiny_loss_falls_on_a_fixed_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        for core in [Core::Rnn, Core::Lstm] {
+            let vm = SeededVarMap::new(Seed(0));
+            let model = Ram::new(&RamConfig { core, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
+            let b = batch(&dev, 12)?;
+            let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
+            let mut opt = candle_nn::optim::AdamW::new_lr(vars, 2e-2)?;
+            let mut rng = Seed(2).rng();
+            let out = model.forward(&b, true, &mut rng)?;
+            let names: Vec<_> = out.losses.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["classify", "baseline", "reinforce"]);
+            let first = loss_of(&out, "classify").to_scalar::<f32>()?;
+            for _ in 0..50 {
+                let loss = model.forward(&b, true, &mut rng)?.total_loss()?;
+                candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
+            }
+            let last = loss_of(&model.forward(&b, true, &mut rng)?, "classify").to_scalar::<f32>()?;
+            assert!(last < 0.5 * first, "{core:?}: {first} -> {last}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_flow_only_where_the_paper_says() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = SeededVarMap::new(Seed(3));
+        let model = Ram::new(&RamConfig::tiny(), (1, 8, 8), 3, vm.builder(&dev))?;
+        let out = model.forward(&batch(&dev, 6)?, true, &mut Seed(4).rng())?;
+        let vars = vm.sorted_vars();
+        let touched = |loss: &Tensor| -> Result<Vec<String>> {
+            let grads = loss.backward()?;
+            let mut names = vec![];
+            for (name, v) in &vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    if g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0 {
+                        names.push(name.clone());
+                    }
+                }
+            }
+            Ok(names)
+        };
+        let reinforce = touched(&loss_of(&out, "reinforce"))?;
+        assert!(!reinforce.is_empty() && reinforce.iter().all(|n| n.starts_with("locator.")), "{reinforce:?}");
+        let baseline = touched(&loss_of(&out, "baseline"))?;
+        assert!(!baseline.is_empty() && baseline.iter().all(|n| n.starts_with("baseline.")), "{baseline:?}");
+        let classify = touched(&loss_of(&out, "classify"))?;
+        for must in ["glimpse.what.weight", "glimpse.where.weight", "core.input.weight", "classifier.weight"] {
+            assert!(classify.contains(&must.to_string()), "classify misses {must}: {classify:?}");
+        }
+        assert!(classify.iter().all(|n| !n.starts_with("locator.") && !n.starts_with("baseline.")), "{classify:?}");
+        Ok(())
+    }
+
+    /// REINFORCE alone, classifier frozen: the reward is 1 when the second glimpse lands in the
+    /// right half; the location mean must move right.
+    #[test]
+    fn reinforce_moves_the_location_mean_toward_reward() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = RamConfig { glimpses: 2, sigma: 0.3, reinforce_weight: 1.0, ..RamConfig::tiny() };
+        let vm = SeededVarMap::new(Seed(5));
+        let model = Ram::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
+        let b = batch(&dev, 64)?;
+        let locator: Vec<Var> =
+            vm.sorted_vars().into_iter().filter(|(n, _)| n.starts_with("locator.")).map(|(_, v)| v).collect();
+        assert_eq!(locator.len(), 2);
+        let mut opt = <candle_nn::optim::SGD as candle_nn::Optimizer>::new(locator, 0.5)?;
+        let mean_x = |rng: &mut Rng| -> Result<f32> {
+            let p = model.path(&b.images, rng)?;
+            let h0 = model.step(&model.glimpse(&b.images, &p.locations.narrow(1, 0, 1)?.squeeze(1)?)?, None)?;
+            model.location_mean(h0.h())?.narrow(1, 0, 1)?.mean_all()?.to_scalar::<f32>()
+        };
+        let mut rng = Seed(6).rng();
+        let before = mean_x(&mut rng)?;
+        for _ in 0..60 {
+            let p = model.path(&b.images, &mut rng)?;
+            let (Some(log_pi), Some(_)) = (&p.log_pi, &p.baselines) else { panic!("sampled path") };
+            // toy reward from where the second glimpse went, fixed baseline 0.5
+            let x = p.locations.narrow(1, 1, 1)?.squeeze(1)?.narrow(1, 0, 1)?.squeeze(1)?;
+            let reward = x.ge(0f32)?.to_dtype(candle_core::DType::F32)?;
+            let adv = (reward - 0.5)?.unsqueeze(1)?;
+            let loss = (log_pi * adv)?.sum(1)?.mean_all()?.neg()?;
+            candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
+        }
+        let after = mean_x(&mut rng)?;
+        assert!(after > before + 0.3 && after > 0.3, "mean x {before} -> {after}");
+        Ok(())
+    }
+
+    #[test]
+    fn same_seed_same_path_and_impossible_settings_are_named() -> Result<()> {
+        let dev = Device::Cpu;
+        let run = || -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+            let vm = SeededVarMap::new(Seed(7));
+            let model = Ram::new(&RamConfig { mc_samples: 3, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
+            let out = model.forward(&batch(&dev, 4)?, false, &mut Seed(8).rng())?;
+            let Some(AttentionMap::Glimpses { centres, sizes, .. }) = &out.attention else { panic!("glimpses") };
+            assert_eq!(sizes, &[2, 4]);
+            assert_eq!(centres[0][0], (0.0, 0.0), "first glimpse at the centre");
+            let c = centres.iter().map(|s| s.iter().flat_map(|&(x, y)| [x, y]).collect()).collect();
+            Ok((out.logits.flatten_all()?.to_vec1::<f32>()?, c))
+        };
+        assert_eq!(run()?, run()?);
+        let vb = || SeededVarMap::new(Seed(0)).builder(&dev);
+        let big = RamConfig { patch: 6, scales: 2, ..RamConfig::tiny() };
+        let e = Ram::new(&big, (1, 8, 8), 3, vb()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("larger than the 8x8 canvas"), "{e}");
+        let e = Ram::new(&RamConfig { sigma: 0.0, ..RamConfig::tiny() }, (1, 8, 8), 3, vb())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("sigma"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn random_glimpses_have_no_policy_terms() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = SeededVarMap::new(Seed(9));
+        let model =
+            Ram::new(&RamConfig { random_glimpses: true, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
+        let out = model.forward(&batch(&dev, 4)?, true, &mut Seed(1).rng())?;
+        assert_eq!(out.losses.len(), 1);
+        Ok(())
+    }
+}
