@@ -141,3 +141,52 @@ fn every_checked_in_experiment_parses() -> anyhow::Result<()> {
     assert!(e.contains("/no/such/exp.toml"), "{e}");
     Ok(())
 }
+
+fn quick_of(name: &str) -> anyhow::Result<ExperimentConfig> {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../experiments/{name}.toml"));
+    Ok(ExperimentConfig::load(&file)?.quick())
+}
+
+/// Two RAM runs with the same seed give bit-identical metrics (sampled glimpse paths included),
+/// and the report draws the glimpse paths.
+#[test]
+fn ram_runs_are_bit_identical_and_draw_glimpse_paths() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = quick_of("ram-mnist-28")?;
+    cfg.train.epochs = 2;
+    cfg.train.log_every = 1;
+    let a = gaze_train::run(&cfg, &opts(&tmp.path().join("a")))?;
+    let b = gaze_train::run(&cfg, &opts(&tmp.path().join("b")))?;
+    assert_eq!(a.metrics, b.metrics);
+    let steps = |s: &gaze_train::RunSummary| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl"))?;
+        Ok(text.lines().filter(|l| l.contains("\"kind\":\"step\"")).collect::<Vec<_>>().join("\n"))
+    };
+    let (sa, sb) = (steps(&a)?, steps(&b)?);
+    assert!(sa.contains("\"reinforce\"") && sa.contains("\"baseline\""), "{sa}");
+    assert_eq!(sa, sb);
+    assert!(
+        a.run_dir.join("attention/test_right.png").is_file() || a.run_dir.join("attention/test_wrong.png").is_file()
+    );
+    Ok(())
+}
+
+/// Canvases redrawn every epoch: epoch 0 is the prepared set, later epochs differ from it and
+/// from each other, and the same epoch is drawn the same way twice.
+#[test]
+fn fresh_canvases_are_redrawn_per_epoch_and_reproducibly() -> anyhow::Result<()> {
+    let cfg = quick_of("ram-cluttered-60")?;
+    let seed = gaze_tensor::Seed(cfg.seed);
+    let data = gaze_train::data::prepare(&cfg.data, seed)?;
+    assert!(data.train_for_epoch(0, seed)?.is_none());
+    let images = |e: Option<gaze_train::data::Examples>| -> anyhow::Result<gaze_data::LabeledImages> {
+        e.and_then(|e| e.as_images().cloned()).ok_or_else(|| anyhow::anyhow!("not redrawn"))
+    };
+    let (e1, e2) = (images(data.train_for_epoch(1, seed)?)?, images(data.train_for_epoch(2, seed)?)?);
+    let e0 = data.train.as_images().ok_or_else(|| anyhow::anyhow!("digit images"))?;
+    assert_eq!(e1.labels, e0.labels, "the same digits, newly placed");
+    assert_ne!(e1.pixels, e0.pixels);
+    assert_ne!(e1.pixels, e2.pixels);
+    assert_eq!(images(data.train_for_epoch(1, seed)?)?.pixels, e1.pixels);
+    Ok(())
+}

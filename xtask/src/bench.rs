@@ -1,6 +1,7 @@
 //! `cargo xtask bench <what>`: timings measured in one process, printed as a table and written as
-//! JSON under `runs/bench/`: a model's training step split into forward, backward and optimiser
-//! (`convnet`, or any experiment by name), or each ConvNet layer alone (`layers`).
+//! JSON under `runs/bench/`: a model's training step split into forward, backward and optimiser,
+//! and its inference latency (`convnet`, `ram`, or any experiment by name), or each ConvNet layer
+//! alone (`layers`).
 
 use std::time::Instant;
 
@@ -11,15 +12,15 @@ use gaze_tensor::{Seed, SeededVarMap};
 use gaze_train::config::OptimConfig;
 use gaze_train::optim::Optimizer;
 use gaze_zoo::Batch;
-use rand::Rng;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What to time: `convnet` (the MNIST baseline), an experiment's name (its model's training
-    /// step, split into its parts), or `layers` (each ConvNet layer alone).
+    /// What to time: `convnet` (the MNIST baseline), `ram` (ram-mnist-28), an experiment's name
+    /// (its model's training step, split into its parts, and inference), or `layers` (each ConvNet
+    /// layer alone).
     what: String,
     /// Batch sizes.
-    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 128])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64, 128])]
     batch: Vec<usize>,
     /// Timed repetitions per measurement (after 3 warm-up steps).
     #[arg(long, default_value_t = 20)]
@@ -46,29 +47,31 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         return layers(&a);
     }
     // `convnet` is the MNIST baseline; any other name is an experiment file's model.
-    let name = if a.what == "convnet" { "mnist-convnet" } else { a.what.as_str() };
+    let name = match a.what.as_str() {
+        "convnet" => "mnist-convnet",
+        "ram" => "ram-mnist-28",
+        other => other,
+    };
     let path = crate::experiment::root().join("experiments").join(format!("{name}.toml"));
     let cfg = gaze_train::ExperimentConfig::load(&path).with_context(|| {
         format!("`{}` is neither `layers` nor an experiment (see `cargo xtask experiment --list`)", a.what)
     })?;
-    let input = match &cfg.data {
-        gaze_train::config::DataConfig::MnistCanvas(c) => (1, c.canvas.canvas, c.canvas.canvas),
-        gaze_train::config::DataConfig::Mnist(_) => (1, 28, 28),
-    };
+    // Real examples from the experiment's `--quick` data (embedded digits, or a few generated
+    // scenes), so VQA models get real questions; timings do not depend on the pixel values.
+    let data = gaze_train::data::prepare(&cfg.clone().quick().data, Seed(cfg.seed))?;
     let dev = Device::Cpu;
     let mut rows = vec![];
-    println!("model of `{name}`, input {input:?}, random images");
-    println!("| batch | forward ms | forward+backward ms | optimizer ms | step ms | samples/s | threads |");
-    println!("|---|---|---|---|---|---|---|");
-    for &b in &a.batch {
+    let per = (data.train.rows() / data.train.len().max(1)).max(1);
+    println!("model of `{name}`, input {:?}, {} (rows: images, or questions)", data.input, data.description);
+    println!("| batch | forward ms | forward+backward ms | optimizer ms | step ms | train samples/s | inference ms | inference samples/s | threads |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &want in &a.batch {
         let vm = SeededVarMap::new(Seed(0));
-        let model = gaze_zoo::build(&cfg.model, input, 10, vm.builder(&dev))?;
-        let mut r = Seed(1).rng();
-        let px: Vec<f32> = (0..b * input.1 * input.2).map(|_| r.random::<f32>()).collect();
-        let batch = Batch {
-            images: Tensor::from_vec(px, (b, 1, input.1, input.2), &dev)?,
-            targets: Tensor::from_vec((0..b).map(|i| (i % 10) as u32).collect::<Vec<_>>(), b, &dev)?,
-        };
+        let model = gaze_zoo::build(&cfg.model, &data.shape(), vm.builder(&dev))?;
+        let images = want.div_ceil(per).min(data.train.len()).max(1);
+        let idx: Vec<usize> = (0..images).collect();
+        let batch: Batch = data.train.batch(&idx, &dev)?;
+        let b = batch.targets.dim(0)?;
         let mut opt = Optimizer::new(&OptimConfig::default(), vm.sorted_vars())?;
         let mut rng = Seed(2).rng();
         let fwd = time(a.reps, || Ok(model.forward(&batch, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?))?;
@@ -79,9 +82,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             let g = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
             Ok(opt.step(&g)?)
         })?;
+        let infer = time(a.reps, || Ok(model.forward(&batch, false, &mut rng)?.logits.argmax(1)?.to_vec1::<u32>()?))?;
         let sps = b as f64 / (step / 1000.0);
-        println!("| {b} | {fwd:.2} | {fb:.2} | {optm:.2} | {step:.2} | {sps:.0} | {} |", a.threads);
-        rows.push(serde_json::json!({"model": name, "batch": b, "forward_ms": fwd, "forward_backward_ms": fb, "optimizer_ms": optm, "step_ms": step, "samples_per_s": sps, "threads": a.threads}));
+        let isps = b as f64 / (infer / 1000.0);
+        println!(
+            "| {b} | {fwd:.2} | {fb:.2} | {optm:.2} | {step:.2} | {sps:.0} | {infer:.3} | {isps:.0} | {} |",
+            a.threads
+        );
+        rows.push(serde_json::json!({"model": name, "batch": b, "forward_ms": fwd, "forward_backward_ms": fb,
+            "optimizer_ms": optm, "step_ms": step, "samples_per_s": sps, "inference_ms": infer,
+            "inference_samples_per_s": isps, "threads": a.threads}));
     }
     let out = crate::experiment::root().join(format!("runs/bench/{name}.json"));
     gaze_data::write_atomic(&out, serde_json::to_string_pretty(&rows)?.as_bytes())
@@ -93,6 +103,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 /// Forward and forward+backward time of each kind of layer of the ConvNet baseline, alone.
 fn layers(a: &BenchArgs) -> anyhow::Result<()> {
     use candle_core::Var;
+    use rand::Rng;
     let dev = Device::Cpu;
     let b = a.batch.first().copied().unwrap_or(64);
     let mut r = Seed(1).rng();

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use gaze_data::generate::CanvasConfig;
+use gaze_data::generate::{BarnConfig, CanvasConfig, SortOfClevrConfig};
 use gaze_data::MnistSource;
 use gaze_zoo::ModelConfig;
 
@@ -47,6 +47,85 @@ pub enum DataConfig {
     Mnist(MnistData),
     /// Translated or cluttered MNIST generated from the digits (train from the training file).
     MnistCanvas(CanvasData),
+    /// Generated barn-scene VQA.
+    BarnVqa(BarnData),
+    /// Generated Sort-of-CLEVR.
+    SortOfClevr(ClevrData),
+    /// Any folder in the generic VQA format (`images/`, `questions.jsonl`).
+    VqaFolder(FolderData),
+}
+
+/// Barn-scene VQA: scenes per split (each with `barn.questions_per_scene` questions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BarnData {
+    /// The generator.
+    pub barn: BarnConfig,
+    /// Training scenes.
+    pub train_scenes: usize,
+    /// Validation scenes.
+    pub val_scenes: usize,
+    /// Test scenes.
+    pub test_scenes: usize,
+    /// Longest question kept, in words.
+    pub max_words: usize,
+}
+
+impl Default for BarnData {
+    fn default() -> Self {
+        Self { barn: BarnConfig::default(), train_scenes: 8000, val_scenes: 500, test_scenes: 500, max_words: 12 }
+    }
+}
+
+/// Sort-of-CLEVR: images per split (each with its relational and non-relational questions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClevrData {
+    /// The generator.
+    pub clevr: SortOfClevrConfig,
+    /// Training images.
+    pub train_images: usize,
+    /// Validation images.
+    pub val_images: usize,
+    /// Test images.
+    pub test_images: usize,
+    /// Longest question kept, in words.
+    pub max_words: usize,
+}
+
+impl Default for ClevrData {
+    /// The Relation Networks split: 9,800 train / 200 test images (here 200 val as well).
+    fn default() -> Self {
+        Self {
+            clevr: SortOfClevrConfig::default(),
+            train_images: 9800,
+            val_images: 200,
+            test_images: 200,
+            max_words: 12,
+        }
+    }
+}
+
+/// A VQA folder, split by image into train / val / test (seeded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FolderData {
+    /// The folder (`images/`, `questions.jsonl` or `questions.json`).
+    pub path: std::path::PathBuf,
+    /// Images are resized to this [height, width].
+    pub size: [usize; 2],
+    /// Fraction of images for validation.
+    pub val_fraction: f64,
+    /// Fraction of images for test.
+    pub test_fraction: f64,
+    /// Longest question kept, in words.
+    pub max_words: usize,
+}
+
+impl Default for FolderData {
+    fn default() -> Self {
+        Self { path: "data/vqa".into(), size: [64, 64], val_fraction: 0.1, test_fraction: 0.1, max_words: 16 }
+    }
 }
 
 /// MNIST settings.
@@ -77,6 +156,9 @@ pub struct CanvasData {
     pub digits: MnistData,
     /// The canvas.
     pub canvas: CanvasConfig,
+    /// Draw new placements (and clutter) of the training digits every epoch, as the RAM paper's
+    /// on-the-fly data; validation and test canvases stay fixed. Off: one fixed training set.
+    pub fresh_each_epoch: bool,
 }
 
 /// Optimiser settings.
@@ -287,11 +369,41 @@ impl ExperimentConfig {
             return Err(bad(path, "train.eval_batch_size", "must be at least 1"));
         }
         let digits = match &self.data {
-            DataConfig::Mnist(m) => m,
-            DataConfig::MnistCanvas(c) => &c.digits,
+            DataConfig::Mnist(m) => Some(m),
+            DataConfig::MnistCanvas(c) => Some(&c.digits),
+            DataConfig::BarnVqa(b) => {
+                if b.train_scenes == 0 || b.val_scenes == 0 || b.test_scenes == 0 {
+                    return Err(bad(path, "data.train_scenes/val_scenes/test_scenes", "each must be at least 1"));
+                }
+                None
+            }
+            DataConfig::SortOfClevr(c) => {
+                if c.train_images == 0 || c.val_images == 0 || c.test_images == 0 {
+                    return Err(bad(path, "data.train_images/val_images/test_images", "each must be at least 1"));
+                }
+                None
+            }
+            DataConfig::VqaFolder(f) => {
+                let ok = |x: f64| x > 0.0 && x < 1.0;
+                if !ok(f.val_fraction) || !ok(f.test_fraction) || f.val_fraction + f.test_fraction >= 1.0 {
+                    return Err(bad(
+                        path,
+                        "data.val_fraction/test_fraction",
+                        format!("{} and {} must be in (0, 1) with a sum below 1", f.val_fraction, f.test_fraction),
+                    ));
+                }
+                if f.size[0] == 0 || f.size[1] == 0 {
+                    return Err(bad(path, "data.size", "height and width must be at least 1"));
+                }
+                None
+            }
         };
-        if !(digits.val_fraction > 0.0 && digits.val_fraction < 1.0) {
-            return Err(bad(path, "data.val_fraction", format!("{} is not in (0, 1)", digits.val_fraction)));
+        if let Some(digits) = digits {
+            if !(digits.val_fraction > 0.0 && digits.val_fraction < 1.0) {
+                return Err(bad(path, "data.val_fraction", format!("{} is not in (0, 1)", digits.val_fraction)));
+            }
+        } else if t.augment_shift > 0 {
+            return Err(bad(path, "train.augment_shift", "shifts are for digit images; VQA data needs 0"));
         }
         Ok(())
     }

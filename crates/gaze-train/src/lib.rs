@@ -32,6 +32,13 @@ impl ExperimentConfig {
         match &mut self.data {
             config::DataConfig::Mnist(m) => shrink(m),
             config::DataConfig::MnistCanvas(c) => shrink(&mut c.digits),
+            config::DataConfig::BarnVqa(b) => {
+                (b.train_scenes, b.val_scenes, b.test_scenes) = (96, 16, 16);
+            }
+            config::DataConfig::SortOfClevr(c) => {
+                (c.train_images, c.val_images, c.test_images) = (48, 8, 8);
+            }
+            config::DataConfig::VqaFolder(_) => {}
         }
         self.train.epochs = 1;
         self.train.pictures = self.train.pictures.min(4);

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{Device, D};
 use plotters::prelude::*;
 
 use gaze_data::preview::{grid, Tile};
@@ -13,7 +13,7 @@ use gaze_tensor::Seed;
 use gaze_zoo::{AttentionMap, Model};
 
 use crate::config::ExperimentConfig;
-use crate::data::Prepared;
+use crate::data::{Examples, Prepared};
 use crate::error::{Result, TrainError};
 use crate::trainer::{Evaluation, RunSummary};
 
@@ -178,21 +178,33 @@ pub fn pictures(
     if n == 0 {
         return Ok(());
     }
-    let right: Vec<usize> = (0..data.test.len())
-        .filter(|&i| test.predictions.get(i).is_some_and(|&p| p == u32::from(data.test.labels[i])))
-        .take(n)
-        .collect();
-    let wrong: Vec<usize> = (0..data.test.len())
-        .filter(|&i| test.predictions.get(i).is_some_and(|&p| p != u32::from(data.test.labels[i])))
-        .take(n)
-        .collect();
-    for (name, idx) in [("test_right", right), ("test_wrong", wrong)] {
-        let (tiles, title) = attention_tiles(model, &data.test, &idx, &test.predictions, device)?;
+    let pages = match &data.test {
+        Examples::Images(set) => {
+            let right: Vec<usize> = (0..set.len())
+                .filter(|&i| test.predictions.get(i).is_some_and(|&p| p == u32::from(set.labels[i])))
+                .take(n)
+                .collect();
+            let wrong: Vec<usize> = (0..set.len())
+                .filter(|&i| test.predictions.get(i).is_some_and(|&p| p != u32::from(set.labels[i])))
+                .take(n)
+                .collect();
+            let mut pages = vec![];
+            for (name, idx) in [("test_right", right), ("test_wrong", wrong)] {
+                pages.push((name, attention_tiles(model, set, &idx, &test.predictions, device)?));
+            }
+            pages
+        }
+        Examples::Vqa(_) => vqa_tiles(model, data, n, device)?,
+    };
+    for (name, (tiles, title)) in pages {
         if tiles.is_empty() {
             continue;
         }
         let wide = tiles.first().is_some_and(|t| t.image.width > 2 * t.image.height);
         let mut img = if wide { grid(&tiles, 2, 2 * tiles[0].image.width) } else { grid(&tiles, 8, 112) };
+        if matches!(data.test, Examples::Vqa(_)) {
+            img = grid(&tiles, 4, 160);
+        }
         let mut framed = Image::filled(img.height + 16, img.width, 3, 255);
         framed.draw_text(&format!("{name}: {title}"), 4, 6, 1, [0, 0, 0]);
         framed.blit(&img, 16, 0);
@@ -200,6 +212,45 @@ pub fn pictures(
         img.save_png(&dir.join(format!("{name}.png")))?;
     }
     Ok(())
+}
+
+type Page = (&'static str, (Vec<Tile>, String));
+
+/// Test questions answered right and wrong: the image with what the model kept (or weighed),
+/// the question, its answer and the truth.
+fn vqa_tiles(model: &dyn Model, data: &Prepared, n: usize, device: &Device) -> Result<Vec<Page>> {
+    let set = &data.test;
+    let name = |c: u32| data.answers.as_ref().and_then(|a| a.name(c)).unwrap_or("?").to_string();
+    let (mut right, mut wrong) = (vec![], vec![]);
+    let mut title = String::from("inputs");
+    let mut i = 0;
+    while i < set.len() && (right.len() < n || wrong.len() < n) {
+        let idx: Vec<usize> = (i..(i + 8).min(set.len())).collect();
+        i += idx.len();
+        let b = set.batch(&idx, device)?;
+        let out = model.forward(&b, false, &mut Seed(0).rng())?;
+        let preds = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        for (r, info) in set.row_info(&idx).iter().enumerate() {
+            let ok = info.known && preds.get(r).is_some_and(|&p| name(p) == info.truth);
+            let bucket = if ok { &mut right } else { &mut wrong };
+            if bucket.len() >= n {
+                continue;
+            }
+            let img = set.image(idx[info.image])?;
+            let (shown, t) = render_attention(&img, out.attention.as_ref(), r)?;
+            if let Some(t) = t {
+                title = t;
+            }
+            let pred = preds.get(r).map_or(String::from("?"), |&p| name(p));
+            let mark = if ok { "right" } else { "WRONG" };
+            bucket.push(Tile {
+                image: shown,
+                boxes: vec![],
+                lines: vec![info.question.clone(), format!("answer {pred}, truth {} {mark}", info.truth)],
+            });
+        }
+    }
+    Ok(vec![("test_right", (right, title.clone())), ("test_wrong", (wrong, title))])
 }
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
@@ -276,6 +327,14 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
         md += "## Statistics on the test set\n\n| statistic | mean |\n|---|---|\n";
         for (k, v) in &s.stats {
             md += &format!("| {k} | {v} |\n");
+        }
+        md += "\n";
+    }
+    if !s.per_kind.is_empty() {
+        md += "## Per question kind (test)\n\n| kind | questions | accuracy % | cells kept % |\n|---|---|---|---|\n";
+        for (k, v) in &s.per_kind {
+            let kept = v.kept_pct.map_or(String::from("-"), |p| format!("{p:.1}"));
+            md += &format!("| {k} | {} | {:.2} | {kept} |\n", v.questions, v.acc_pct);
         }
         md += "\n";
     }

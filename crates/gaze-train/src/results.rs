@@ -65,6 +65,7 @@ mod tests {
             date: "2026-11-21T10:00:00Z".into(),
             data: "d".into(),
             stats: BTreeMap::new(),
+            per_kind: BTreeMap::new(),
         }
     }
 

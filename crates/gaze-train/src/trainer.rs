@@ -15,7 +15,7 @@ use gaze_zoo::{Batch, Model};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::{ExperimentConfig, Schedule};
-use crate::data::{self, Prepared};
+use crate::data::{self, Examples, Prepared};
 use crate::error::{Result, TrainError};
 use crate::optim::{scheduled_lr, Optimizer};
 
@@ -64,6 +64,20 @@ pub struct RunSummary {
     /// Test-set means of the model's statistics (attention entropy per step ...).
     #[serde(default)]
     pub stats: BTreeMap<String, f64>,
+    /// Test accuracy and cells kept per question kind (VQA).
+    #[serde(default)]
+    pub per_kind: BTreeMap<String, KindSummary>,
+}
+
+/// Test results for one question kind.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KindSummary {
+    /// Percent right.
+    pub acc_pct: f64,
+    /// Questions of this kind.
+    pub questions: u64,
+    /// Mean percent of grid cells kept (hard attention).
+    pub kept_pct: Option<f64>,
 }
 
 /// A model with its variables.
@@ -74,15 +88,10 @@ pub struct Built {
     pub vars: SeededVarMap,
 }
 
-/// Builds the model of `cfg` for `data`, parameters from `seed.stream("init")`.
-pub fn build_model(
-    cfg: &ExperimentConfig,
-    input: (usize, usize, usize),
-    classes: usize,
-    device: &Device,
-) -> Result<Built> {
+/// Builds the model of `cfg` for data of `shape`, parameters from `seed.stream("init")`.
+pub fn build_model(cfg: &ExperimentConfig, shape: &gaze_zoo::DataShape, device: &Device) -> Result<Built> {
     let vars = SeededVarMap::new(Seed(cfg.seed).stream("init"));
-    let model = gaze_zoo::build(&cfg.model, input, classes, vars.builder(device))?;
+    let model = gaze_zoo::build(&cfg.model, shape, vars.builder(device))?;
     Ok(Built { model, vars })
 }
 
@@ -128,7 +137,23 @@ pub fn now_utc() -> String {
 
 fn batch_of(set: &LabeledImages, idx: &[usize], device: &Device) -> Result<Batch> {
     let b = set.batch(idx, device)?;
-    Ok(Batch { images: b.images, targets: b.labels })
+    Ok(Batch::images(b.images, b.labels))
+}
+
+/// Correct and total counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Right answers.
+    pub correct: u64,
+    /// Questions (or images).
+    pub total: u64,
+}
+
+impl Tally {
+    /// Percent right (0 when empty).
+    pub fn pct(&self) -> f64 {
+        100.0 * self.correct as f64 / self.total.max(1) as f64
+    }
 }
 
 /// A training batch whose images are shifted by up to `max` pixels each way (uniform per image,
@@ -170,37 +195,74 @@ pub fn shifted_batch(
 
 /// Accuracy, mean loss per term and every prediction of `model` on `set`.
 pub struct Evaluation {
-    /// Percent correct.
+    /// Percent correct (answers outside the training answer set count as wrong).
     pub acc_pct: f64,
     /// Mean total loss.
     pub loss: f64,
     /// Mean of each term.
     pub terms: BTreeMap<String, f64>,
-    /// The predicted class of each example.
+    /// The predicted class of each row (image, or question in example order).
     pub predictions: Vec<u32>,
     /// Mean of each statistic the model reports (attention entropy per step ...).
     pub stats: BTreeMap<String, f64>,
+    /// Accuracy per question kind (VQA).
+    pub by_kind: BTreeMap<String, Tally>,
+    /// Accuracy on relational and non-relational questions (VQA).
+    pub relational: (Tally, Tally),
+    /// Questions whose true answer is outside the training answer set.
+    pub unknown_answers: u64,
+    /// Mean percent of grid cells kept per question kind (hard attention).
+    pub kept_by_kind: BTreeMap<String, f64>,
+    /// Rows per second of the forward passes alone.
+    pub samples_per_s: f64,
 }
 
 /// Evaluates `model` on `set` in batches (eval mode, draws from `seed`).
-pub fn evaluate(
-    model: &dyn Model,
-    set: &LabeledImages,
-    batch: usize,
-    seed: Seed,
-    device: &Device,
-) -> Result<Evaluation> {
+pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, device: &Device) -> Result<Evaluation> {
     let mut rng = seed.rng();
-    let (mut correct, mut loss, mut terms, mut preds) = (0u64, 0f64, BTreeMap::new(), Vec::with_capacity(set.len()));
+    let (mut loss, mut terms, mut preds) = (0f64, BTreeMap::new(), Vec::with_capacity(set.rows()));
     let mut stats: BTreeMap<String, f64> = BTreeMap::new();
-    for idx in Batcher::new((0..set.len()).collect(), batch, false)? {
-        let b = batch_of(set, &idx, device)?;
+    let (mut all, mut by_kind, mut rel, mut nonrel) =
+        (Tally::default(), BTreeMap::new(), Tally::default(), Tally::default());
+    let mut kept: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    let (mut unknown, mut forward_s) = (0u64, 0f64);
+    // VQA examples carry ~10-20 questions each: batch by questions, not images.
+    let per = if set.is_empty() { 1 } else { (set.rows() / set.len()).max(1) };
+    let images_per_batch = (batch / per).max(1);
+    for idx in Batcher::new((0..set.len()).collect(), images_per_batch, false)? {
+        let b = set.batch(&idx, device)?;
+        let info = set.row_info(&idx);
+        let t0 = Instant::now();
         let out = model.forward(&b, false, &mut rng)?;
         let p = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        forward_s += t0.elapsed().as_secs_f64();
         let t = b.targets.to_vec1::<u32>()?;
-        correct += p.iter().zip(&t).filter(|(a, b)| a == b).count() as u64;
+        let row_kept = match &out.attention {
+            Some(gaze_zoo::AttentionMap::Cells { mask, .. }) => Some(mask.flatten_from(1)?.mean(1)?.to_vec1::<f32>()?),
+            _ => None,
+        };
+        for (r, (pred, truth)) in p.iter().zip(&t).enumerate() {
+            let ri = info.get(r);
+            let known = ri.is_none_or(|i| i.known);
+            let ok = known && pred == truth;
+            unknown += u64::from(!known);
+            let add = |tally: &mut Tally| {
+                tally.total += 1;
+                tally.correct += u64::from(ok);
+            };
+            add(&mut all);
+            if let Some(i) = ri.filter(|i| !i.kind.is_empty()) {
+                add(by_kind.entry(i.kind.clone()).or_default());
+                add(if i.relational { &mut rel } else { &mut nonrel });
+                if let Some(k) = row_kept.as_ref().and_then(|k| k.get(r)) {
+                    let e = kept.entry(i.kind.clone()).or_insert((0.0, 0));
+                    e.0 += 100.0 * f64::from(*k);
+                    e.1 += 1;
+                }
+            }
+        }
         preds.extend(p);
-        let n = idx.len() as f64;
+        let n = t.len() as f64;
         loss += f64::from(out.total_loss()?.to_scalar::<f32>()?) * n;
         for (name, v) in &out.losses {
             *terms.entry(name.clone()).or_insert(0.0) += f64::from(v.to_scalar::<f32>()?) * n;
@@ -209,10 +271,21 @@ pub fn evaluate(
             *stats.entry(name.clone()).or_insert(0.0) += f64::from(v.to_scalar::<f32>()?) * n;
         }
     }
-    let n = set.len().max(1) as f64;
+    let n = all.total.max(1) as f64;
     terms.values_mut().for_each(|v: &mut f64| *v /= n);
     stats.values_mut().for_each(|v: &mut f64| *v = round4(*v / n));
-    Ok(Evaluation { acc_pct: 100.0 * correct as f64 / n, loss: loss / n, terms, predictions: preds, stats })
+    Ok(Evaluation {
+        acc_pct: all.pct(),
+        loss: loss / n,
+        terms,
+        predictions: preds,
+        stats,
+        by_kind,
+        relational: (rel, nonrel),
+        unknown_answers: unknown,
+        kept_by_kind: kept.into_iter().map(|(k, (s, c))| (k, round4(s / c.max(1) as f64))).collect(),
+        samples_per_s: all.total as f64 / forward_s.max(1e-9),
+    })
 }
 
 fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
@@ -273,7 +346,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         gaze_data::write_atomic(&run_dir.join("run.json"), info.to_string().as_bytes())?;
     }
 
-    let built = build_model(cfg, data.input, data.classes, &device)?;
+    let built = build_model(cfg, &data.shape(), &device)?;
     let trainable: Vec<_> = built.vars.sorted_vars().into_iter().filter(|(n, _)| !n.contains("running_")).collect();
     let mut opt = Optimizer::new(&cfg.optim, trainable)?;
     let last_path = ckpt_dir.join("last.safetensors");
@@ -295,6 +368,8 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut stopped_early = false;
 
     'epochs: while st.epoch < cfg.train.epochs {
+        let fresh = data.train_for_epoch(st.epoch, seed)?;
+        let train_set = fresh.as_ref().unwrap_or(&data.train);
         let mut batches = Batcher::shuffled(train_idx.clone(), bs, false, seed.stream("shuffle"), st.epoch as u64)?;
         batches.skip_batches(st.batch_in_epoch);
         let bar = progress_bar(
@@ -305,11 +380,12 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         );
         for idx in batches {
             let t0 = Instant::now();
-            let b = if cfg.train.augment_shift > 0 {
-                let mut aug = seed.stream("augment").index(st.step).rng();
-                shifted_batch(&data.train, &idx, cfg.train.augment_shift, &mut aug, &device)?
-            } else {
-                batch_of(&data.train, &idx, &device)?
+            let b = match train_set.as_images() {
+                Some(images) if cfg.train.augment_shift > 0 => {
+                    let mut aug = seed.stream("augment").index(st.step).rng();
+                    shifted_batch(images, &idx, cfg.train.augment_shift, &mut aug, &device)?
+                }
+                _ => train_set.batch(&idx, &device)?,
             };
             let mut rng = seed.stream("sampling").index(st.step).rng();
             let mut out = model.forward(&b, true, &mut rng)?;
@@ -335,7 +411,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             let preds = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             let targets = b.targets.to_vec1::<u32>()?;
             let correct = preds.iter().zip(&targets).filter(|(a, b)| a == b).count() as u64;
-            let n = idx.len() as u64;
+            let n = targets.len() as u64;
             st.step += 1;
             st.batch_in_epoch += 1;
             st.opt_t = opt.t;
@@ -418,6 +494,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     let mut metrics = BTreeMap::new();
     let mut test_stats = BTreeMap::new();
+    let mut per_kind = BTreeMap::new();
     if !stopped_early {
         // Test the best-on-validation parameters.
         if best_path.is_file() {
@@ -430,7 +507,25 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         metrics.insert("test_acc_pct".to_string(), round4(test.acc_pct));
         metrics.insert("test_error_pct".to_string(), round4(100.0 - test.acc_pct));
         metrics.insert("test_loss".to_string(), round4(test.loss));
+        if !test.by_kind.is_empty() {
+            let (rel, nonrel) = test.relational;
+            if rel.total > 0 {
+                metrics.insert("test_acc_rel_pct".to_string(), round4(rel.pct()));
+                metrics.insert("test_acc_nonrel_pct".to_string(), round4(nonrel.pct()));
+            }
+            metrics.insert("test_unknown_answers".to_string(), test.unknown_answers as f64);
+            metrics.insert("infer_samples_per_s".to_string(), test.samples_per_s.round());
+            for key in ["cells_kept_pct", "head_mflops"] {
+                if let Some(v) = test.stats.get(key) {
+                    metrics.insert(key.to_string(), *v);
+                }
+            }
+        }
         test_stats = test.stats.clone();
+        for (kind, t) in &test.by_kind {
+            let kept_pct = test.kept_by_kind.get(kind).copied();
+            per_kind.insert(kind.clone(), KindSummary { acc_pct: round4(t.pct()), questions: t.total, kept_pct });
+        }
         crate::report::pictures(model, &data, &test, cfg, &run_dir, &device)?;
         // Leave `last` as the final parameters of training, as saved at the last epoch end.
     }
@@ -451,6 +546,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         date: now_utc(),
         data: data.description.clone(),
         stats: test_stats,
+        per_kind,
     };
     let json = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
     gaze_data::write_atomic(&run_dir.join("summary.json"), json.as_bytes())?;
@@ -481,7 +577,7 @@ fn progress_bar(quiet: bool, len: u64, pos: u64, prefix: &str) -> indicatif::Pro
 pub fn load_run(run_dir: &Path, device: &Device) -> Result<(ExperimentConfig, Prepared, Built)> {
     let cfg = ExperimentConfig::load(&run_dir.join("config.toml"))?;
     let data = data::prepare(&cfg.data, Seed(cfg.seed))?;
-    let built = build_model(&cfg, data.input, data.classes, device)?;
+    let built = build_model(&cfg, &data.shape(), device)?;
     let best = run_dir.join("checkpoints/best.safetensors");
     let path = if best.is_file() { best } else { run_dir.join("checkpoints/last.safetensors") };
     let loaded = checkpoint::load(&path, device)?;
@@ -493,7 +589,7 @@ pub fn load_run(run_dir: &Path, device: &Device) -> Result<(ExperimentConfig, Pr
 pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Vec<f32>>, gaze_zoo::Output)> {
     let b = images.dim(0)?;
     let targets = Tensor::zeros(b, candle_core::DType::U32, images.device())?;
-    let out = model.forward(&Batch { images: images.clone(), targets }, false, &mut seed.rng())?;
+    let out = model.forward(&Batch::images(images.clone(), targets), false, &mut seed.rng())?;
     let probs = candle_nn::ops::softmax(&out.logits, D::Minus1)?.to_vec2::<f32>()?;
     Ok((probs, out))
 }

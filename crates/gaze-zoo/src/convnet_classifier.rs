@@ -125,6 +125,7 @@ mod tests {
         let mut r = Seed(1).rng();
         let imgs: Vec<f32> = (0..6 * 144).map(|_| r.random::<f32>()).collect();
         let batch = Batch {
+            questions: None,
             images: Tensor::from_vec(imgs, (6, 1, 12, 12), &dev)?,
             targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, &dev)?,
         };

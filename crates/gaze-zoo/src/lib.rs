@@ -5,11 +5,13 @@
 //! Models are chosen by the tagged enum [`ModelConfig`].
 
 pub mod convnet_classifier;
+pub mod han;
 pub mod model;
 pub mod ram;
 pub mod soft_attention_mnist;
 
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
-pub use model::{build, AttentionMap, Batch, Model, ModelConfig, Output};
-pub use ram::{Core, Ram, RamConfig};
+pub use han::{Han, HanConfig, Head, QuestionInput, Selection};
+pub use model::{build, AttentionMap, Batch, DataShape, Model, ModelConfig, Output, Questions};
+pub use ram::{Core, Ram, RamConfig, Start};
 pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};

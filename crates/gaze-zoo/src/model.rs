@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use gaze_tensor::seed::Rng;
 
 use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
+use crate::han::{Han, HanConfig};
 use crate::ram::{Ram, RamConfig};
 use crate::soft_attention_mnist::{SoftAttentionMnist, SoftAttentionMnistConfig};
 
@@ -15,8 +16,50 @@ use crate::soft_attention_mnist::{SoftAttentionMnist, SoftAttentionMnistConfig};
 pub struct Batch {
     /// Images (b, c, h, w) f32 in [0, 1].
     pub images: Tensor,
-    /// Class targets (b,) u32.
+    /// Class targets (b,) u32, or with questions, answer classes (q,) u32.
     pub targets: Tensor,
+    /// Questions about the images (VQA), grouped by image.
+    pub questions: Option<Questions>,
+}
+
+impl Batch {
+    /// An image classification batch.
+    pub fn images(images: Tensor, targets: Tensor) -> Self {
+        Self { images, targets, questions: None }
+    }
+}
+
+/// q questions about the b images of a batch.
+#[derive(Debug, Clone)]
+pub struct Questions {
+    /// (q,) u32: the image of the batch each question is about.
+    pub image: Tensor,
+    /// (q, t) u32 token ids, padded.
+    pub tokens: Tensor,
+    /// (q,) u32 real tokens per question.
+    pub lengths: Tensor,
+    /// (q, c) f32 question codes, when the data has them.
+    pub codes: Option<Tensor>,
+}
+
+/// What a model is built for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataShape {
+    /// (channels, height, width) of the images.
+    pub input: (usize, usize, usize),
+    /// Classes (or answers).
+    pub classes: usize,
+    /// Question vocabulary size (0: no text).
+    pub vocab: usize,
+    /// Width of question codes (0: none).
+    pub code_dim: usize,
+}
+
+impl DataShape {
+    /// Image classification of `classes` classes.
+    pub fn images(input: (usize, usize, usize), classes: usize) -> Self {
+        Self { input, classes, vocab: 0, code_dim: 0 }
+    }
 }
 
 /// What a model attended to, per example, for pictures.
@@ -97,18 +140,17 @@ pub enum ModelConfig {
     SoftAttentionMnist(SoftAttentionMnistConfig),
     /// The recurrent attention model (glimpses, recurrent core, REINFORCE location policy).
     Ram(RamConfig),
+    /// Hard-attention VQA (HAN / AdaHAN, soft and all-cells references).
+    Han(HanConfig),
 }
 
-/// Builds the model of `cfg` for inputs of (channels, height, width) and `classes` classes.
-pub fn build(
-    cfg: &ModelConfig,
-    input: (usize, usize, usize),
-    classes: usize,
-    vb: VarBuilder,
-) -> Result<Box<dyn Model>> {
+/// Builds the model of `cfg` for data of `shape`.
+pub fn build(cfg: &ModelConfig, shape: &DataShape, vb: VarBuilder) -> Result<Box<dyn Model>> {
+    let (input, classes) = (shape.input, shape.classes);
     match cfg {
         ModelConfig::Convnet(c) => Ok(Box::new(ConvNetClassifier::new(c, input, classes, vb)?)),
         ModelConfig::SoftAttentionMnist(c) => Ok(Box::new(SoftAttentionMnist::new(c, input, classes, vb)?)),
         ModelConfig::Ram(c) => Ok(Box::new(Ram::new(c, input, classes, vb)?)),
+        ModelConfig::Han(c) => Ok(Box::new(Han::new(c, shape, vb)?)),
     }
 }

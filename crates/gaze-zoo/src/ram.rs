@@ -15,7 +15,8 @@
 //! Because the location and baseline networks read the *detached* state, the REINFORCE term trains
 //! only the location network and the baseline term only the baseline; the glimpse network and core
 //! learn from `classify` (the common public reimplementation's reading of the paper).
-//! The first glimpse is at the centre; the T - 1 later locations are sampled.
+//! The first glimpse is at the centre or uniformly random (`start`); the T - 1 later locations
+//! are sampled from the policy.
 //!
 //! Options: a `random_glimpses` ablation (locations uniform in [-1, 1], no policy; the paper's
 //! "random glimpses" rows) and Monte-Carlo averaging of the class probabilities over
@@ -44,6 +45,16 @@ pub enum Core {
     Lstm,
 }
 
+/// Where the first glimpse goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// The centre of the image.
+    Centre,
+    /// Uniformly at random in [-1, 1]^2 (the public reimplementation's choice).
+    Random,
+}
+
 /// Settings of [`Ram`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -66,6 +77,10 @@ pub struct RamConfig {
     pub core: Core,
     /// Standard deviation of the location policy, in [-1, 1] units.
     pub sigma: f64,
+    /// Where the first glimpse goes.
+    pub start: Start,
+    /// Hidden ReLU layer of the location network (0: the paper's single linear map).
+    pub locator_hidden: usize,
     /// Weight lambda of the REINFORCE term.
     pub reinforce_weight: f64,
     /// Sampled paths averaged at evaluation (1: a single sampled path).
@@ -88,6 +103,8 @@ impl Default for RamConfig {
             hidden: 256,
             core: Core::Rnn,
             sigma: 0.05,
+            start: Start::Centre,
+            locator_hidden: 0,
             reinforce_weight: 0.01,
             mc_samples: 1,
             random_glimpses: false,
@@ -161,6 +178,7 @@ pub struct Ram {
     where_: Linear,
     mix: Linear,
     core: CoreNet,
+    locator_hidden: Option<Linear>,
     locator: Linear,
     baseline: Linear,
     classifier: Linear,
@@ -202,7 +220,15 @@ impl Ram {
             where_: candle_nn::linear(2, gh, vb.pp("glimpse.where"))?,
             mix: candle_nn::linear(2 * gh, go, vb.pp("glimpse.mix"))?,
             core,
-            locator: candle_nn::linear(hd, 2, vb.pp("locator"))?,
+            locator_hidden: match cfg.locator_hidden {
+                0 => None,
+                n => Some(candle_nn::linear(hd, n, vb.pp("locator.hidden"))?),
+            },
+            locator: candle_nn::linear(
+                if cfg.locator_hidden > 0 { cfg.locator_hidden } else { hd },
+                2,
+                vb.pp("locator"),
+            )?,
             baseline: candle_nn::linear(hd, 1, vb.pp("baseline"))?,
             classifier: candle_nn::linear(hd, classes, vb.pp("classifier"))?,
         })
@@ -229,14 +255,26 @@ impl Ram {
         }
     }
 
-    /// The mean of the location policy for a state: tanh(W h.detach()), (b, hidden) -> (b, 2).
+    /// The mean of the location policy for a state: tanh(W h.detach()) (with the optional hidden
+    /// layer: tanh(W ReLU(V h.detach()))), (b, hidden) -> (b, 2).
     pub fn location_mean(&self, h: &Tensor) -> Result<Tensor> {
-        self.locator.forward(&h.detach())?.tanh()
+        let h = h.detach();
+        match &self.locator_hidden {
+            Some(l) => self.locator.forward(&l.forward(&h)?.relu()?)?.tanh(),
+            None => self.locator.forward(&h)?.tanh(),
+        }
     }
 
     fn path(&self, images: &Tensor, rng: &mut Rng) -> Result<Path> {
         let (b, dev) = (images.dim(0)?, images.device());
-        let mut loc = Tensor::zeros((b, 2), images.dtype(), dev)?;
+        let uniform = |rng: &mut Rng| -> Result<Tensor> {
+            let xy: Vec<f32> = (0..b * 2).map(|_| rng.random_range(-1.0f32..=1.0)).collect();
+            Tensor::from_vec(xy, (b, 2), dev)
+        };
+        let mut loc = match self.cfg.start {
+            Start::Centre => Tensor::zeros((b, 2), images.dtype(), dev)?,
+            Start::Random => uniform(rng)?,
+        };
         let mut state: Option<CoreState> = None;
         let (mut log_pi, mut baselines, mut locations) = (vec![], vec![], vec![]);
         for t in 0..self.cfg.glimpses {
@@ -246,8 +284,7 @@ impl Ram {
             if t + 1 < self.cfg.glimpses {
                 let h = s.h();
                 loc = if self.cfg.random_glimpses {
-                    let xy: Vec<f32> = (0..b * 2).map(|_| rng.random_range(-1.0f32..=1.0)).collect();
-                    Tensor::from_vec(xy, (b, 2), dev)?
+                    uniform(rng)?
                 } else {
                     let mean = self.location_mean(h)?;
                     let sample = gaussian_sample(&mean, self.cfg.sigma, rng)?;
@@ -320,6 +357,7 @@ mod tests {
         let mut r = Seed(1).rng();
         let imgs: Vec<f32> = (0..n * 64).map(|_| r.random::<f32>()).collect();
         Ok(Batch {
+            questions: None,
             images: Tensor::from_vec(imgs, (n, 1, 8, 8), dev)?,
             targets: Tensor::from_vec((0..n).map(|i| (i % 3) as u32).collect::<Vec<_>>(), n, dev)?,
         })

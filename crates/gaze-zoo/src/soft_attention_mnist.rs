@@ -220,6 +220,7 @@ mod tests {
         let mut r = Seed(1).rng();
         let imgs: Vec<f32> = (0..6 * 64).map(|_| r.random::<f32>()).collect();
         Ok(Batch {
+            questions: None,
             images: Tensor::from_vec(imgs, (6, 1, 8, 8), dev)?,
             targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, dev)?,
         })

@@ -1,0 +1,492 @@
+//! HAN and AdaHAN, after "Learning Visual Question Answering by Bootstrapping Hard Attention"
+//! (Malinowski, Doersch, Santoro, Battaglia, 2018), with the relational head of "A simple neural
+//! network module for relational reasoning" (Santoro et al., 2017).
+//!
+//! A CNN turns the image into a grid of n cells (their (x, y) centres in [-1, 1] appended); the
+//! question (an LSTM over its words, or its fixed code) is projected and added to every cell; the
+//! presence of a cell is its squared L2 norm. Selection, by config:
+//! - `hard_topk` (HAN): the k cells of highest presence;
+//! - `adaptive` (AdaHAN): the cells whose softmax presence weight is at least a threshold
+//!   (1/n by default), a per-example number;
+//! - `soft`: every cell, scaled by n times its softmax presence weight;
+//! - `all`: every cell as it is (no attention).
+//!
+//! The selection itself is not differentiated; the kept cells' features are, so presence is
+//! learned through what the head does with the kept cells ("bootstrapping"). Heads: `relational`
+//! (g-MLP on every pair of kept cells with the question, summed, then an f-MLP; pairs grow as
+//! k^2, which is where hard attention saves compute) or `pooled` (mean of the kept cells with the
+//! question, then an MLP).
+//!
+//! The batch groups questions by image: the CNN runs once per image, and each question picks its
+//! image's cells (`Questions::image`).
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use gaze_attention::{AdaptiveHard, AdaptiveHardConfig, HardTopK, HardTopKConfig};
+use gaze_encoders::{ConvNet, ConvNetConfig, TextEncoder, TextEncoderConfig};
+use gaze_tensor::seed::Rng;
+
+use crate::model::{AttentionMap, Batch, DataShape, Model, Output};
+
+/// Which cells go on to the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// HAN: the k cells of highest presence.
+    HardTopk,
+    /// AdaHAN: the cells whose softmax presence passes the threshold.
+    Adaptive,
+    /// Every cell, weighted by its softmax presence (times n).
+    Soft,
+    /// Every cell (no attention).
+    All,
+}
+
+/// What answers from the selected cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// A relation network over pairs of selected cells.
+    Relational,
+    /// The mean of the selected cells and the question, through an MLP.
+    Pooled,
+}
+
+/// How the question is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuestionInput {
+    /// Its words, through an embedding and an LSTM.
+    Text,
+    /// Its fixed code vector (Sort-of-CLEVR's 11-d encoding).
+    Code,
+}
+
+/// Settings of [`Han`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HanConfig {
+    /// The image encoder (its `in_channels` is taken from the data).
+    pub cnn: ConvNetConfig,
+    /// How the question is read.
+    pub question: QuestionInput,
+    /// Word embedding width (text questions).
+    pub embed: usize,
+    /// Question LSTM width (text questions).
+    pub question_hidden: usize,
+    /// Which cells go on.
+    pub selection: Selection,
+    /// Cells kept by `hard_topk`.
+    pub k: usize,
+    /// `adaptive` threshold on the softmax presence (default 1 / n).
+    pub threshold: Option<f32>,
+    /// The head.
+    pub head: Head,
+    /// Width of the relational g-MLP.
+    pub g_hidden: usize,
+    /// Layers of the g-MLP (>= 1).
+    pub g_layers: usize,
+    /// Width of the f-MLP (both heads).
+    pub f_hidden: usize,
+}
+
+impl Default for HanConfig {
+    /// HAN with a relational head: three 24-channel conv blocks, k = 16, g-MLP 3 x 128, f 128.
+    fn default() -> Self {
+        Self {
+            cnn: ConvNetConfig { in_channels: 3, channels: vec![24, 24, 24], ..ConvNetConfig::default() },
+            question: QuestionInput::Text,
+            embed: 32,
+            question_hidden: 64,
+            selection: Selection::HardTopk,
+            k: 16,
+            threshold: None,
+            head: Head::Relational,
+            g_hidden: 128,
+            g_layers: 3,
+            f_hidden: 128,
+        }
+    }
+}
+
+impl HanConfig {
+    /// A tiny model for tests (16x16 images: a 4x4 grid).
+    pub fn tiny(selection: Selection, head: Head) -> Self {
+        Self {
+            cnn: ConvNetConfig { in_channels: 3, channels: vec![4, 6], ..ConvNetConfig::tiny() },
+            question: QuestionInput::Text,
+            embed: 4,
+            question_hidden: 6,
+            selection,
+            k: 4,
+            threshold: None,
+            head,
+            g_hidden: 8,
+            g_layers: 2,
+            f_hidden: 8,
+        }
+    }
+}
+
+/// The cells a head reads: `cells` (q, m, d) and, when rows keep different numbers of cells,
+/// `valid` (q, m) of 0/1.
+pub struct Selected {
+    /// The selected cells.
+    pub cells: Tensor,
+    /// Which of them are real (None: all).
+    pub valid: Option<Tensor>,
+    /// Kept cells over the grid (q, n) of 0/1, or the soft weights (q, n).
+    pub map: Tensor,
+    /// Number of cells kept per row.
+    pub counts: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum QuestionNet {
+    Text(TextEncoder),
+    Code,
+}
+
+#[derive(Debug, Clone)]
+enum HeadNet {
+    Relational { a: Linear, b: Linear, q: Linear, g: Vec<Linear>, f1: Linear, f2: Linear },
+    Pooled { f1: Linear, f2: Linear },
+}
+
+/// The model.
+#[derive(Debug, Clone)]
+pub struct Han {
+    cfg: HanConfig,
+    cnn: ConvNet,
+    question: QuestionNet,
+    q_proj: Linear,
+    head: HeadNet,
+    coords: Tensor,
+    grid: (usize, usize),
+    cell_dim: usize,
+    q_dim: usize,
+}
+
+impl Han {
+    /// Builds the model for `shape` (image size, answer classes, vocabulary, code width).
+    pub fn new(cfg: &HanConfig, shape: &DataShape, vb: VarBuilder) -> Result<Self> {
+        let msg = |m: String| candle_core::Error::Msg(format!("han: {m}"));
+        let (c, h, w) = shape.input;
+        let cnn_cfg = ConvNetConfig { in_channels: c, ..cfg.cnn.clone() };
+        let (d, gh, gw) = cnn_cfg.output_shape(h, w);
+        let n = gh * gw;
+        if n == 0 {
+            return Err(msg(format!("the CNN leaves no cells of a {h}x{w} image")));
+        }
+        if cfg.selection == Selection::HardTopk && (cfg.k == 0 || cfg.k > n) {
+            return Err(msg(format!("k = {} must be in 1..={n} (the {gh}x{gw} grid)", cfg.k)));
+        }
+        if cfg.g_layers == 0 || cfg.g_hidden == 0 || cfg.f_hidden == 0 {
+            return Err(msg("g_layers, g_hidden and f_hidden must be >= 1".into()));
+        }
+        AdaptiveHard::new(&AdaptiveHardConfig { threshold: cfg.threshold })?;
+        let cnn = ConvNet::new(&cnn_cfg, vb.pp("cnn"))?;
+        let (question, q_dim) = match cfg.question {
+            QuestionInput::Text => {
+                if shape.vocab == 0 {
+                    return Err(msg("text questions need a vocabulary (the data gave none)".into()));
+                }
+                let t = TextEncoderConfig { vocab: shape.vocab, embed: cfg.embed, hidden: cfg.question_hidden };
+                (QuestionNet::Text(TextEncoder::new(&t, vb.pp("question"))?), cfg.question_hidden)
+            }
+            QuestionInput::Code => {
+                if shape.code_dim == 0 {
+                    return Err(msg("question = \"code\" needs question codes (the data has none)".into()));
+                }
+                (QuestionNet::Code, shape.code_dim)
+            }
+        };
+        let cell_dim = d + 2;
+        let q_proj = candle_nn::linear(q_dim, cell_dim, vb.pp("q_proj"))?;
+        let hvb = vb.pp("head");
+        let head = match cfg.head {
+            Head::Relational => HeadNet::Relational {
+                a: candle_nn::linear(cell_dim, cfg.g_hidden, hvb.pp("g0_a"))?,
+                b: candle_nn::linear_no_bias(cell_dim, cfg.g_hidden, hvb.pp("g0_b"))?,
+                q: candle_nn::linear_no_bias(q_dim, cfg.g_hidden, hvb.pp("g0_q"))?,
+                g: (1..cfg.g_layers)
+                    .map(|i| candle_nn::linear(cfg.g_hidden, cfg.g_hidden, hvb.pp(format!("g{i}"))))
+                    .collect::<Result<_>>()?,
+                f1: candle_nn::linear(cfg.g_hidden, cfg.f_hidden, hvb.pp("f1"))?,
+                f2: candle_nn::linear(cfg.f_hidden, shape.classes, hvb.pp("f2"))?,
+            },
+            Head::Pooled => HeadNet::Pooled {
+                f1: candle_nn::linear(cell_dim + q_dim, cfg.f_hidden, hvb.pp("f1"))?,
+                f2: candle_nn::linear(cfg.f_hidden, shape.classes, hvb.pp("f2"))?,
+            },
+        };
+        let mut xy = Vec::with_capacity(n * 2);
+        for r in 0..gh {
+            for c in 0..gw {
+                xy.push((c as f32 + 0.5) / gw as f32 * 2.0 - 1.0);
+                xy.push((r as f32 + 0.5) / gh as f32 * 2.0 - 1.0);
+            }
+        }
+        let coords = Tensor::from_vec(xy, (1, n, 2), vb.device())?;
+        Ok(Self { cfg: cfg.clone(), cnn, question, q_proj, head, coords, grid: (gh, gw), cell_dim, q_dim })
+    }
+
+    /// The grid (rows, cols).
+    pub fn grid(&self) -> (usize, usize) {
+        self.grid
+    }
+
+    /// Image cells with coordinates: (b, c, h, w) -> (b, n, d + 2).
+    pub fn cells(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        let f = self.cnn.forward(images, train)?;
+        let b = f.dim(0)?;
+        let cells = f.flatten_from(2)?.transpose(1, 2)?;
+        Tensor::cat(&[cells, self.coords.broadcast_as((b, self.grid.0 * self.grid.1, 2))?.contiguous()?], 2)
+    }
+
+    /// Selects cells of question-conditioned features x (q, n, d) by the configured rule.
+    pub fn select(&self, x: &Tensor) -> Result<Selected> {
+        let (q, n, _) = x.dims3()?;
+        match self.cfg.selection {
+            Selection::HardTopk => {
+                let s = HardTopK::new(&HardTopKConfig { k: self.cfg.k })?.select(x)?;
+                Ok(Selected { cells: s.kept, valid: None, map: s.mask, counts: vec![self.cfg.k; q] })
+            }
+            Selection::Adaptive => {
+                let s = AdaptiveHard::new(&AdaptiveHardConfig { threshold: self.cfg.threshold })?.select(x)?;
+                // Gather the kept cells, padded to the largest count in the batch.
+                let m = s.counts.iter().copied().max().unwrap_or(1).max(1);
+                let rows = s.mask.to_vec2::<f32>()?;
+                let (mut idx, mut valid) = (Vec::with_capacity(q * m), Vec::with_capacity(q * m));
+                for row in &rows {
+                    let kept: Vec<u32> = (0..n).filter(|&i| row[i] > 0.5).map(|i| i as u32).collect();
+                    for j in 0..m {
+                        idx.push(kept.get(j).copied().unwrap_or(0));
+                        valid.push(if j < kept.len() { 1f32 } else { 0.0 });
+                    }
+                }
+                let d = x.dim(2)?;
+                let idx = Tensor::from_vec(idx, (q, m, 1), x.device())?.broadcast_as((q, m, d))?.contiguous()?;
+                let valid = Tensor::from_vec(valid, (q, m), x.device())?;
+                let cells = x.gather(&idx, 1)?.broadcast_mul(&valid.unsqueeze(2)?)?;
+                Ok(Selected { cells, valid: Some(valid), map: s.mask, counts: s.counts })
+            }
+            Selection::Soft => {
+                let w = candle_nn::ops::softmax(&gaze_tensor::ops::presence(x)?, D::Minus1)?;
+                let cells = x.broadcast_mul(&(w.unsqueeze(2)? * n as f64)?)?;
+                Ok(Selected { cells, valid: None, map: w, counts: vec![n; q] })
+            }
+            Selection::All => {
+                let map = Tensor::ones((q, n), x.dtype(), x.device())?;
+                Ok(Selected { cells: x.clone(), valid: None, map, counts: vec![n; q] })
+            }
+        }
+    }
+
+    fn head(&self, sel: &Selected, q: &Tensor) -> Result<Tensor> {
+        match &self.head {
+            HeadNet::Relational { a, b, q: wq, g, f1, f2 } => {
+                let (nq, m, _) = sel.cells.dims3()?;
+                let h = self.cfg.g_hidden;
+                // The first g layer is linear in (o_i, o_j, q): project once per cell, add per pair.
+                let pa = a.forward(&sel.cells)?.unsqueeze(2)?; // (q, m, 1, h)
+                let pb = b.forward(&sel.cells)?.unsqueeze(1)?; // (q, 1, m, h)
+                let pq = wq.forward(q)?.reshape((nq, 1, 1, h))?;
+                let mut x = pa.broadcast_add(&pb)?.broadcast_add(&pq)?.relu()?.reshape((nq * m * m, h))?;
+                for l in g {
+                    x = l.forward(&x)?.relu()?;
+                }
+                let mut x = x.reshape((nq, m, m, h))?;
+                if let Some(v) = &sel.valid {
+                    let pair = v.unsqueeze(2)?.broadcast_mul(&v.unsqueeze(1)?)?.unsqueeze(3)?;
+                    x = x.broadcast_mul(&pair)?;
+                }
+                let pooled = x.sum(2)?.sum(1)?;
+                f2.forward(&f1.forward(&pooled)?.relu()?)
+            }
+            HeadNet::Pooled { f1, f2 } => {
+                let pooled = match &sel.valid {
+                    Some(v) => sel.cells.sum(1)?.broadcast_div(&v.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?)?,
+                    None => sel.cells.mean(1)?,
+                };
+                f2.forward(&f1.forward(&Tensor::cat(&[pooled, q.clone()], 1)?)?.relu()?)
+            }
+        }
+    }
+
+    /// Multiply-adds of the head for one example that keeps `m` cells (the compute attention saves).
+    pub fn head_macs(&self, m: usize) -> f64 {
+        let (m, d, q, h, f) =
+            (m as f64, self.cell_dim as f64, self.q_dim as f64, self.cfg.g_hidden as f64, self.cfg.f_hidden as f64);
+        match self.cfg.head {
+            Head::Relational => {
+                2.0 * m * d * h + q * h + m * m * h + (self.cfg.g_layers as f64 - 1.0) * m * m * h * h + h * f
+            }
+            Head::Pooled => m * d + (d + q) * f,
+        }
+    }
+}
+
+impl Model for Han {
+    /// Shapes: images (b, c, h, w), questions for q rows -> logits (q, answers), loss `classify`;
+    /// statistics `cells_kept_pct` and `head_mflops` (per example); the kept cells (or soft
+    /// weights) over the grid.
+    fn forward(&self, batch: &Batch, train: bool, _rng: &mut Rng) -> Result<Output> {
+        let qs = batch.questions.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("han: the batch has no questions (a VQA data set is needed)".into())
+        })?;
+        let cells = self.cells(&batch.images, train)?.contiguous()?.index_select(&qs.image.contiguous()?, 0)?;
+        let q = match &self.question {
+            QuestionNet::Text(t) => t.forward(&qs.tokens, &qs.lengths)?.last,
+            QuestionNet::Code => qs
+                .codes
+                .clone()
+                .ok_or_else(|| candle_core::Error::Msg("han: question = \"code\" but the batch has no codes".into()))?,
+        };
+        let x = cells.broadcast_add(&self.q_proj.forward(&q)?.unsqueeze(1)?)?;
+        let sel = self.select(&x)?;
+        let logits = self.head(&sel, &q)?;
+        let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let (nq, n) = (sel.counts.len(), self.grid.0 * self.grid.1);
+        let kept = sel.counts.iter().sum::<usize>() as f64 / (nq.max(1) * n) as f64 * 100.0;
+        let flops = sel.counts.iter().map(|&m| 2.0 * self.head_macs(m)).sum::<f64>() / nq.max(1) as f64 / 1e6;
+        let dev = logits.device();
+        let stats = vec![
+            ("cells_kept_pct".to_string(), Tensor::new(kept as f32, dev)?),
+            ("head_mflops".to_string(), Tensor::new(flops as f32, dev)?),
+        ];
+        let (gh, gw) = self.grid;
+        let map = sel.map.detach().reshape((nq, gh, gw))?;
+        let attention = match self.cfg.selection {
+            Selection::HardTopk | Selection::Adaptive => {
+                AttentionMap::Cells { mask: map, title: format!("{:?}: kept cells", self.cfg.selection) }
+            }
+            Selection::Soft => AttentionMap::Grid { weights: map, title: "soft attention".into() },
+            Selection::All => {
+                let norm = gaze_tensor::ops::presence(&x.detach())?.reshape((nq, gh, gw))?;
+                AttentionMap::Grid { weights: norm, title: "feature norm (no attention)".into() }
+            }
+        };
+        Ok(Output { logits, losses: vec![("classify".into(), classify)], attention: Some(attention), stats })
+    }
+}
+
+/// For tests: a cast helper.
+#[cfg(test)]
+fn f32s(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Questions;
+    use candle_core::{Device, Var};
+    use gaze_tensor::{Seed, SeededVarMap};
+    use rand::Rng as _;
+
+    fn shape() -> DataShape {
+        DataShape { input: (3, 16, 16), classes: 3, vocab: 6, code_dim: 4 }
+    }
+
+    fn batch(dev: &Device) -> Result<Batch> {
+        let mut r = Seed(1).rng();
+        let imgs: Vec<f32> = (0..3 * 3 * 256).map(|_| r.random::<f32>()).collect();
+        let q = 6;
+        let tokens: Vec<u32> = (0..q * 4).map(|i| (i % 5 + 1) as u32).collect();
+        Ok(Batch {
+            images: Tensor::from_vec(imgs, (3, 3, 16, 16), dev)?,
+            targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], q, dev)?,
+            questions: Some(Questions {
+                image: Tensor::from_vec(vec![0u32, 0, 1, 1, 2, 2], q, dev)?,
+                tokens: Tensor::from_vec(tokens, (q, 4), dev)?,
+                lengths: Tensor::from_vec(vec![4u32, 3, 2, 4, 1, 4], q, dev)?,
+                codes: Some(Tensor::from_vec((0..q * 4).map(|i| (i % 3) as f32).collect::<Vec<_>>(), (q, 4), dev)?),
+            }),
+        })
+    }
+
+    #[test]
+    fn every_selection_and_head_trains_on_a_fixed_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        for selection in [Selection::HardTopk, Selection::Adaptive, Selection::Soft, Selection::All] {
+            for head in [Head::Relational, Head::Pooled] {
+                let vm = SeededVarMap::new(Seed(0));
+                let model = Han::new(&HanConfig::tiny(selection, head), &shape(), vm.builder(&dev))?;
+                let b = batch(&dev)?;
+                let mut rng = Seed(2).rng();
+                let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
+                let mut opt = candle_nn::optim::AdamW::new_lr(vars, 2e-2)?;
+                let first = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
+                for _ in 0..40 {
+                    let loss = model.forward(&b, true, &mut rng)?.total_loss()?;
+                    candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
+                }
+                let last = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
+                assert!(last < 0.5 * first, "{selection:?} {head:?}: {first} -> {last}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A fixed feature map: HAN keeps exactly the k highest-norm cells, AdaHAN exactly the cells
+    /// whose softmax presence passes 1/n; gradients reach kept cells and never dropped ones.
+    #[test]
+    fn selection_keeps_the_right_cells_and_gradients_reach_only_them() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut r = Seed(3).rng();
+        let (q, n, d) = (2, 16, 5);
+        let x =
+            Var::from_vec((0..q * n * d).map(|_| r.random::<f32>() * 2.0 - 1.0).collect::<Vec<_>>(), (q, n, d), &dev)?;
+        let norms: Vec<Vec<f32>> = x
+            .as_tensor()
+            .to_vec3::<f32>()?
+            .iter()
+            .map(|row| row.iter().map(|c| c.iter().map(|v| v * v).sum()).collect())
+            .collect();
+        for selection in [Selection::HardTopk, Selection::Adaptive] {
+            let vm = SeededVarMap::new(Seed(0));
+            let model = Han::new(&HanConfig::tiny(selection, Head::Relational), &shape(), vm.builder(&dev))?;
+            let sel = model.select(x.as_tensor())?;
+            let map = f32s(&sel.map)?;
+            for (row, norm) in map.iter().zip(&norms) {
+                let expect: Vec<f32> = match selection {
+                    Selection::HardTopk => {
+                        let mut order: Vec<usize> = (0..n).collect();
+                        order.sort_by(|&a, &b| norm[b].total_cmp(&norm[a]));
+                        (0..n).map(|i| if order[..4].contains(&i) { 1.0 } else { 0.0 }).collect()
+                    }
+                    _ => {
+                        let mx = norm.iter().fold(f32::MIN, |a, &b| a.max(b));
+                        let z: f32 = norm.iter().map(|v| (v - mx).exp()).sum();
+                        norm.iter().map(|v| if (v - mx).exp() / z >= 1.0 / n as f32 { 1.0 } else { 0.0 }).collect()
+                    }
+                };
+                assert_eq!(row, &expect, "{selection:?}");
+            }
+            let grads = sel.cells.sqr()?.sum_all()?.backward()?;
+            let g = grads.get(x.as_tensor()).map(|t| t.to_vec3::<f32>()).transpose()?.unwrap_or_default();
+            for (r, row) in map.iter().enumerate() {
+                for (i, &kept) in row.iter().enumerate() {
+                    let touched = g[r][i].iter().any(|v| *v != 0.0);
+                    assert_eq!(touched, kept > 0.5, "{selection:?} row {r} cell {i}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn impossible_settings_are_named() {
+        let dev = Device::Cpu;
+        let vb = || SeededVarMap::new(Seed(0)).builder(&dev);
+        let big = HanConfig { k: 17, ..HanConfig::tiny(Selection::HardTopk, Head::Pooled) };
+        let e = Han::new(&big, &shape(), vb()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("k = 17") && e.contains("4x4"), "{e}");
+        let code = HanConfig { question: QuestionInput::Code, ..HanConfig::tiny(Selection::All, Head::Pooled) };
+        let e = Han::new(&code, &DataShape { code_dim: 0, ..shape() }, vb()).err().map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("code"));
+    }
+}
