@@ -1,5 +1,8 @@
 //! Trainer tests: exact resume, the NaN guard, and the quick experiment end to end.
 
+mod common;
+use common::{opts, quick_of};
+
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -35,10 +38,6 @@ pictures = 2
 
 fn tiny() -> anyhow::Result<ExperimentConfig> {
     Ok(ExperimentConfig::from_toml(TINY, Path::new("tiny.toml"))?)
-}
-
-fn opts(root: &Path) -> RunOptions {
-    RunOptions { runs_root: Some(root.to_path_buf()), quiet: true, ..RunOptions::default() }
 }
 
 fn params(run: &Path) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
@@ -140,11 +139,6 @@ fn every_checked_in_experiment_parses() -> anyhow::Result<()> {
     let e = ExperimentConfig::load(Path::new("/no/such/exp.toml")).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("/no/such/exp.toml"), "{e}");
     Ok(())
-}
-
-fn quick_of(name: &str) -> anyhow::Result<ExperimentConfig> {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../experiments/{name}.toml"));
-    Ok(ExperimentConfig::load(&file)?.quick())
 }
 
 /// Two RAM runs with the same seed give bit-identical metrics (sampled glimpse paths included),

@@ -2,18 +2,12 @@
 //! folder written by the generator trained through `data.type = "vqa_folder"`, and broken folders
 //! named in the error.
 
+mod common;
+use common::{opts, quick_of};
+
 use std::path::Path;
 
-use gaze_train::{ExperimentConfig, RunOptions};
-
-fn quick_of(name: &str) -> anyhow::Result<ExperimentConfig> {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../experiments/{name}.toml"));
-    Ok(ExperimentConfig::load(&file)?.quick())
-}
-
-fn opts(root: &Path) -> RunOptions {
-    RunOptions { runs_root: Some(root.to_path_buf()), quiet: true, ..RunOptions::default() }
-}
+use gaze_train::ExperimentConfig;
 
 #[test]
 fn han_and_adahan_quick_runs_report_accuracy_cells_and_compute() -> anyhow::Result<()> {

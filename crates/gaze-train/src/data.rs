@@ -305,24 +305,22 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             p.fresh = c.fresh_each_epoch.then(|| (c.canvas.clone(), train));
             Ok(p)
         }
-        DataConfig::BarnVqa(b) => {
-            let gen = |n: usize, split: &str| -> Result<VqaSet> {
-                let g = BarnVqa::new(b.barn.clone(), seed.stream(&format!("data/{split}")))?;
-                Ok(VqaSet::from_scenes((0..n).map(|i| g.scene(i)).collect::<gaze_data::Result<_>>()?))
-            };
-            let sets = [gen(b.train_scenes, "train")?, gen(b.val_scenes, "val")?, gen(b.test_scenes, "test")?];
-            let desc = format!("barn-scene VQA, {}/{}/{} scenes", b.train_scenes, b.val_scenes, b.test_scenes);
-            vqa(sets, b.max_words, desc)
-        }
-        DataConfig::SortOfClevr(c) => {
-            let gen = |n: usize, split: &str| -> Result<VqaSet> {
-                let g = SortOfClevr::new(c.clevr.clone(), seed.stream(&format!("data/{split}")))?;
-                Ok(VqaSet::from_scenes((0..n).map(|i| g.scene(i)).collect::<gaze_data::Result<_>>()?))
-            };
-            let sets = [gen(c.train_images, "train")?, gen(c.val_images, "val")?, gen(c.test_images, "test")?];
-            let desc = format!("Sort-of-CLEVR, {}/{}/{} images", c.train_images, c.val_images, c.test_images);
-            vqa(sets, c.max_words, desc)
-        }
+        DataConfig::BarnVqa(b) => generated(
+            |s| BarnVqa::new(b.barn.clone(), s),
+            BarnVqa::scene,
+            [b.train_scenes, b.val_scenes, b.test_scenes],
+            seed,
+            b.max_words,
+            format!("barn-scene VQA, {}/{}/{} scenes", b.train_scenes, b.val_scenes, b.test_scenes),
+        ),
+        DataConfig::SortOfClevr(c) => generated(
+            |s| SortOfClevr::new(c.clevr.clone(), s),
+            SortOfClevr::scene,
+            [c.train_images, c.val_images, c.test_images],
+            seed,
+            c.max_words,
+            format!("Sort-of-CLEVR, {}/{}/{} images", c.train_images, c.val_images, c.test_images),
+        ),
         DataConfig::VqaFolder(f) => {
             let set = VqaSet::read_folder(&f.path, Some((f.size[0], f.size[1])))?;
             let n = set.images.len();
@@ -345,6 +343,24 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             vqa_views(set.clone(), parts, f.max_words, desc)
         }
     }
+}
+
+/// Scenes from a generator per split (`seed.stream("data/<split>")`), `counts` = train / val / test.
+fn generated<G>(
+    make: impl Fn(Seed) -> gaze_data::Result<G>,
+    scene: impl Fn(&G, usize) -> gaze_data::Result<gaze_data::vqa::VqaScene>,
+    counts: [usize; 3],
+    seed: Seed,
+    max_words: usize,
+    description: String,
+) -> Result<Prepared> {
+    let mut sets = Vec::with_capacity(3);
+    for (n, split) in counts.into_iter().zip(["train", "val", "test"]) {
+        let g = make(seed.stream(&format!("data/{split}")))?;
+        sets.push(VqaSet::from_scenes((0..n).map(|i| scene(&g, i)).collect::<gaze_data::Result<_>>()?));
+    }
+    let sets: [VqaSet; 3] = sets.try_into().map_err(|_| TrainError::Other("three splits expected".into()))?;
+    vqa(sets, max_words, description)
 }
 
 /// Three generated sets, each used whole.
