@@ -3,6 +3,11 @@
 //! whose weight is at least a threshold (1/n by default), so the number kept varies per example;
 //! at least one cell (the strongest) is always kept. Kept cells pass their features on
 //! (differentiably), the rest are zeroed.
+//!
+//! Squared norms of unnormalised features reach the hundreds, and a softmax over them is one-hot:
+//! one cell passes 1/n. `standardize` makes the rule scale-free: presence is turned into per-example
+//! z-scores before the softmax (for normal scores about a third of the cells pass 1/n; fewer
+//! when a few cells stand out).
 
 use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -15,6 +20,8 @@ use crate::shape_err;
 pub struct AdaptiveHardConfig {
     /// Keep cells whose softmax weight is at least this; `None`: 1/n (uniform).
     pub threshold: Option<f32>,
+    /// Softmax over per-example z-scores of the presence instead of the raw presence.
+    pub standardize: bool,
 }
 
 impl AdaptiveHardConfig {
@@ -60,7 +67,13 @@ impl AdaptiveHard {
             .dims3()
             .map_err(|_| shape_err("AdaptiveHard", format!("feats must be (b, n, d), got {:?}", feats.dims())))?;
         let threshold = self.cfg.threshold.unwrap_or(1.0 / n as f32);
-        let weights = candle_nn::ops::softmax(&gaze_tensor::ops::presence(feats)?, D::Minus1)?;
+        let mut presence = gaze_tensor::ops::presence(feats)?;
+        if self.cfg.standardize {
+            let centred = presence.broadcast_sub(&presence.mean_keepdim(D::Minus1)?)?;
+            let std = (centred.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?;
+            presence = centred.broadcast_div(&std)?;
+        }
+        let weights = candle_nn::ops::softmax(&presence, D::Minus1)?;
         let rows = weights.detach().to_vec2::<f32>()?;
         let mut mask = vec![0f32; b * n];
         let mut counts = Vec::with_capacity(b);
@@ -99,7 +112,8 @@ mod tests {
         let by_hand: Vec<f32> = w.iter().map(|&v| if v >= 0.25 { 1.0 } else { 0.0 }).collect();
         assert_eq!(sel.mask.to_vec2::<f32>()?[0], by_hand);
         assert_eq!(sel.counts, vec![1]);
-        let low = AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(0.1) })?.select(f.as_tensor())?;
+        let low = AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(0.1), ..Default::default() })?
+            .select(f.as_tensor())?;
         assert_eq!(low.mask.to_vec2::<f32>()?[0], vec![0.0, 1.0, 1.0, 0.0]);
         assert_eq!(low.counts, vec![2]);
         // gradient reaches the kept cells' features directly; dropped cells get only the
@@ -108,9 +122,10 @@ mod tests {
         let grad = g.get(f.as_tensor()).map(|t| t.to_vec3::<f32>()).transpose()?.unwrap_or_default();
         assert_eq!(grad[0], vec![vec![0.0], vec![1.0], vec![1.0], vec![0.0]]);
         // a threshold nobody passes still keeps the strongest cell
-        let high = AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(0.99) })?.select(f.as_tensor())?;
+        let high = AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(0.99), ..Default::default() })?
+            .select(f.as_tensor())?;
         assert_eq!(high.mask.to_vec2::<f32>()?[0], vec![0.0, 0.0, 1.0, 0.0]);
-        assert!(AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(1.5) }).is_err());
+        assert!(AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(1.5), ..Default::default() }).is_err());
         Ok(())
     }
 
@@ -119,6 +134,21 @@ mod tests {
         let f = Tensor::ones((2, 5, 3), candle_core::DType::F32, &Device::Cpu)?;
         let sel = AdaptiveHard::new(&AdaptiveHardConfig::default())?.select(&f)?;
         assert_eq!(sel.counts, vec![5, 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn standardized_presence_is_scale_free_and_keeps_more_than_the_strongest() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let vals: Vec<f32> = (0..16).map(|i| ((i * 7 % 16) as f32) * 0.5 + 1.0).collect();
+        let f = Tensor::from_vec(vals, (1, 16, 1), &dev)?;
+        let raw = AdaptiveHard::new(&AdaptiveHardConfig::default())?.select(&(&f * 30.0)?)?;
+        assert_eq!(raw.counts, vec![1], "a softmax over large squared norms keeps one cell");
+        let std = AdaptiveHardConfig { standardize: true, ..Default::default() };
+        let a = AdaptiveHard::new(&std)?.select(&f)?;
+        let b = AdaptiveHard::new(&std)?.select(&(&f * 30.0)?)?;
+        assert_eq!(a.mask.to_vec2::<f32>()?, b.mask.to_vec2::<f32>()?);
+        assert!(a.counts[0] > 1 && a.counts[0] < 16, "{:?}", a.counts);
         Ok(())
     }
 }

@@ -82,6 +82,9 @@ pub struct HanConfig {
     pub k: usize,
     /// `adaptive` threshold on the softmax presence (default 1 / n).
     pub threshold: Option<f32>,
+    /// `adaptive`: softmax over per-example z-scores of the presence (scale-free), not the raw
+    /// squared norms (whose softmax is nearly one-hot once features grow).
+    pub standardize_presence: bool,
     /// The head.
     pub head: Head,
     /// Width of the relational g-MLP.
@@ -103,6 +106,7 @@ impl Default for HanConfig {
             selection: Selection::HardTopk,
             k: 16,
             threshold: None,
+            standardize_presence: false,
             head: Head::Relational,
             g_hidden: 128,
             g_layers: 3,
@@ -122,6 +126,7 @@ impl HanConfig {
             selection,
             k: 4,
             threshold: None,
+            standardize_presence: false,
             head,
             g_hidden: 8,
             g_layers: 2,
@@ -186,7 +191,7 @@ impl Han {
         if cfg.g_layers == 0 || cfg.g_hidden == 0 || cfg.f_hidden == 0 {
             return Err(msg("g_layers, g_hidden and f_hidden must be >= 1".into()));
         }
-        AdaptiveHard::new(&AdaptiveHardConfig { threshold: cfg.threshold })?;
+        AdaptiveHard::new(&AdaptiveHardConfig { threshold: cfg.threshold, standardize: cfg.standardize_presence })?;
         let cnn = ConvNet::new(&cnn_cfg, vb.pp("cnn"))?;
         let (question, q_dim) = match cfg.question {
             QuestionInput::Text => {
@@ -255,7 +260,11 @@ impl Han {
                 Ok(Selected { cells: s.kept, valid: None, map: s.mask, counts: vec![self.cfg.k; q] })
             }
             Selection::Adaptive => {
-                let s = AdaptiveHard::new(&AdaptiveHardConfig { threshold: self.cfg.threshold })?.select(x)?;
+                let s = AdaptiveHard::new(&AdaptiveHardConfig {
+                    threshold: self.cfg.threshold,
+                    standardize: self.cfg.standardize_presence,
+                })?
+                .select(x)?;
                 // Gather the kept cells, padded to the largest count in the batch.
                 let m = s.counts.iter().copied().max().unwrap_or(1).max(1);
                 let rows = s.mask.to_vec2::<f32>()?;
