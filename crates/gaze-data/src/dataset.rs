@@ -202,6 +202,19 @@ impl VqaEncoder {
         })
     }
 
+    /// A question as `max_len` token ids (cut, or padded with `<pad>`; an empty question is one
+    /// `<unk>`) and its number of real tokens (>= 1).
+    pub fn encode_question(&self, text: &str) -> (Vec<u32>, u32) {
+        let mut ids = self.vocab.encode(text);
+        ids.truncate(self.max_len);
+        if ids.is_empty() {
+            ids.push(crate::vocab::UNK);
+        }
+        let len = ids.len() as u32;
+        ids.resize(self.max_len, PAD);
+        (ids, len)
+    }
+
     /// The records `indices` of `set` as a batch.
     pub fn batch(&self, set: &VqaSet, indices: &[usize], device: &Device) -> Result<VqaBatch> {
         let mut imgs = Vec::with_capacity(indices.len());
@@ -217,13 +230,8 @@ impl VqaEncoder {
                     .get(r.image)
                     .ok_or_else(|| DataError::config("image", format!("record {i} names image {}", r.image)))?,
             );
-            let mut ids = self.vocab.encode(&r.q.question);
-            ids.truncate(self.max_len);
-            lengths.push(ids.len().max(1) as u32);
-            if ids.is_empty() {
-                ids.push(crate::vocab::UNK);
-            }
-            ids.resize(self.max_len, PAD);
+            let (ids, len) = self.encode_question(&r.q.question);
+            lengths.push(len);
             tokens.extend(ids);
             let class = self.answers.class(&r.q.answer);
             known.push(class.is_some());

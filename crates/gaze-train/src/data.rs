@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use gaze_data::dataset::{images_to_tensor, VqaEncoder};
 use gaze_data::generate::{BarnVqa, CanvasConfig, MnistCanvas, SortOfClevr};
-use gaze_data::vocab::{AnswerSet, PAD, UNK};
+use gaze_data::vocab::AnswerSet;
 use gaze_data::vqa::VqaSet;
 use gaze_data::{Image, LabeledImages, Mnist};
 use gaze_tensor::Seed;
@@ -159,13 +159,8 @@ impl VqaSplit {
             for &r in self.records.get(i).ok_or_else(bad)? {
                 let rec = &self.set.records.get(r).ok_or_else(bad)?.q;
                 image.push(k as u32);
-                let mut ids = enc.vocab.encode(&rec.question);
-                ids.truncate(max);
-                lengths.push(ids.len().max(1) as u32);
-                if ids.is_empty() {
-                    ids.push(UNK);
-                }
-                ids.resize(max, PAD);
+                let (ids, len) = enc.encode_question(&rec.question);
+                lengths.push(len);
                 tokens.extend(ids);
                 answers.push(enc.answers.class(&rec.answer).unwrap_or(0));
                 let w = *code_width.get_or_insert(rec.code.len());

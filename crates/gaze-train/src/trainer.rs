@@ -135,11 +135,6 @@ pub fn now_utc() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn batch_of(set: &LabeledImages, idx: &[usize], device: &Device) -> Result<Batch> {
-    let b = set.batch(idx, device)?;
-    Ok(Batch::images(b.images, b.labels))
-}
-
 /// Correct and total counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
@@ -190,7 +185,7 @@ pub fn shifted_batch(
         }
         shifted.labels.push(set.labels[i]);
     }
-    batch_of(&shifted, &(0..idx.len()).collect::<Vec<_>>(), device)
+    Examples::Images(shifted).batch(&(0..idx.len()).collect::<Vec<_>>(), device)
 }
 
 /// Accuracy, mean loss per term and every prediction of `model` on `set`.
