@@ -3,6 +3,8 @@
 //! variant). Cell (r, c) sits at ((c + 0.5) / gw * 2 - 1, (r + 0.5) / gh * 2 - 1) in [-1, 1]^2;
 //! its weight is exp(-Q / 2) with Q the bivariate-normal quadratic form, normalised over cells.
 
+use std::f64::consts::LN_2;
+
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -23,18 +25,22 @@ pub struct GaussianWindowConfig {
     pub query_dim: usize,
     /// Smallest scale (in [-1, 1] units), added to softplus of the raw scale.
     pub min_scale: f64,
+    /// Scale of the window when the linear map outputs zero (its starting width): the raw scale
+    /// is offset so that `min_scale + softplus(0 + offset) = init_scale`. The default,
+    /// `min_scale + ln 2`, means no offset; smaller values start with sharper windows.
+    pub init_scale: f64,
 }
 
 impl Default for GaussianWindowConfig {
     fn default() -> Self {
-        Self { grid_h: 14, grid_w: 14, feat_dim: 12, query_dim: 196, min_scale: 0.05 }
+        Self { grid_h: 14, grid_w: 14, feat_dim: 12, query_dim: 196, min_scale: 0.05, init_scale: 0.05 + LN_2 }
     }
 }
 
 impl GaussianWindowConfig {
     /// Small sizes for tests.
     pub fn tiny() -> Self {
-        Self { grid_h: 3, grid_w: 4, feat_dim: 3, query_dim: 2, min_scale: 0.05 }
+        Self { grid_h: 3, grid_w: 4, feat_dim: 3, query_dim: 2, min_scale: 0.05, init_scale: 0.05 + LN_2 }
     }
 }
 
@@ -45,11 +51,20 @@ pub struct GaussianWindow {
     params: Linear,
     xs: Tensor,
     ys: Tensor,
+    /// Added to the raw scales (inverse softplus of `init_scale - min_scale`).
+    scale_offset: f64,
 }
 
 impl GaussianWindow {
     /// Parameter `params` (query -> 5: mean x, mean y, scale x, scale y, correlation).
     pub fn new(cfg: &GaussianWindowConfig, vb: VarBuilder) -> Result<Self> {
+        let excess = cfg.init_scale - cfg.min_scale;
+        if !(cfg.min_scale > 0.0 && excess > 0.0 && excess.is_finite()) {
+            return Err(candle_core::Error::Msg(format!(
+                "GaussianWindow: init_scale {} must be finite and larger than min_scale {} > 0",
+                cfg.init_scale, cfg.min_scale
+            )));
+        }
         let (gh, gw) = (cfg.grid_h, cfg.grid_w);
         let mut xs = Vec::with_capacity(gh * gw);
         let mut ys = Vec::with_capacity(gh * gw);
@@ -65,6 +80,7 @@ impl GaussianWindow {
             params: candle_nn::linear(cfg.query_dim, 5, vb.pp("params"))?,
             xs: Tensor::from_vec(xs, (1, gh * gw), &dev)?,
             ys: Tensor::from_vec(ys, (1, gh * gw), &dev)?,
+            scale_offset: if (excess - LN_2).abs() < 1e-12 { 0.0 } else { excess.exp_m1().ln() }, // inverse softplus
         })
     }
 
@@ -72,7 +88,11 @@ impl GaussianWindow {
     pub fn window_params(&self, query: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let p = self.params.forward(query)?;
         let mean = p.narrow(1, 0, 2)?.tanh()?;
-        let scale = ((p.narrow(1, 2, 2)?.exp()? + 1.0)?.log()? + self.cfg.min_scale)?; // softplus
+        let mut raw = p.narrow(1, 2, 2)?;
+        if self.scale_offset != 0.0 {
+            raw = (raw + self.scale_offset)?;
+        }
+        let scale = ((raw.exp()? + 1.0)?.log()? + self.cfg.min_scale)?; // softplus
         let rho = (p.narrow(1, 4, 1)?.tanh()? * 0.95)?;
         Ok((mean, scale, rho))
     }

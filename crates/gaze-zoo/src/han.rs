@@ -3,7 +3,8 @@
 //! network module for relational reasoning" (Santoro et al., 2017).
 //!
 //! A CNN turns the image into a grid of n cells (their (x, y) centres in [-1, 1] appended); the
-//! question (an LSTM over its words, or its fixed code) is projected and added to every cell; the
+//! question (an LSTM over its words, or its fixed code) is projected and added to every cell,
+//! optionally followed by per-cell fusion layers (1x1 convolutions with ReLU, `fuse_layers`); the
 //! presence of a cell is its squared L2 norm. Selection, by config:
 //! - `hard_topk` (HAN): the k cells of highest presence;
 //! - `adaptive` (AdaHAN): the cells whose softmax presence weight is at least a threshold
@@ -93,6 +94,11 @@ pub struct HanConfig {
     pub g_layers: usize,
     /// Width of the f-MLP (both heads).
     pub f_hidden: usize,
+    /// Per-cell layers (a 1x1 convolution and ReLU each, width kept) applied after the question
+    /// is added and before presence is measured. With none, presence is ||cell + q||^2, whose
+    /// ranking of cells moves with the question only through <cell, q>; a fusion layer lets
+    /// the question gate which features (say, which colour) grow large.
+    pub fuse_layers: usize,
 }
 
 impl Default for HanConfig {
@@ -111,6 +117,7 @@ impl Default for HanConfig {
             g_hidden: 128,
             g_layers: 3,
             f_hidden: 128,
+            fuse_layers: 0,
         }
     }
 }
@@ -131,6 +138,7 @@ impl HanConfig {
             g_hidden: 8,
             g_layers: 2,
             f_hidden: 8,
+            fuse_layers: 0,
         }
     }
 }
@@ -167,6 +175,7 @@ pub struct Han {
     cnn: ConvNet,
     question: QuestionNet,
     q_proj: Linear,
+    fuse: Vec<Linear>,
     head: HeadNet,
     coords: Tensor,
     grid: (usize, usize),
@@ -210,6 +219,9 @@ impl Han {
         };
         let cell_dim = d + 2;
         let q_proj = candle_nn::linear(q_dim, cell_dim, vb.pp("q_proj"))?;
+        let fuse = (0..cfg.fuse_layers)
+            .map(|i| candle_nn::linear(cell_dim, cell_dim, vb.pp(format!("fuse{i}"))))
+            .collect::<Result<Vec<_>>>()?;
         let hvb = vb.pp("head");
         let head = match cfg.head {
             Head::Relational => HeadNet::Relational {
@@ -235,7 +247,7 @@ impl Han {
             }
         }
         let coords = Tensor::from_vec(xy, (1, n, 2), vb.device())?;
-        Ok(Self { cfg: cfg.clone(), cnn, question, q_proj, head, coords, grid: (gh, gw), cell_dim, q_dim })
+        Ok(Self { cfg: cfg.clone(), cnn, question, q_proj, fuse, head, coords, grid: (gh, gw), cell_dim, q_dim })
     }
 
     /// The grid (rows, cols).
@@ -354,7 +366,10 @@ impl Model for Han {
                 .clone()
                 .ok_or_else(|| candle_core::Error::Msg("han: question = \"code\" but the batch has no codes".into()))?,
         };
-        let x = cells.broadcast_add(&self.q_proj.forward(&q)?.unsqueeze(1)?)?;
+        let mut x = cells.broadcast_add(&self.q_proj.forward(&q)?.unsqueeze(1)?)?;
+        for l in &self.fuse {
+            x = l.forward(&x)?.relu()?;
+        }
         let sel = self.select(&x)?;
         let logits = self.head(&sel, &q)?;
         let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;

@@ -57,6 +57,9 @@ pub struct SoftAttentionMnistConfig {
     pub position_embedding: bool,
     /// `feature_key` only: divide scores by sqrt(channels).
     pub scaled_key: bool,
+    /// `gaussian` only: the window's starting scale in [-1, 1] units of the grid (unset: 0.74,
+    /// i.e. min scale 0.05 + softplus(0)); smaller values start with sharper windows.
+    pub window_scale: Option<f64>,
 }
 
 impl Default for SoftAttentionMnistConfig {
@@ -70,6 +73,7 @@ impl Default for SoftAttentionMnistConfig {
             steps: 10,
             position_embedding: false,
             scaled_key: false,
+            window_scale: None,
         }
     }
 }
@@ -77,7 +81,16 @@ impl Default for SoftAttentionMnistConfig {
 impl SoftAttentionMnistConfig {
     /// A tiny model for tests.
     pub fn tiny(relation: Relation) -> Self {
-        Self { relation, channels: 3, kernel: 3, hidden: 8, steps: 3, position_embedding: false, scaled_key: false }
+        Self {
+            relation,
+            channels: 3,
+            kernel: 3,
+            hidden: 8,
+            steps: 3,
+            position_embedding: false,
+            scaled_key: false,
+            window_scale: None,
+        }
     }
 }
 
@@ -141,6 +154,7 @@ impl SoftAttentionMnist {
                     grid_w: gw,
                     feat_dim: cfg.channels,
                     query_dim: cfg.hidden,
+                    init_scale: cfg.window_scale.unwrap_or(GaussianWindowConfig::default().init_scale),
                     ..GaussianWindowConfig::default()
                 },
                 avb,
