@@ -435,10 +435,15 @@ mod tests {
     #[test]
     fn every_selection_and_head_trains_on_a_fixed_batch() -> Result<()> {
         let dev = Device::Cpu;
-        for selection in [Selection::HardTopk, Selection::Adaptive, Selection::Soft, Selection::All] {
-            for head in [Head::Relational, Head::Pooled] {
+        let plain = [Selection::HardTopk, Selection::Adaptive, Selection::Soft, Selection::All]
+            .into_iter()
+            .flat_map(|s| [Head::Relational, Head::Pooled].map(|h| HanConfig::tiny(s, h)));
+        let fused = HanConfig { fuse_layers: 2, ..HanConfig::tiny(Selection::HardTopk, Head::Relational) };
+        for cfg in plain.chain([fused]) {
+            let (selection, head) = (cfg.selection, cfg.head);
+            {
                 let vm = SeededVarMap::new(Seed(0));
-                let model = Han::new(&HanConfig::tiny(selection, head), &shape(), vm.builder(&dev))?;
+                let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
                 let b = batch(&dev)?;
                 let mut rng = Seed(2).rng();
                 let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
@@ -449,7 +454,7 @@ mod tests {
                     candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
                 }
                 let last = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
-                assert!(last < 0.5 * first, "{selection:?} {head:?}: {first} -> {last}");
+                assert!(last < 0.5 * first, "{selection:?} {head:?} fuse {}: {first} -> {last}", cfg.fuse_layers);
             }
         }
         Ok(())

@@ -137,6 +137,12 @@ impl SoftAttentionMnist {
                 cfg.kernel
             )));
         }
+        let min_scale = GaussianWindowConfig::default().min_scale;
+        if let Some(ws) = cfg.window_scale.filter(|&ws| !(ws > min_scale && ws.is_finite())) {
+            return Err(candle_core::Error::Msg(format!(
+                "soft_attention_mnist: window_scale {ws} must be larger than the minimum scale {min_scale}"
+            )));
+        }
         let (gh, gw) = (input.1 / 2, input.2 / 2);
         let n = gh * gw;
         let conv_cfg = candle_nn::Conv2dConfig { padding: cfg.kernel / 2, ..Default::default() };
@@ -248,10 +254,12 @@ mod tests {
             scaled_key: true,
             ..SoftAttentionMnistConfig::tiny(Relation::FeatureKey)
         };
+        let sharp_gaussian =
+            SoftAttentionMnistConfig { window_scale: Some(0.2), ..SoftAttentionMnistConfig::tiny(Relation::Gaussian) };
         let cfgs = [Relation::LocationSoftmax, Relation::Gaussian, Relation::FeatureKey]
             .map(SoftAttentionMnistConfig::tiny)
             .into_iter()
-            .chain([key_with_options]);
+            .chain([key_with_options, sharp_gaussian]);
         for cfg in cfgs {
             let relation = cfg.relation;
             let vm = SeededVarMap::new(Seed(0));
@@ -311,6 +319,36 @@ mod tests {
                     mean[k]
                 );
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn window_scale_sets_the_starting_width_and_is_checked() -> Result<()> {
+        let dev = Device::Cpu;
+        let gaussian = SoftAttentionMnistConfig { hidden: 6, ..SoftAttentionMnistConfig::tiny(Relation::Gaussian) };
+        let zero = Tensor::zeros((2, 6), candle_core::DType::F32, &dev)?;
+        // a zero state gives the starting scale: 0.05 + softplus(bias) with the default, and
+        // exactly `window_scale` when the bias is zero
+        for (ws, want) in [(None, 0.05 + std::f32::consts::LN_2), (Some(0.3), 0.3f32)] {
+            let vm = SeededVarMap::new(Seed(3));
+            let model = SoftAttentionMnist::new(&SoftAttentionMnistConfig { window_scale: ws, ..gaussian.clone() }, (1, 8, 8), 3, vm.builder(&dev))?;
+            let Relator::Gaussian(g) = &model.relator else { panic!("gaussian relator") };
+            for (name, var) in vm.sorted_vars() {
+                if name.ends_with("params.bias") {
+                    var.set(&var.zeros_like()?)?;
+                }
+            }
+            let (_, scale, _) = g.window_params(&zero)?;
+            for s in scale.flatten_all()?.to_vec1::<f32>()? {
+                assert!((s - want).abs() < 1e-5, "window_scale {ws:?}: scale {s}, want {want}");
+            }
+        }
+        for bad in [0.05, 0.0, -1.0, f64::NAN] {
+            let vm = SeededVarMap::new(Seed(3));
+            let cfg = SoftAttentionMnistConfig { window_scale: Some(bad), ..gaussian.clone() };
+            let e = SoftAttentionMnist::new(&cfg, (1, 8, 8), 3, vm.builder(&dev)).err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains("window_scale")), "{bad}: {e:?}");
         }
         Ok(())
     }
