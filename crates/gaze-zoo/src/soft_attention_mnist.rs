@@ -332,7 +332,12 @@ mod tests {
         // exactly `window_scale` when the bias is zero
         for (ws, want) in [(None, 0.05 + std::f32::consts::LN_2), (Some(0.3), 0.3f32)] {
             let vm = SeededVarMap::new(Seed(3));
-            let model = SoftAttentionMnist::new(&SoftAttentionMnistConfig { window_scale: ws, ..gaussian.clone() }, (1, 8, 8), 3, vm.builder(&dev))?;
+            let model = SoftAttentionMnist::new(
+                &SoftAttentionMnistConfig { window_scale: ws, ..gaussian.clone() },
+                (1, 8, 8),
+                3,
+                vm.builder(&dev),
+            )?;
             let Relator::Gaussian(g) = &model.relator else { panic!("gaussian relator") };
             for (name, var) in vm.sorted_vars() {
                 if name.ends_with("params.bias") {
