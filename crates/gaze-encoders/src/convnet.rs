@@ -1,9 +1,9 @@
-//! A configurable ConvNet: blocks of conv (same padding) -> optional batch norm -> ReLU ->
+//! A configurable ConvNet: blocks of conv (same padding) -> optional batch or group norm -> ReLU ->
 //! optional max-pool with kernel == stride ([`gaze_tensor::ops::max_pool2d`]: candle's own
 //! pool backward is wrong by a factor of k^2).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, VarBuilder};
+use candle_nn::{BatchNorm, Conv2d, GroupNorm, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Settings of a [`ConvNet`].
@@ -25,6 +25,10 @@ pub struct ConvNetConfig {
     /// Stride of each block's first conv (1: none; 2 with `pool = 1` is the Relation Networks
     /// CNN, four times cheaper than conv + pool at the same output size).
     pub stride: usize,
+    /// Group norm after each conv with this many channel groups (0: none). Unlike batch norm it
+    /// normalises each image on its own ("Group Normalization", Wu and He 2018), so training
+    /// and evaluation compute the same function and small batches are fine. Not with `batch_norm`.
+    pub group_norm: usize,
 }
 
 impl Default for ConvNetConfig {
@@ -38,6 +42,7 @@ impl Default for ConvNetConfig {
             batch_norm: false,
             convs_per_block: 1,
             stride: 1,
+            group_norm: 0,
         }
     }
 }
@@ -53,6 +58,7 @@ impl ConvNetConfig {
             batch_norm: false,
             convs_per_block: 1,
             stride: 1,
+            group_norm: 0,
         }
     }
 
@@ -60,7 +66,16 @@ impl ConvNetConfig {
     /// 3x3 convs with batch norm per block, 2x2 max-pooling after each block. Learn to Pay
     /// Attention reads three of these blocks' outputs.
     pub fn vgg(in_channels: usize, channels: Vec<usize>) -> Self {
-        Self { in_channels, channels, kernel: 3, pool: 2, batch_norm: true, convs_per_block: 2, stride: 1 }
+        Self {
+            in_channels,
+            channels,
+            kernel: 3,
+            pool: 2,
+            batch_norm: true,
+            convs_per_block: 2,
+            stride: 1,
+            group_norm: 0,
+        }
     }
 
     /// The (channels, height, width) of the last feature map for an input of `h x w`.
@@ -76,10 +91,17 @@ impl ConvNetConfig {
     }
 }
 
-/// One block: convs (each with optional batch norm and a ReLU), then pooling.
+/// The normalisation after a conv.
+#[derive(Debug, Clone)]
+enum Norm {
+    Batch(BatchNorm),
+    Group(GroupNorm),
+}
+
+/// One block: convs (each with optional normalisation and a ReLU), then pooling.
 #[derive(Debug, Clone)]
 struct Block {
-    layers: Vec<(Conv2d, Option<BatchNorm>)>,
+    layers: Vec<(Conv2d, Option<Norm>)>,
 }
 
 /// A stack of conv blocks.
@@ -97,6 +119,17 @@ impl ConvNet {
         }
         if cfg.kernel % 2 == 0 || cfg.kernel == 0 {
             return Err(candle_core::Error::Msg(format!("ConvNet: kernel {} must be odd", cfg.kernel)));
+        }
+        if cfg.group_norm > 0 {
+            if cfg.batch_norm {
+                return Err(candle_core::Error::Msg("ConvNet: choose batch_norm or group_norm, not both".into()));
+            }
+            if let Some(c) = cfg.channels.iter().find(|&&c| c % cfg.group_norm != 0) {
+                return Err(candle_core::Error::Msg(format!(
+                    "ConvNet: group_norm = {} groups do not divide a block of {c} channels",
+                    cfg.group_norm
+                )));
+            }
         }
         let mut blocks = Vec::with_capacity(cfg.channels.len());
         if cfg.convs_per_block == 0 {
@@ -116,7 +149,14 @@ impl ConvNet {
                 let stride = if j == 0 { cfg.stride.max(1) } else { 1 };
                 let conv_cfg = candle_nn::Conv2dConfig { padding: cfg.kernel / 2, stride, ..Default::default() };
                 let conv = candle_nn::conv2d(c_in, c, cfg.kernel, conv_cfg, vb.pp(cn))?;
-                let bn = if cfg.batch_norm { Some(candle_nn::batch_norm(c, 1e-5, vb.pp(bnn))?) } else { None };
+                let bn = if cfg.batch_norm {
+                    Some(Norm::Batch(candle_nn::batch_norm(c, 1e-5, vb.pp(bnn))?))
+                } else if cfg.group_norm > 0 {
+                    let gnn = bnn.replacen("bn", "gn", 1);
+                    Some(Norm::Group(candle_nn::group_norm(cfg.group_norm, c, 1e-5, vb.pp(gnn))?))
+                } else {
+                    None
+                };
                 layers.push((conv, bn));
                 c_in = c;
             }
@@ -151,8 +191,10 @@ impl ConvNet {
         for b in &self.blocks {
             for (conv, bn) in &b.layers {
                 x = conv.forward(&x)?;
-                if let Some(bn) = bn {
-                    x = bn.forward_t(&x, train)?;
+                match bn {
+                    Some(Norm::Batch(bn)) => x = bn.forward_t(&x, train)?,
+                    Some(Norm::Group(gn)) => x = gn.forward(&x)?,
+                    None => {}
                 }
                 x = x.relu()?;
             }
@@ -223,6 +265,39 @@ mod tests {
     }
 
     #[test]
+    fn group_norm_treats_each_image_alone_and_is_checked() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = ConvNetConfig {
+            in_channels: 3,
+            channels: vec![4, 6],
+            group_norm: 2,
+            stride: 2,
+            pool: 1,
+            ..ConvNetConfig::tiny()
+        };
+        let vm = SeededVarMap::new(Seed(0));
+        let net = ConvNet::new(&cfg, vm.builder(&dev))?;
+        assert!(vm.sorted_vars().iter().any(|(n, _)| n == "block1.gn.weight"));
+        let mut r = Seed(4).rng();
+        let imgs: Vec<f32> = (0..3 * 3 * 64).map(|_| rand::Rng::random::<f32>(&mut r)).collect();
+        let x = Tensor::from_vec(imgs, (3, 3, 8, 8), &dev)?;
+        // the first image alone, in a batch of three, in training and evaluation: one answer
+        let alone = net.forward(&x.narrow(0, 0, 1)?, true)?;
+        for (batch, train) in [(3, true), (3, false), (1, false)] {
+            let out = net.forward(&x.narrow(0, 0, batch)?, train)?.narrow(0, 0, 1)?;
+            let diff = (out - &alone)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "batch {batch}, train {train}: {diff}");
+        }
+        let both = ConvNetConfig { batch_norm: true, ..cfg.clone() };
+        let uneven = ConvNetConfig { group_norm: 4, ..cfg };
+        for (bad, want) in [(both, "not both"), (uneven, "6 channels")] {
+            let e = ConvNet::new(&bad, SeededVarMap::new(Seed(0)).builder(&dev)).err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains(want)), "{e:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn gradient_check_through_the_convnet() -> Result<()> {
         use rand::Rng;
         let vm = SeededVarMap::new(Seed(2));
@@ -234,6 +309,7 @@ mod tests {
             batch_norm: false,
             convs_per_block: 1,
             stride: 1,
+            group_norm: 0,
         };
         let net = ConvNet::new(&cfg, vm.builder(&Device::Cpu))?;
         let mut r = Seed(3).rng();
