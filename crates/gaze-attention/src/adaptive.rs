@@ -63,11 +63,21 @@ impl AdaptiveHard {
 
     /// Shapes: feats (b, n, d) -> mask (b, n), kept (b, n, d), weights (b, n), counts (b).
     pub fn select(&self, feats: &Tensor) -> Result<AdaptiveSelection> {
+        self.select_scored(feats, feats)
+    }
+
+    /// Like [`AdaptiveHard::select`], with presence measured on `scored` (b, n, e) and the kept
+    /// cells taken from `feats` (b, n, d).
+    pub fn select_scored(&self, feats: &Tensor, scored: &Tensor) -> Result<AdaptiveSelection> {
         let (b, n, _) = feats
             .dims3()
             .map_err(|_| shape_err("AdaptiveHard", format!("feats must be (b, n, d), got {:?}", feats.dims())))?;
+        let (sb, sn, _) = scored.dims3()?;
+        if (sb, sn) != (b, n) {
+            return Err(shape_err("AdaptiveHard", format!("scored is {:?}, feats {:?}", scored.dims(), feats.dims())));
+        }
         let threshold = self.cfg.threshold.unwrap_or(1.0 / n as f32);
-        let mut presence = gaze_tensor::ops::presence(feats)?;
+        let mut presence = gaze_tensor::ops::presence(scored)?;
         if self.cfg.standardize {
             let centred = presence.broadcast_sub(&presence.mean_keepdim(D::Minus1)?)?;
             let std = (centred.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?;

@@ -60,13 +60,23 @@ impl HardTopK {
 
     /// Shapes: feats (b, n, d) -> mask (b, n), kept (b, k, d), indices (b, k).
     pub fn select(&self, feats: &Tensor) -> Result<HardSelection> {
+        self.select_scored(feats, feats)
+    }
+
+    /// Like [`HardTopK::select`], with presence measured on `scored` (b, n, e) and the kept
+    /// cells taken from `feats` (b, n, d): say, features without the coordinates appended.
+    pub fn select_scored(&self, feats: &Tensor, scored: &Tensor) -> Result<HardSelection> {
         let (b, n, d) = feats
             .dims3()
             .map_err(|_| shape_err("HardTopK", format!("feats must be (b, n, d), got {:?}", feats.dims())))?;
         if self.cfg.k > n {
             return Err(shape_err("HardTopK", format!("k = {} is larger than the grid's {n} cells", self.cfg.k)));
         }
-        let presence = gaze_tensor::ops::presence(feats)?;
+        let (sb, sn, _) = scored.dims3()?;
+        if (sb, sn) != (b, n) {
+            return Err(shape_err("HardTopK", format!("scored is {:?}, feats {:?}", scored.dims(), feats.dims())));
+        }
+        let presence = gaze_tensor::ops::presence(scored)?;
         let (mask, indices) = gaze_tensor::ops::top_k_mask(&presence.detach(), self.cfg.k)?;
         let idx = indices.unsqueeze(2)?.broadcast_as((b, self.cfg.k, d))?.contiguous()?;
         let kept = feats.gather(&idx, 1)?;
@@ -77,7 +87,7 @@ impl HardTopK {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Tensor, Var};
 
     #[test]
     fn keeps_the_k_highest_norm_cells_and_only_they_get_gradient() -> Result<()> {
@@ -101,6 +111,11 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("k = 5") && e.contains("4 cells"), "{e}");
         assert!(HardTopK::new(&HardTopKConfig { k: 0 }).is_err());
+        // presence from other features: the cells are ranked by `scored`, taken from `f`
+        let scored = Tensor::new(&[[[0f32], [1.0], [3.0], [2.0]], [[5.0], [0.0], [0.0], [4.0]]], &Device::Cpu)?;
+        let by = HardTopK::new(&HardTopKConfig { k: 2 })?.select_scored(f.as_tensor(), &scored)?;
+        assert_eq!(by.indices.to_vec2::<u32>()?, vec![vec![2, 3], vec![0, 3]]);
+        assert_eq!(by.kept.to_vec3::<f32>()?[0], vec![vec![0.0, 2.0], vec![4.0, 0.0]]);
         Ok(())
     }
 }

@@ -5,7 +5,8 @@
 //! A CNN turns the image into a grid of n cells (their (x, y) centres in [-1, 1] appended); the
 //! question (an LSTM over its words, or its fixed code) is projected and added to every cell,
 //! optionally followed by per-cell fusion layers (1x1 convolutions with ReLU, `fuse_layers`); the
-//! presence of a cell is its squared L2 norm. Selection, by config:
+//! presence of a cell is its squared L2 norm (with or without the coordinates,
+//! `coords_in_presence`; the head always gets them). Selection, by config:
 //! - `hard_topk` (HAN): the k cells of highest presence;
 //! - `adaptive` (AdaHAN): the cells whose softmax presence weight is at least a threshold
 //!   (1/n by default), a per-example number;
@@ -99,6 +100,11 @@ pub struct HanConfig {
     /// ranking of cells moves with the question only through <cell, q>; a fusion layer lets
     /// the question gate which features (say, which colour) grow large.
     pub fuse_layers: usize,
+    /// Whether the cells' (x, y) coordinates count in the presence (true: they are appended to
+    /// the CNN features before the question is added). With false they are appended only after
+    /// selection, for the head: otherwise corner cells (|x|, |y| near 1) outrank empty centre
+    /// cells on coordinates alone, and a net trained from scratch keeps picking empty corners.
+    pub coords_in_presence: bool,
 }
 
 impl Default for HanConfig {
@@ -118,6 +124,7 @@ impl Default for HanConfig {
             g_layers: 3,
             f_hidden: 128,
             fuse_layers: 0,
+            coords_in_presence: true,
         }
     }
 }
@@ -139,6 +146,7 @@ impl HanConfig {
             g_layers: 2,
             f_hidden: 8,
             fuse_layers: 0,
+            coords_in_presence: true,
         }
     }
 }
@@ -218,9 +226,10 @@ impl Han {
             }
         };
         let cell_dim = d + 2;
-        let q_proj = candle_nn::linear(q_dim, cell_dim, vb.pp("q_proj"))?;
+        let scored_dim = if cfg.coords_in_presence { cell_dim } else { d };
+        let q_proj = candle_nn::linear(q_dim, scored_dim, vb.pp("q_proj"))?;
         let fuse = (0..cfg.fuse_layers)
-            .map(|i| candle_nn::linear(cell_dim, cell_dim, vb.pp(format!("fuse{i}"))))
+            .map(|i| candle_nn::linear(scored_dim, scored_dim, vb.pp(format!("fuse{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let hvb = vb.pp("head");
         let head = match cfg.head {
@@ -257,18 +266,27 @@ impl Han {
 
     /// Image cells with coordinates: (b, c, h, w) -> (b, n, d + 2).
     pub fn cells(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        let f = self.cnn.forward(images, train)?;
-        let b = f.dim(0)?;
-        let cells = f.flatten_from(2)?.transpose(1, 2)?;
-        Tensor::cat(&[cells, self.coords.broadcast_as((b, self.grid.0 * self.grid.1, 2))?.contiguous()?], 2)
+        self.with_coords(&self.cnn.forward(images, train)?.flatten_from(2)?.transpose(1, 2)?)
+    }
+
+    /// Cells (b, n, d) with their coordinates appended: (b, n, d + 2).
+    fn with_coords(&self, cells: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = cells.dims3()?;
+        Tensor::cat(&[cells.clone(), self.coords.broadcast_as((b, n, 2))?.contiguous()?], 2)
     }
 
     /// Selects cells of question-conditioned features x (q, n, d) by the configured rule.
     pub fn select(&self, x: &Tensor) -> Result<Selected> {
+        self.select_scored(x, x)
+    }
+
+    /// Selects cells of x (q, n, d) by the configured rule, presence measured on `scored`
+    /// (q, n, e).
+    pub fn select_scored(&self, x: &Tensor, scored: &Tensor) -> Result<Selected> {
         let (q, n, _) = x.dims3()?;
         match self.cfg.selection {
             Selection::HardTopk => {
-                let s = HardTopK::new(&HardTopKConfig { k: self.cfg.k })?.select(x)?;
+                let s = HardTopK::new(&HardTopKConfig { k: self.cfg.k })?.select_scored(x, scored)?;
                 Ok(Selected { cells: s.kept, valid: None, map: s.mask, counts: vec![self.cfg.k; q] })
             }
             Selection::Adaptive => {
@@ -276,7 +294,7 @@ impl Han {
                     threshold: self.cfg.threshold,
                     standardize: self.cfg.standardize_presence,
                 })?
-                .select(x)?;
+                .select_scored(x, scored)?;
                 // Gather the kept cells, padded to the largest count in the batch.
                 let m = s.counts.iter().copied().max().unwrap_or(1).max(1);
                 let rows = s.mask.to_vec2::<f32>()?;
@@ -295,7 +313,7 @@ impl Han {
                 Ok(Selected { cells, valid: Some(valid), map: s.mask, counts: s.counts })
             }
             Selection::Soft => {
-                let w = candle_nn::ops::softmax(&gaze_tensor::ops::presence(x)?, D::Minus1)?;
+                let w = candle_nn::ops::softmax(&gaze_tensor::ops::presence(scored)?, D::Minus1)?;
                 let cells = x.broadcast_mul(&(w.unsqueeze(2)? * n as f64)?)?;
                 Ok(Selected { cells, valid: None, map: w, counts: vec![n; q] })
             }
@@ -358,7 +376,9 @@ impl Model for Han {
         let qs = batch.questions.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("han: the batch has no questions (a VQA data set is needed)".into())
         })?;
-        let cells = self.cells(&batch.images, train)?.contiguous()?.index_select(&qs.image.contiguous()?, 0)?;
+        let f = self.cnn.forward(&batch.images, train)?.flatten_from(2)?.transpose(1, 2)?;
+        let f = if self.cfg.coords_in_presence { self.with_coords(&f)? } else { f };
+        let cells = f.contiguous()?.index_select(&qs.image.contiguous()?, 0)?;
         let q = match &self.question {
             QuestionNet::Text(t) => t.forward(&qs.tokens, &qs.lengths)?.last,
             QuestionNet::Code => qs
@@ -366,11 +386,12 @@ impl Model for Han {
                 .clone()
                 .ok_or_else(|| candle_core::Error::Msg("han: question = \"code\" but the batch has no codes".into()))?,
         };
-        let mut x = cells.broadcast_add(&self.q_proj.forward(&q)?.unsqueeze(1)?)?;
+        let mut scored = cells.broadcast_add(&self.q_proj.forward(&q)?.unsqueeze(1)?)?;
         for l in &self.fuse {
-            x = l.forward(&x)?.relu()?;
+            scored = l.forward(&scored)?.relu()?;
         }
-        let sel = self.select(&x)?;
+        let x = if self.cfg.coords_in_presence { scored.clone() } else { self.with_coords(&scored)? };
+        let sel = self.select_scored(&x, &scored)?;
         let logits = self.head(&sel, &q)?;
         let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
         let (nq, n) = (sel.counts.len(), self.grid.0 * self.grid.1);
@@ -389,7 +410,7 @@ impl Model for Han {
             }
             Selection::Soft => AttentionMap::Grid { weights: map, title: "soft attention".into() },
             Selection::All => {
-                let norm = gaze_tensor::ops::presence(&x.detach())?.reshape((nq, gh, gw))?;
+                let norm = gaze_tensor::ops::presence(&scored.detach())?.reshape((nq, gh, gw))?;
                 AttentionMap::Grid { weights: norm, title: "feature norm (no attention)".into() }
             }
         };
@@ -439,7 +460,12 @@ mod tests {
             .into_iter()
             .flat_map(|s| [Head::Relational, Head::Pooled].map(|h| HanConfig::tiny(s, h)));
         let fused = HanConfig { fuse_layers: 2, ..HanConfig::tiny(Selection::HardTopk, Head::Relational) };
-        for cfg in plain.chain([fused]) {
+        let coords_after = [Selection::HardTopk, Selection::Adaptive].map(|s| HanConfig {
+            fuse_layers: 1,
+            coords_in_presence: false,
+            ..HanConfig::tiny(s, Head::Relational)
+        });
+        for cfg in plain.chain([fused]).chain(coords_after) {
             let (selection, head) = (cfg.selection, cfg.head);
             {
                 let vm = SeededVarMap::new(Seed(0));
