@@ -12,7 +12,7 @@
 use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::shape_err;
+use crate::{check_scored, shape_err};
 
 /// Settings of [`AdaptiveHard`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -69,13 +69,7 @@ impl AdaptiveHard {
     /// Like [`AdaptiveHard::select`], with presence measured on `scored` (b, n, e) and the kept
     /// cells taken from `feats` (b, n, d).
     pub fn select_scored(&self, feats: &Tensor, scored: &Tensor) -> Result<AdaptiveSelection> {
-        let (b, n, _) = feats
-            .dims3()
-            .map_err(|_| shape_err("AdaptiveHard", format!("feats must be (b, n, d), got {:?}", feats.dims())))?;
-        let (sb, sn, _) = scored.dims3()?;
-        if (sb, sn) != (b, n) {
-            return Err(shape_err("AdaptiveHard", format!("scored is {:?}, feats {:?}", scored.dims(), feats.dims())));
-        }
+        let (b, n, _) = check_scored("AdaptiveHard", feats, scored)?;
         let threshold = self.cfg.threshold.unwrap_or(1.0 / n as f32);
         let mut presence = gaze_tensor::ops::presence(scored)?;
         if self.cfg.standardize {

@@ -6,7 +6,7 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::shape_err;
+use crate::{check_scored, shape_err};
 
 /// Settings of [`HardTopK`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,15 +66,9 @@ impl HardTopK {
     /// Like [`HardTopK::select`], with presence measured on `scored` (b, n, e) and the kept
     /// cells taken from `feats` (b, n, d): say, features without the coordinates appended.
     pub fn select_scored(&self, feats: &Tensor, scored: &Tensor) -> Result<HardSelection> {
-        let (b, n, d) = feats
-            .dims3()
-            .map_err(|_| shape_err("HardTopK", format!("feats must be (b, n, d), got {:?}", feats.dims())))?;
+        let (b, n, d) = check_scored("HardTopK", feats, scored)?;
         if self.cfg.k > n {
             return Err(shape_err("HardTopK", format!("k = {} is larger than the grid's {n} cells", self.cfg.k)));
-        }
-        let (sb, sn, _) = scored.dims3()?;
-        if (sb, sn) != (b, n) {
-            return Err(shape_err("HardTopK", format!("scored is {:?}, feats {:?}", scored.dims(), feats.dims())));
         }
         let presence = gaze_tensor::ops::presence(scored)?;
         let (mask, indices) = gaze_tensor::ops::top_k_mask(&presence.detach(), self.cfg.k)?;
@@ -116,6 +110,8 @@ mod tests {
         let by = HardTopK::new(&HardTopKConfig { k: 2 })?.select_scored(f.as_tensor(), &scored)?;
         assert_eq!(by.indices.to_vec2::<u32>()?, vec![vec![2, 3], vec![0, 3]]);
         assert_eq!(by.kept.to_vec3::<f32>()?[0], vec![vec![0.0, 2.0], vec![4.0, 0.0]]);
+        let e = HardTopK::new(&HardTopKConfig { k: 2 })?.select_scored(f.as_tensor(), &scored.narrow(1, 0, 3)?).err();
+        assert!(e.map(|e| e.to_string()).is_some_and(|e| e.contains("scored is [2, 3, 1]")));
         Ok(())
     }
 }

@@ -79,6 +79,17 @@ pub(crate) fn check_fq(
     Ok((b, n, d))
 }
 
+/// Checks feats (b, n, d) and the features presence is measured on, scored (b, n, e): the same
+/// examples and cells. Returns (b, n, d).
+pub(crate) fn check_scored(what: &str, feats: &Tensor, scored: &Tensor) -> Result<(usize, usize, usize)> {
+    let (b, n, d) =
+        feats.dims3().map_err(|_| shape_err(what, format!("feats must be (b, n, d), got {:?}", feats.dims())))?;
+    match scored.dims3() {
+        Ok((sb, sn, _)) if (sb, sn) == (b, n) => Ok((b, n, d)),
+        _ => Err(shape_err(what, format!("scored is {:?}, feats {:?} (want (b, n, e))", scored.dims(), feats.dims()))),
+    }
+}
+
 /// Weighted sum of cells. Shapes: feats (b, n, d), weights (b, n) -> (b, d).
 pub fn weighted_sum(feats: &Tensor, weights: &Tensor) -> Result<Tensor> {
     weights.unsqueeze(1)?.matmul(feats)?.squeeze(1)

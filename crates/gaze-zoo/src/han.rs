@@ -266,7 +266,12 @@ impl Han {
 
     /// Image cells with coordinates: (b, c, h, w) -> (b, n, d + 2).
     pub fn cells(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        self.with_coords(&self.cnn.forward(images, train)?.flatten_from(2)?.transpose(1, 2)?)
+        self.with_coords(&self.features(images, train)?)
+    }
+
+    /// The CNN's grid as cells, without coordinates: (b, c, h, w) -> (b, n, d).
+    fn features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        self.cnn.forward(images, train)?.flatten_from(2)?.transpose(1, 2)
     }
 
     /// Cells (b, n, d) with their coordinates appended: (b, n, d + 2).
@@ -376,8 +381,11 @@ impl Model for Han {
         let qs = batch.questions.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("han: the batch has no questions (a VQA data set is needed)".into())
         })?;
-        let f = self.cnn.forward(&batch.images, train)?.flatten_from(2)?.transpose(1, 2)?;
-        let f = if self.cfg.coords_in_presence { self.with_coords(&f)? } else { f };
+        let f = if self.cfg.coords_in_presence {
+            self.cells(&batch.images, train)?
+        } else {
+            self.features(&batch.images, train)?
+        };
         let cells = f.contiguous()?.index_select(&qs.image.contiguous()?, 0)?;
         let q = match &self.question {
             QuestionNet::Text(t) => t.forward(&qs.tokens, &qs.lengths)?.last,
@@ -467,21 +475,19 @@ mod tests {
         });
         for cfg in plain.chain([fused]).chain(coords_after) {
             let (selection, head) = (cfg.selection, cfg.head);
-            {
-                let vm = SeededVarMap::new(Seed(0));
-                let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
-                let b = batch(&dev)?;
-                let mut rng = Seed(2).rng();
-                let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
-                let mut opt = candle_nn::optim::AdamW::new_lr(vars, 2e-2)?;
-                let first = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
-                for _ in 0..40 {
-                    let loss = model.forward(&b, true, &mut rng)?.total_loss()?;
-                    candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
-                }
-                let last = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
-                assert!(last < 0.5 * first, "{selection:?} {head:?} fuse {}: {first} -> {last}", cfg.fuse_layers);
+            let vm = SeededVarMap::new(Seed(0));
+            let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
+            let b = batch(&dev)?;
+            let mut rng = Seed(2).rng();
+            let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
+            let mut opt = candle_nn::optim::AdamW::new_lr(vars, 2e-2)?;
+            let first = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
+            for _ in 0..40 {
+                let loss = model.forward(&b, true, &mut rng)?.total_loss()?;
+                candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
             }
+            let last = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
+            assert!(last < 0.5 * first, "{selection:?} {head:?} fuse {}: {first} -> {last}", cfg.fuse_layers);
         }
         Ok(())
     }
