@@ -114,6 +114,7 @@ impl Model for ConvNetClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{fit_fixed_batch, total};
     use candle_core::{DType, Device};
     use gaze_tensor::{Seed, SeededVarMap};
 
@@ -129,14 +130,8 @@ mod tests {
             images: Tensor::from_vec(imgs, (6, 1, 12, 12), &dev)?,
             targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, &dev)?,
         };
-        let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
-        let mut opt = candle_nn::optim::AdamW::new_lr(vars, 1e-2)?;
-        let first = model.forward(&batch, true, &mut r)?.total_loss()?.to_scalar::<f32>()?;
-        for _ in 0..30 {
-            let loss = model.forward(&batch, true, &mut r)?.total_loss()?;
-            candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
-        }
-        let last = model.forward(&batch, false, &mut r)?.total_loss()?.to_scalar::<f32>()?;
+        let (first, last) = fit_fixed_batch(&model, &vm, &batch, 30, 1e-2, false, &mut r)?;
+        let (first, last) = (total(&first)?, total(&last)?);
         assert!(last < first * 0.5, "{first} -> {last}");
         let out = model.forward(&batch, false, &mut r)?;
         let Some(AttentionMap::Grid { weights, .. }) = out.attention else { panic!("a grid map") };

@@ -436,6 +436,7 @@ fn f32s(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 mod tests {
     use super::*;
     use crate::model::Questions;
+    use crate::test_util::{fit_fixed_batch, total};
     use candle_core::{Device, Var};
     use gaze_tensor::{Seed, SeededVarMap};
     use rand::Rng as _;
@@ -478,15 +479,8 @@ mod tests {
             let vm = SeededVarMap::new(Seed(0));
             let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
             let b = batch(&dev)?;
-            let mut rng = Seed(2).rng();
-            let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
-            let mut opt = candle_nn::optim::AdamW::new_lr(vars, 2e-2)?;
-            let first = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
-            for _ in 0..40 {
-                let loss = model.forward(&b, true, &mut rng)?.total_loss()?;
-                candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
-            }
-            let last = model.forward(&b, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
+            let (first, last) = fit_fixed_batch(&model, &vm, &b, 40, 2e-2, true, &mut Seed(2).rng())?;
+            let (first, last) = (total(&first)?, total(&last)?);
             assert!(last < 0.5 * first, "{selection:?} {head:?} fuse {}: {first} -> {last}", cfg.fuse_layers);
         }
         Ok(())

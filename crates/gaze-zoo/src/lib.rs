@@ -9,6 +9,8 @@ pub mod han;
 pub mod model;
 pub mod ram;
 pub mod soft_attention_mnist;
+#[cfg(test)]
+mod test_util;
 
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 pub use han::{Han, HanConfig, Head, QuestionInput, Selection};

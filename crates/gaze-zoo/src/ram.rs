@@ -350,6 +350,7 @@ impl Model for Ram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::fit_fixed_batch;
     use candle_core::{Device, Var};
     use gaze_tensor::{Seed, SeededVarMap};
 
@@ -373,19 +374,11 @@ mod tests {
         for core in [Core::Rnn, Core::Lstm] {
             let vm = SeededVarMap::new(Seed(0));
             let model = Ram::new(&RamConfig { core, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
-            let b = batch(&dev, 12)?;
-            let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
-            let mut opt = candle_nn::optim::AdamW::new_lr(vars, 2e-2)?;
-            let mut rng = Seed(2).rng();
-            let out = model.forward(&b, true, &mut rng)?;
+            let (out, last) = fit_fixed_batch(&model, &vm, &batch(&dev, 12)?, 50, 2e-2, true, &mut Seed(2).rng())?;
             let names: Vec<_> = out.losses.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(names, ["classify", "baseline", "reinforce"]);
             let first = loss_of(&out, "classify").to_scalar::<f32>()?;
-            for _ in 0..50 {
-                let loss = model.forward(&b, true, &mut rng)?.total_loss()?;
-                candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
-            }
-            let last = loss_of(&model.forward(&b, true, &mut rng)?, "classify").to_scalar::<f32>()?;
+            let last = loss_of(&last, "classify").to_scalar::<f32>()?;
             assert!(last < 0.5 * first, "{core:?}: {first} -> {last}");
         }
         Ok(())

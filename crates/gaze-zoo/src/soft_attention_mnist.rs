@@ -232,6 +232,7 @@ fn step_sums(weights: &Tensor) -> Result<Vec<Vec<f32>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{fit_fixed_batch, total};
     use candle_core::Device;
     use gaze_tensor::{Seed, SeededVarMap};
     use rand::Rng as _;
@@ -265,22 +266,14 @@ mod tests {
             let vm = SeededVarMap::new(Seed(0));
             let model = SoftAttentionMnist::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
             let b = batch(&dev)?;
-            let mut rng = Seed(2).rng();
-            let out = model.forward(&b, false, &mut rng)?;
+            let (out, last) = fit_fixed_batch(&model, &vm, &b, 40, 2e-2, false, &mut Seed(2).rng())?;
             let Some(AttentionMap::Steps { weights, .. }) = &out.attention else { panic!("step masks") };
             assert_eq!(weights.dims(), &[6, 3, 4, 4]);
             for row in step_sums(weights)? {
                 assert!(row.iter().all(|s| (s - 1.0).abs() < 1e-5), "{relation:?}: {row:?}");
             }
             assert_eq!(out.stats.len(), 3);
-            let vars: Vec<_> = vm.sorted_vars().into_iter().map(|(_, v)| v).collect();
-            let mut opt = candle_nn::optim::AdamW::new_lr(vars, 2e-2)?;
-            let first = out.total_loss()?.to_scalar::<f32>()?;
-            for _ in 0..40 {
-                let loss = model.forward(&b, true, &mut rng)?.total_loss()?;
-                candle_nn::Optimizer::backward_step(&mut opt, &loss)?;
-            }
-            let last = model.forward(&b, false, &mut rng)?.total_loss()?.to_scalar::<f32>()?;
+            let (first, last) = (total(&out)?, total(&last)?);
             assert!(last < 0.5 * first, "{relation:?}: {first} -> {last}");
         }
         Ok(())
