@@ -102,8 +102,13 @@ pub fn draw_glimpses(image: &Image, centres: &[(f32, f32)], sizes: &[usize], f: 
     out
 }
 
+/// Side in pixels (at least) at which glimpse paths are drawn: 28x28 MNIST at 7x, 60x60 canvases
+/// at 3x, 100x100 at 2x.
+pub const GLIMPSE_PX: usize = 180;
+
 /// Draws what a model attended, for example `k` of its batch, over `img`: a heat map, a strip
-/// of per-step heat maps and their sum, outlined kept cells, or a numbered glimpse path. Returns
+/// of per-step heat maps and their sum, outlined kept cells, or a numbered glimpse path (scaled up
+/// to about [`GLIMPSE_PX`], the others at the image's size). Returns
 /// the picture and the map's title (`None` when the model said nothing).
 pub fn render_attention(img: &Image, map: Option<&AttentionMap>, k: usize) -> Result<(Image, Option<String>)> {
     Ok(match map {
@@ -128,7 +133,9 @@ pub fn render_attention(img: &Image, map: Option<&AttentionMap>, k: usize) -> Re
             (draw_cells(img, &m.flatten_all()?.to_vec1::<f32>()?, gh, gw, 1), Some(title.clone()))
         }
         Some(AttentionMap::Glimpses { centres, sizes, title }) => {
-            (draw_glimpses(img, centres.get(k).map_or(&[][..], Vec::as_slice), sizes, 1), Some(title.clone()))
+            // drawn at (about) GLIMPSE_PX so that every scale's box and the step numbers stay legible
+            let f = GLIMPSE_PX.div_ceil(img.height.max(img.width).max(1));
+            (draw_glimpses(img, centres.get(k).map_or(&[][..], Vec::as_slice), sizes, f), Some(title.clone()))
         }
         None => (img.to_rgb(), None),
     })
@@ -364,6 +371,12 @@ mod tests {
         assert_eq!((0..3).map(|c| g.get(16, 20, c)).collect::<Vec<_>>(), c0.to_vec());
         // the path passes between the two centres (20, 20) and (10, 10)
         assert_eq!(g.get(15, 15, 0), 255);
+        // through render_attention a 60x60 canvas is drawn at 3x, its boxes at 3x too
+        let map = AttentionMap::Glimpses { centres: vec![vec![(0.0, 0.0)]], sizes: vec![12], title: "path".into() };
+        let (big, title) =
+            render_attention(&Image::filled(60, 60, 1, 0), Some(&map), 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((big.width, big.height, title.as_deref()), (180, 180, Some("path")));
+        assert_eq!(big.get(90 - 18, 90, 0), c0[0]); // the 12-px box's top edge, 18 px above the centre at 3x
         let cells = draw_cells(&img, &[0.0, 1.0, 0.0, 0.0], 2, 2, 1);
         assert_eq!(cells.get(0, 15, 0), 255); // top-right cell outlined
         assert_eq!(cells.get(15, 5, 0), 0); // bottom-left not

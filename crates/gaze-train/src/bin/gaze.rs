@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
             println!("class {best} (p = {conf:.3})");
             let (overlay, _) = report::render_attention(&img, out_.attention.as_ref(), 0)?;
             let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
-            overlay.upscale((224 / w.max(1)).max(1)).save_png(&out)?;
+            overlay.upscale((224 / overlay.width.max(1)).max(1)).save_png(&out)?;
             println!("overlay: {}", out.display());
         }
         Cmd::Show { run } => {
