@@ -1,7 +1,7 @@
 //! Sort-of-CLEVR, the relational VQA benchmark of "A simple neural network module for relational
 //! reasoning" (Santoro et al. 2017), as its public reimplementations generate it.
 //!
-//! A 75x75 white image holds 6 objects, one per colour, each a square or a circle (p = 0.5) of
+//! A 75x75 white (by default; `background`) image holds 6 objects, one per colour, each a square or a circle (p = 0.5) of
 //! half-size 5 px, centres at least 10 px apart. Each image gets 10 non-relational questions
 //! (shape of X? is X on the left? is X on the top?) and 10 relational ones (shape of the object
 //! closest to X? farthest from X? how many objects share X's shape?), X a random colour. The
@@ -41,12 +41,15 @@ pub struct SortOfClevrConfig {
     pub nonrel_per_image: usize,
     /// Relational questions per image (10).
     pub rel_per_image: usize,
+    /// Grey level of the background (255: the reimplementations' white). 0 (black) makes the zero
+    /// padding of a CNN match the background, so the image border is not an edge.
+    pub background: u8,
 }
 
 impl Default for SortOfClevrConfig {
     /// The reimplementations' setting (75 px, half-size 5, 10 + 10 questions per image).
     fn default() -> Self {
-        Self { size: 75, half: 5, min_distance: 10.0, nonrel_per_image: 10, rel_per_image: 10 }
+        Self { size: 75, half: 5, min_distance: 10.0, nonrel_per_image: 10, rel_per_image: 10, background: 255 }
     }
 }
 
@@ -132,8 +135,15 @@ pub struct SortOfClevr {
 }
 
 impl SortOfClevr {
-    /// Checks that six objects fit.
+    /// Checks that six objects fit and that the background is not an object's colour.
     pub fn new(cfg: SortOfClevrConfig, seed: Seed) -> Result<Self> {
+        let bg = cfg.background;
+        if let Some(c) = COLOUR_RGB.iter().position(|&rgb| rgb == [bg, bg, bg]) {
+            return Err(DataError::config(
+                "background",
+                format!("grey level {bg} is the colour of the {} objects", COLOURS[c]),
+            ));
+        }
         let room = cfg.size as f32 - 2.0 * cfg.half as f32;
         if cfg.half == 0 || room < 3.0 * cfg.min_distance {
             return Err(DataError::config(
@@ -178,7 +188,7 @@ impl SortOfClevr {
         let mut rng = self.seed.index(i as u64).rng();
         let objects = self.objects(&mut rng)?;
         let (s, h) = (self.cfg.size, self.cfg.half as f32);
-        let mut image = Image::filled(s, s, 3, 255);
+        let mut image = Image::filled(s, s, 3, self.cfg.background);
         let mut boxes = Vec::with_capacity(6);
         for o in &objects {
             let b = BBox::centred(o.x, o.y, h, h);
@@ -304,6 +314,19 @@ mod tests {
         let a = SortOfClevr::new(SortOfClevrConfig::default(), Seed(1))?;
         assert_eq!(a.scene(3)?, a.scene(3)?);
         assert_ne!(a.scene(3)?.image, a.scene(4)?.image);
+        Ok(())
+    }
+
+    #[test]
+    fn background_is_configurable_but_never_an_object_colour() -> Result<()> {
+        let white = SortOfClevr::new(SortOfClevrConfig::default(), Seed(1))?.scene(3)?;
+        let black = SortOfClevr::new(SortOfClevrConfig { background: 0, ..Default::default() }, Seed(1))?.scene(3)?;
+        assert_eq!((white.image.get(0, 0, 0), black.image.get(0, 0, 0)), (255, 0));
+        // the same objects and questions, only the background differs
+        assert_eq!((white.boxes, white.questions), (black.boxes, black.questions));
+        let e = SortOfClevr::new(SortOfClevrConfig { background: 128, ..Default::default() }, Seed(1)).err();
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("background") && e.contains("gray"), "{e}");
         Ok(())
     }
 }
