@@ -1,11 +1,12 @@
 //! Sort-of-CLEVR, the relational VQA benchmark of "A simple neural network module for relational
 //! reasoning" (Santoro et al. 2017), as its public reimplementations generate it.
 //!
-//! A 75x75 white (by default; `background`) image holds 6 objects, one per colour, each a square or a circle (p = 0.5) of
-//! half-size 5 px, centres at least 10 px apart. Each image gets 10 non-relational questions
-//! (shape of X? is X on the left? is X on the top?) and 10 relational ones (shape of the object
-//! closest to X? farthest from X? how many objects share X's shape?), X a random colour. The
-//! question code is 11-d: colour one-hot (6), non-relational / relational (2), subtype (3).
+//! A 75x75 image, white by default (`background`), holds 6 objects, one per colour, each a square
+//! or a circle (p = 0.5) of half-size 5 px, centres at least 10 px apart. Each image gets 10
+//! non-relational questions (shape of X? is X on the left? is X on the top?) and 10 relational
+//! ones (shape of the object closest to X? farthest from X? how many objects share X's shape?),
+//! X a random colour. The question code is 11-d: colour one-hot (6), non-relational / relational
+//! (2), subtype (3).
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
