@@ -109,7 +109,10 @@ fn main() -> anyhow::Result<()> {
             println!("class {best} (p = {conf:.3})");
             let (overlay, _) = report::render_attention(&img, out_.attention.as_ref(), 0)?;
             let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
-            overlay.upscale((224 / overlay.width.max(1)).max(1)).save_png(&out)?;
+            // glimpse paths come back already scaled up (`drawn` x); other maps at the image's size,
+            // and a strip of per-step maps is as high as one image: scale one image's width to ~224 px
+            let drawn = (overlay.height / h.max(1)).max(1);
+            overlay.upscale((224 / (w * drawn).max(1)).max(1)).save_png(&out)?;
             println!("overlay: {}", out.display());
         }
         Cmd::Show { run } => {
