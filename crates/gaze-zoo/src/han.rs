@@ -335,19 +335,51 @@ impl Han {
                 let (nq, m, _) = sel.cells.dims3()?;
                 let h = self.cfg.g_hidden;
                 // The first g layer is linear in (o_i, o_j, q): project once per cell, add per pair.
-                let pa = a.forward(&sel.cells)?.unsqueeze(2)?; // (q, m, 1, h)
-                let pb = b.forward(&sel.cells)?.unsqueeze(1)?; // (q, 1, m, h)
-                let pq = wq.forward(q)?.reshape((nq, 1, 1, h))?;
-                let mut x = pa.broadcast_add(&pb)?.broadcast_add(&pq)?.relu()?.reshape((nq * m * m, h))?;
-                for l in g {
-                    x = l.forward(&x)?.relu()?;
-                }
-                let mut x = x.reshape((nq, m, m, h))?;
-                if let Some(v) = &sel.valid {
-                    let pair = v.unsqueeze(2)?.broadcast_mul(&v.unsqueeze(1)?)?.unsqueeze(3)?;
-                    x = x.broadcast_mul(&pair)?;
-                }
-                let pooled = x.sum(2)?.sum(1)?;
+                let pa = a.forward(&sel.cells)?; // (q, m, h)
+                let pb = b.forward(&sel.cells)?;
+                let pq = wq.forward(q)?; // (q, h)
+                let pooled = match &sel.valid {
+                    None => {
+                        let pair = pa.unsqueeze(2)?.broadcast_add(&pb.unsqueeze(1)?)?;
+                        let mut x =
+                            pair.broadcast_add(&pq.reshape((nq, 1, 1, h))?)?.relu()?.reshape((nq * m * m, h))?;
+                        for l in g {
+                            x = l.forward(&x)?.relu()?;
+                        }
+                        x.reshape((nq, m, m, h))?.sum(2)?.sum(1)?
+                    }
+                    // Rows keep different numbers of cells: the g-MLP runs on the kept pairs only
+                    // (sum over rows of counts^2), not on pairs padded to the largest count, so
+                    // the compute AdaHAN saves on paper is saved in wall time too.
+                    Some(_) => {
+                        let pairs: usize = sel.counts.iter().map(|c| c * c).sum();
+                        let (mut ia, mut ib, mut iq) =
+                            (Vec::with_capacity(pairs), Vec::with_capacity(pairs), Vec::with_capacity(pairs));
+                        for (r, &c) in sel.counts.iter().enumerate() {
+                            for i in 0..c {
+                                for j in 0..c {
+                                    ia.push((r * m + i) as u32);
+                                    ib.push((r * m + j) as u32);
+                                    iq.push(r as u32);
+                                }
+                            }
+                        }
+                        let zeros = Tensor::zeros((nq, h), pq.dtype(), pq.device())?;
+                        if pairs == 0 {
+                            zeros
+                        } else {
+                            let dev = pq.device();
+                            let iq = Tensor::from_vec(iq, pairs, dev)?;
+                            let pa = pa.reshape((nq * m, h))?.index_select(&Tensor::from_vec(ia, pairs, dev)?, 0)?;
+                            let pb = pb.reshape((nq * m, h))?.index_select(&Tensor::from_vec(ib, pairs, dev)?, 0)?;
+                            let mut x = (pa + pb)?.add(&pq.index_select(&iq, 0)?)?.relu()?;
+                            for l in g {
+                                x = l.forward(&x)?.relu()?;
+                            }
+                            zeros.index_add(&iq, &x, 0)?
+                        }
+                    }
+                };
                 f2.forward(&f1.forward(&pooled)?.relu()?)
             }
             HeadNet::Pooled { f1, f2 } => {
@@ -528,6 +560,40 @@ mod tests {
                     let touched = g[r][i].iter().any(|v| *v != 0.0);
                     assert_eq!(touched, kept > 0.5, "{selection:?} row {r} cell {i}");
                 }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn adaptive_relational_head_on_kept_pairs_matches_each_row_alone() -> Result<()> {
+        // Rows keeping different numbers of cells are answered from their kept pairs only: the
+        // batched head gives each row what the dense head gives on that row's kept cells alone.
+        let dev = Device::Cpu;
+        let mut r = Seed(3).rng();
+        let cfg = HanConfig { question: QuestionInput::Code, ..HanConfig::tiny(Selection::Adaptive, Head::Relational) };
+        let vm = SeededVarMap::new(Seed(0));
+        let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
+        let (q, n, d) = (6, model.grid.0 * model.grid.1, model.cell_dim - 2);
+        let x = Tensor::from_vec(
+            (0..q * n * d).map(|_| r.random::<f32>() * 2.0 - 1.0).collect::<Vec<_>>(),
+            (q, n, d),
+            &dev,
+        )?;
+        let code = Tensor::from_vec((0..q * 4).map(|_| r.random::<f32>()).collect::<Vec<_>>(), (q, 4), &dev)?;
+        let sel = model.select_scored(&model.with_coords(&x)?, &x)?;
+        assert!(sel.counts.iter().any(|&c| c != sel.counts[0]), "counts {:?} should differ", sel.counts);
+        let batched = f32s(&model.head(&sel, &code)?)?;
+        for (row, &c) in sel.counts.iter().enumerate() {
+            let alone = Selected {
+                cells: sel.cells.narrow(0, row, 1)?.narrow(1, 0, c)?,
+                valid: None,
+                map: sel.map.narrow(0, row, 1)?,
+                counts: vec![c],
+            };
+            let want = f32s(&model.head(&alone, &code.narrow(0, row, 1)?)?)?;
+            for (a, b) in batched[row].iter().zip(&want[0]) {
+                assert!((a - b).abs() < 1e-5, "row {row} ({c} cells): {a} vs {b}");
             }
         }
         Ok(())
