@@ -17,7 +17,8 @@
 //! learned through what the head does with the kept cells ("bootstrapping"). Heads: `relational`
 //! (g-MLP on every pair of kept cells with the question, summed, then an f-MLP; pairs grow as
 //! k^2, which is where hard attention saves compute) or `pooled` (mean of the kept cells with the
-//! question, then an MLP).
+//! question, then an MLP). With `adaptive`, the g-MLP runs on each example's own kept pairs
+//! (m_i^2 of them), not on pairs padded to the batch's largest count, so the saving is in wall time.
 //!
 //! The batch groups questions by image: the CNN runs once per image, and each question picks its
 //! image's cells (`Questions::image`).
