@@ -157,7 +157,8 @@ impl HanConfig {
 pub struct Selected {
     /// The selected cells.
     pub cells: Tensor,
-    /// Which of them are real (None: all).
+    /// Which of them are real (None: all). When set, row r's real cells are its first
+    /// `counts[r]` (the rest is zero padding), which is what the relational head relies on.
     pub valid: Option<Tensor>,
     /// Kept cells over the grid (q, n) of 0/1, or the soft weights (q, n).
     pub map: Tensor,
