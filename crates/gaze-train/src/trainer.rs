@@ -95,10 +95,19 @@ pub fn build_model(cfg: &ExperimentConfig, shape: &gaze_zoo::DataShape, device: 
     Ok(Built { model, vars })
 }
 
-/// The git revision of the working tree (`+dirty` when it has changes), or `unknown`.
+/// The git revision of the working tree (`+dirty` when it has changes), or `unknown`. The
+/// results table (`experiments/RESULTS.md`) is left out of the check: finished experiments write
+/// it, so a run started while another one's row is not yet committed is not marked dirty.
 pub fn git_rev() -> String {
+    git_rev_in(Path::new("."))
+}
+
+/// [`git_rev`] of the repository holding `dir`.
+pub fn git_rev_in(dir: &Path) -> String {
     let out = |args: &[&str]| {
         std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
             .args(args)
             .output()
             .ok()
@@ -107,8 +116,15 @@ pub fn git_rev() -> String {
     };
     match out(&["rev-parse", "--short=10", "HEAD"]) {
         Some(rev) => {
-            let dirty = out(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-            if dirty {
+            let status = [
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)experiments/RESULTS.md",
+            ];
+            if out(&status).is_some_and(|s| !s.is_empty()) {
                 format!("{rev}+dirty")
             } else {
                 rev
@@ -592,6 +608,29 @@ pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_rev_is_dirty_for_code_changes_but_not_for_the_results_table() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let git = |args: &[&str]| -> anyhow::Result<()> {
+            let ok = std::process::Command::new("git").arg("-C").arg(dir.path()).args(args).output()?.status.success();
+            anyhow::ensure!(ok, "git {args:?} failed");
+            Ok(())
+        };
+        git(&["init", "-q"])?;
+        std::fs::create_dir(dir.path().join("experiments"))?;
+        std::fs::write(dir.path().join("experiments/RESULTS.md"), "| a |\n")?;
+        std::fs::write(dir.path().join("model.rs"), "fn f() {}\n")?;
+        git(&["add", "."])?;
+        git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one"])?;
+        let clean = git_rev_in(dir.path());
+        assert!(clean.len() == 10 && !clean.contains("dirty"), "{clean}");
+        std::fs::write(dir.path().join("experiments/RESULTS.md"), "| a |\n| b |\n")?;
+        assert_eq!(git_rev_in(&dir.path().join("experiments")), clean, "a new results row is not a code change");
+        std::fs::write(dir.path().join("model.rs"), "fn g() {}\n")?;
+        assert_eq!(git_rev_in(&dir.path().join("experiments")), format!("{clean}+dirty"));
+        Ok(())
+    }
 
     #[test]
     fn shifts_move_the_digit_and_keep_its_ink() -> Result<()> {
