@@ -340,14 +340,13 @@ impl Han {
                 let pa = a.forward(&sel.cells)?; // (q, m, h)
                 let pb = b.forward(&sel.cells)?;
                 let pq = wq.forward(q)?; // (q, h)
+
+                // The rest of the g-MLP, on first-layer pre-activations (pairs, h).
+                let g_mlp = |x: Tensor| g.iter().try_fold(x.relu()?, |x, l| l.forward(&x)?.relu());
                 let pooled = match &sel.valid {
                     None => {
                         let pair = pa.unsqueeze(2)?.broadcast_add(&pb.unsqueeze(1)?)?;
-                        let mut x =
-                            pair.broadcast_add(&pq.reshape((nq, 1, 1, h))?)?.relu()?.reshape((nq * m * m, h))?;
-                        for l in g {
-                            x = l.forward(&x)?.relu()?;
-                        }
+                        let x = g_mlp(pair.broadcast_add(&pq.reshape((nq, 1, 1, h))?)?.reshape((nq * m * m, h))?)?;
                         x.reshape((nq, m, m, h))?.sum(2)?.sum(1)?
                     }
                     // Rows keep different numbers of cells: the g-MLP runs on the kept pairs only
@@ -374,10 +373,7 @@ impl Han {
                             let iq = Tensor::from_vec(iq, pairs, dev)?;
                             let pa = pa.reshape((nq * m, h))?.index_select(&Tensor::from_vec(ia, pairs, dev)?, 0)?;
                             let pb = pb.reshape((nq * m, h))?.index_select(&Tensor::from_vec(ib, pairs, dev)?, 0)?;
-                            let mut x = (pa + pb)?.add(&pq.index_select(&iq, 0)?)?.relu()?;
-                            for l in g {
-                                x = l.forward(&x)?.relu()?;
-                            }
+                            let x = g_mlp((pa + pb)?.add(&pq.index_select(&iq, 0)?)?)?;
                             zeros.index_add(&iq, &x, 0)?
                         }
                     }
