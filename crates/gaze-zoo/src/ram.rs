@@ -81,7 +81,10 @@ pub struct RamConfig {
     pub start: Start,
     /// Hidden ReLU layer of the location network (0: the paper's single linear map).
     pub locator_hidden: usize,
-    /// Weight lambda of the REINFORCE term.
+    /// Weight lambda of the REINFORCE term. The term reaches only the location network's
+    /// parameters (its input is the detached core state), so under Adam(W) without global
+    /// gradient clipping lambda barely matters: Adam divides each parameter's gradient by its own
+    /// running scale. It matters with SGD, or when `clip_norm` mixes it with the other terms.
     pub reinforce_weight: f64,
     /// Sampled paths averaged at evaluation (1: a single sampled path).
     pub mc_samples: usize,
