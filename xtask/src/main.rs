@@ -31,6 +31,7 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
+    gaze_train::keep_freed_memory();
     match Cli::parse().task {
         Task::Data(a) => data::run(a),
         Task::Experiment(a) => experiment::run(a),

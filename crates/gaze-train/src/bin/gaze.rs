@@ -61,6 +61,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    gaze_train::keep_freed_memory();
     let cli = Cli::parse();
     let device = Device::Cpu;
     match cli.cmd {
