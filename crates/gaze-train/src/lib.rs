@@ -50,8 +50,9 @@ impl ExperimentConfig {
 /// returning it to the OS after a delay (mimalloc's `purge_delay` option set to -1, never). A
 /// training step frees and re-allocates the same large tensors; with purging on, a step longer
 /// than the delay page-faults them in afresh every time. Measured with `cargo xtask bench
-/// rn-sort-of-clevr --batch 320` (625 pairs per question): steps of 2.6-3.9 s with purging, a
-/// steady 2.5 s without. Call at the start of a binary; harmless under another allocator.
+/// rn-sort-of-clevr --batch 320` (625 pairs per question): 2.5 to 7.4 s per step, changing as the
+/// process ran, with purging; 2.4 to 2.8 s without. Call at the start of a binary; harmless under
+/// another allocator.
 pub fn keep_freed_memory() {
     // `mi_option_purge_delay` is entry 15 of `mi_option_t` in mimalloc 2 and 3; the Rust
     // bindings do not name it.
