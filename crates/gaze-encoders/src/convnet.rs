@@ -1,6 +1,9 @@
 //! A configurable ConvNet: blocks of conv (same padding) -> optional batch or group norm -> ReLU ->
 //! optional max-pool with kernel == stride ([`gaze_tensor::ops::max_pool2d`]: candle's own
-//! pool backward is wrong by a factor of k^2).
+//! pool backward is wrong by a factor of k^2). With `coord_channels`, two channels holding each
+//! pixel's (x, y) in [-1, 1] join the input ("An intriguing failing of convolutional neural
+//! networks and the CoordConv solution", Liu et al. 2018), so features can say where in the image
+//! they are, finer than the output grid.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, GroupNorm, VarBuilder};
@@ -29,6 +32,10 @@ pub struct ConvNetConfig {
     /// normalises each image on its own ("Group Normalization", Wu and He 2018), so training
     /// and evaluation compute the same function and small batches are fine. Not with `batch_norm`.
     pub group_norm: usize,
+    /// Append two channels with each pixel's (x, y) in [-1, 1] to the input (CoordConv): the
+    /// first conv reads `in_channels + 2` channels. Lets a cell's features encode where in the
+    /// cell (and the image) its content lies, which zero padding tells only near the border.
+    pub coord_channels: bool,
 }
 
 impl Default for ConvNetConfig {
@@ -43,6 +50,7 @@ impl Default for ConvNetConfig {
             convs_per_block: 1,
             stride: 1,
             group_norm: 0,
+            coord_channels: false,
         }
     }
 }
@@ -59,6 +67,7 @@ impl ConvNetConfig {
             convs_per_block: 1,
             stride: 1,
             group_norm: 0,
+            coord_channels: false,
         }
     }
 
@@ -75,6 +84,7 @@ impl ConvNetConfig {
             convs_per_block: 2,
             stride: 1,
             group_norm: 0,
+            coord_channels: false,
         }
     }
 
@@ -135,7 +145,7 @@ impl ConvNet {
         if cfg.convs_per_block == 0 {
             return Err(candle_core::Error::Msg("ConvNet: convs_per_block must be at least 1".into()));
         }
-        let mut c_in = cfg.in_channels;
+        let mut c_in = cfg.in_channels + if cfg.coord_channels { 2 } else { 0 };
         for (i, &c) in cfg.channels.iter().enumerate() {
             let vb = vb.pp(format!("block{i}"));
             let mut layers = Vec::with_capacity(cfg.convs_per_block);
@@ -187,7 +197,7 @@ impl ConvNet {
             )));
         }
         let mut outs = Vec::with_capacity(self.blocks.len());
-        let mut x = x.clone();
+        let mut x = if self.cfg.coord_channels { with_coord_channels(x)? } else { x.clone() };
         for b in &self.blocks {
             for (conv, bn) in &b.layers {
                 x = conv.forward(&x)?;
@@ -212,6 +222,17 @@ impl ConvNet {
     }
 }
 
+/// Images (b, c, h, w) -> (b, c + 2, h, w): channel c holds each pixel's x, channel c + 1 its y,
+/// both pixel centres mapped to [-1, 1].
+pub fn with_coord_channels(x: &Tensor) -> Result<Tensor> {
+    let (b, _, h, w) = x.dims4()?;
+    let centre = |i: usize, n: usize| (i as f32 + 0.5) / n as f32 * 2.0 - 1.0;
+    let xs = (0..h).flat_map(|_| (0..w).map(move |c| centre(c, w)));
+    let ys = (0..h).flat_map(|r| (0..w).map(move |_| centre(r, h)));
+    let grid = Tensor::from_vec(xs.chain(ys).collect::<Vec<f32>>(), (1, 2, h, w), x.device())?.to_dtype(x.dtype())?;
+    Tensor::cat(&[x.clone(), grid.broadcast_as((b, 2, h, w))?.contiguous()?], 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +251,28 @@ mod tests {
         let bad = Tensor::zeros((2, 3, 28, 28), candle_core::DType::F32, &Device::Cpu)?;
         let e = net.forward(&bad, false).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("3 channels"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn coord_channels_tell_the_net_where_a_pixel_is() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 1, 2, 4), candle_core::DType::F32, &dev)?;
+        let c = with_coord_channels(&x)?;
+        assert_eq!(c.dims(), &[2, 3, 2, 4]);
+        let xs: Vec<Vec<f32>> = c.get(1)?.get(1)?.to_vec2()?;
+        let ys: Vec<Vec<f32>> = c.get(1)?.get(2)?.to_vec2()?;
+        assert_eq!(xs, vec![vec![-0.75, -0.25, 0.25, 0.75]; 2]);
+        assert_eq!(ys, vec![vec![-0.5; 4], vec![0.5; 4]]);
+        // the first conv reads the two extra channels; a blank image gives position-dependent features
+        let cfg = ConvNetConfig { coord_channels: true, pool: 1, ..ConvNetConfig::tiny() };
+        let vm = SeededVarMap::new(Seed(0));
+        let net = ConvNet::new(&cfg, vm.builder(&dev))?;
+        let w = vm.sorted_vars().into_iter().find(|(n, _)| n == "block0.conv.weight").map(|(_, v)| v.dims().to_vec());
+        assert_eq!(w, Some(vec![4, 3, 3, 3]));
+        let out = net.forward(&Tensor::zeros((1, 1, 8, 8), candle_core::DType::F32, &dev)?, false)?;
+        let spread = (out.max_keepdim(3)?.max_keepdim(2)? - out.min_keepdim(3)?.min_keepdim(2)?)?;
+        assert!(spread.max_all()?.to_scalar::<f32>()? > 1e-3, "blank input, flat features");
         Ok(())
     }
 
@@ -310,6 +353,7 @@ mod tests {
             convs_per_block: 1,
             stride: 1,
             group_norm: 0,
+            coord_channels: false,
         };
         let net = ConvNet::new(&cfg, vm.builder(&Device::Cpu))?;
         let mut r = Seed(3).rng();
