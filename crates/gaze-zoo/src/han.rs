@@ -6,7 +6,9 @@
 //! question (an LSTM over its words, or its fixed code) is projected and added to every cell,
 //! optionally followed by per-cell fusion layers (1x1 convolutions with ReLU, `fuse_layers`); the
 //! presence of a cell is its squared L2 norm (with or without the coordinates,
-//! `coords_in_presence`; the head always gets them). Selection, by config:
+//! `coords_in_presence`; the head always gets them). With `sub_cells`, each cell also carries the
+//! previous conv layer's features at the 2x2 positions under it, for the head only: where in the
+//! cell its content lies, at twice the grid's resolution. Selection, by config:
 //! - `hard_topk` (HAN): the k cells of highest presence;
 //! - `adaptive` (AdaHAN): the cells whose softmax presence weight is at least a threshold
 //!   (1/n by default), a per-example number;
@@ -106,6 +108,13 @@ pub struct HanConfig {
     /// selection, for the head: otherwise corner cells (|x|, |y| near 1) outrank empty centre
     /// cells on coordinates alone, and a net trained from scratch keeps picking empty corners.
     pub coords_in_presence: bool,
+    /// Append to each cell, after presence is measured, the previous conv layer's features at the
+    /// 2x2 positions under it (that map must be exactly twice the grid, as with stride-2 or
+    /// pool-2 blocks). A kept cell's coordinates are its centre; these say which quarter of the
+    /// cell holds its content, so the head can tell positions at twice the grid's resolution
+    /// (an object in the middle column of a 5x5 grid is left or right of the image's midline).
+    /// The presence, and so the selection, does not see them.
+    pub sub_cells: bool,
 }
 
 impl Default for HanConfig {
@@ -126,6 +135,7 @@ impl Default for HanConfig {
             f_hidden: 128,
             fuse_layers: 0,
             coords_in_presence: true,
+            sub_cells: false,
         }
     }
 }
@@ -148,6 +158,7 @@ impl HanConfig {
             f_hidden: 8,
             fuse_layers: 0,
             coords_in_presence: true,
+            sub_cells: false,
         }
     }
 }
@@ -227,7 +238,23 @@ impl Han {
                 (QuestionNet::Code, shape.code_dim)
             }
         };
-        let cell_dim = d + 2;
+        let sub_dim = if cfg.sub_cells {
+            let layers = cnn_cfg.channels.len();
+            if layers < 2 {
+                return Err(msg("sub_cells needs at least two conv blocks (it reads the one before the last)".into()));
+            }
+            let prev = ConvNetConfig { channels: cnn_cfg.channels[..layers - 1].to_vec(), ..cnn_cfg.clone() };
+            let (pd, ph, pw) = prev.output_shape(h, w);
+            if (ph, pw) != (2 * gh, 2 * gw) {
+                return Err(msg(format!(
+                    "sub_cells needs the map before the last block to be twice the {gh}x{gw} grid; it is {ph}x{pw}"
+                )));
+            }
+            4 * pd
+        } else {
+            0
+        };
+        let cell_dim = d + sub_dim + 2;
         let scored_dim = if cfg.coords_in_presence { cell_dim } else { d };
         let q_proj = candle_nn::linear(q_dim, scored_dim, vb.pp("q_proj"))?;
         let fuse = (0..cfg.fuse_layers)
@@ -274,6 +301,24 @@ impl Han {
     /// The CNN's grid as cells, without coordinates: (b, c, h, w) -> (b, n, d).
     fn features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         self.cnn.forward(images, train)?.flatten_from(2)?.transpose(1, 2)
+    }
+
+    /// The grid as cells (b, n, d) and, with `sub_cells`, the previous map's 2x2 features under
+    /// each cell (b, n, 4 c'), in the order (top-left, top-right, bottom-left, bottom-right).
+    fn features_and_sub_cells(&self, images: &Tensor, train: bool) -> Result<(Tensor, Option<Tensor>)> {
+        if !self.cfg.sub_cells {
+            return Ok((self.features(images, train)?, None));
+        }
+        let mut maps = self.cnn.forward_all(images, train)?;
+        let (last, prev) = match (maps.pop(), maps.pop()) {
+            (Some(l), Some(p)) => (l, p),
+            _ => return Err(candle_core::Error::Msg("han: sub_cells needs two conv blocks".into())),
+        };
+        let (b, c, _, _) = prev.dims4()?;
+        let (gh, gw) = self.grid;
+        // (b, c, gh, 2, gw, 2) -> (b, gh, gw, 2, 2, c) -> (b, n, 4 c)
+        let sub = prev.reshape((b, c, gh, 2, gw, 2))?.permute((0, 2, 4, 3, 5, 1))?.reshape((b, gh * gw, 4 * c))?;
+        Ok((last.flatten_from(2)?.transpose(1, 2)?, Some(sub)))
     }
 
     /// Cells (b, n, d) with their coordinates appended: (b, n, d + 2).
@@ -411,12 +456,10 @@ impl Model for Han {
         let qs = batch.questions.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("han: the batch has no questions (a VQA data set is needed)".into())
         })?;
-        let f = if self.cfg.coords_in_presence {
-            self.cells(&batch.images, train)?
-        } else {
-            self.features(&batch.images, train)?
-        };
-        let cells = f.contiguous()?.index_select(&qs.image.contiguous()?, 0)?;
+        let (f, sub) = self.features_and_sub_cells(&batch.images, train)?;
+        let f = if self.cfg.coords_in_presence { self.with_coords(&f)? } else { f };
+        let image = qs.image.contiguous()?;
+        let cells = f.contiguous()?.index_select(&image, 0)?;
         let q = match &self.question {
             QuestionNet::Text(t) => t.forward(&qs.tokens, &qs.lengths)?.last,
             QuestionNet::Code => qs
@@ -429,6 +472,10 @@ impl Model for Han {
             scored = l.forward(&scored)?.relu()?;
         }
         let x = if self.cfg.coords_in_presence { scored.clone() } else { self.with_coords(&scored)? };
+        let x = match sub {
+            Some(sub) => Tensor::cat(&[x, sub.contiguous()?.index_select(&image, 0)?], 2)?,
+            None => x,
+        };
         let sel = self.select_scored(&x, &scored)?;
         let logits = self.head(&sel, &q)?;
         let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
@@ -504,7 +551,12 @@ mod tests {
             coords_in_presence: false,
             ..HanConfig::tiny(s, Head::Relational)
         });
-        for cfg in plain.chain([fused]).chain(coords_after) {
+        let sub_cells = [Selection::HardTopk, Selection::Adaptive].map(|s| HanConfig {
+            coords_in_presence: false,
+            sub_cells: true,
+            ..HanConfig::tiny(s, Head::Relational)
+        });
+        for cfg in plain.chain([fused]).chain(coords_after).chain(sub_cells) {
             let (selection, head) = (cfg.selection, cfg.head);
             let vm = SeededVarMap::new(Seed(0));
             let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
@@ -512,6 +564,65 @@ mod tests {
             let (first, last) = fit_fixed_batch(&model, &vm, &b, 40, 2e-2, true, &mut Seed(2).rng())?;
             let (first, last) = (total(&first)?, total(&last)?);
             assert!(last < 0.5 * first, "{selection:?} {head:?} fuse {}: {first} -> {last}", cfg.fuse_layers);
+        }
+        Ok(())
+    }
+
+    /// Each cell carries the previous map's 2x2 features under it, in reading order, and the
+    /// selection does not see them; a CNN whose previous map is not twice the grid is refused.
+    #[test]
+    fn sub_cells_carry_the_previous_map_under_each_cell() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = HanConfig { coords_in_presence: false, ..HanConfig::tiny(Selection::HardTopk, Head::Relational) };
+        let with = HanConfig { sub_cells: true, ..cfg.clone() };
+        let [plain, sub] = [cfg, with].map(|c| {
+            let vm = SeededVarMap::new(Seed(0));
+            Han::new(&c, &shape(), vm.builder(&dev))
+        });
+        let (plain, sub) = (plain?, sub?);
+        let b = batch(&dev)?;
+        let (cells, detail) = sub.features_and_sub_cells(&b.images, false)?;
+        let detail = detail.map(|d| d.to_vec3::<f32>()).transpose()?.unwrap_or_default();
+        let prev: Vec<Vec<Vec<Vec<f32>>>> = {
+            let p = &sub.cnn.forward_all(&b.images, false)?[0];
+            (0..p.dim(0)?).map(|i| p.get(i)?.to_vec3::<f32>()).collect::<Result<_>>()?
+        };
+        let (gh, gw) = sub.grid();
+        let c = prev[0].len();
+        assert_eq!((detail.len(), detail[0].len(), detail[0][0].len()), (3, gh * gw, 4 * c));
+        for (img, cells) in detail.iter().enumerate() {
+            for (cell, v) in cells.iter().enumerate() {
+                let (i, j) = (cell / gw, cell % gw);
+                for (quarter, (di, dj)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                    for ch in 0..c {
+                        assert_eq!(v[quarter * c + ch], prev[img][ch][2 * i + di][2 * j + dj], "cell {cell}");
+                    }
+                }
+            }
+        }
+        // the grid features and the presence are those of the model without sub-cells
+        let same = (cells - plain.features(&b.images, false)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(same, 0.0);
+        assert_eq!(sub.cell_dim, plain.cell_dim + 4 * c);
+        let mut rng = Seed(1).rng();
+        let (a, p) = (sub.forward(&b, false, &mut rng)?, plain.forward(&b, false, &mut rng)?);
+        let masks = [a, p].map(|o| match o.attention {
+            Some(AttentionMap::Cells { mask, .. }) => f32s(&mask.flatten_from(1)?),
+            _ => Err(candle_core::Error::Msg("no kept-cell mask".into())),
+        });
+        let [ma, mp] = masks;
+        assert_eq!(ma?, mp?);
+        // one conv block, or a previous map that is not twice the grid: refused, by name
+        let one = HanConfig {
+            sub_cells: true,
+            cnn: ConvNetConfig { channels: vec![4], ..HanConfig::tiny(Selection::HardTopk, Head::Pooled).cnn },
+            ..HanConfig::tiny(Selection::HardTopk, Head::Pooled)
+        };
+        let both = HanConfig { sub_cells: true, ..HanConfig::tiny(Selection::HardTopk, Head::Pooled) };
+        let odd = DataShape { input: (3, 18, 18), ..shape() }; // 18 -> 9 -> 4: 9 is not twice 4
+        for (c, s, want) in [(&one, shape(), "two conv blocks"), (&both, odd, "9x9")] {
+            let e = Han::new(c, &s, SeededVarMap::new(Seed(0)).builder(&dev)).err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains(want)), "{e:?}");
         }
         Ok(())
     }
