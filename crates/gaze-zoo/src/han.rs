@@ -293,9 +293,15 @@ impl Han {
         self.grid
     }
 
-    /// Image cells with coordinates: (b, c, h, w) -> (b, n, d + 2).
+    /// Image cells as the head sees them before the question: features, coordinates and (with
+    /// `sub_cells`) the 2x2 features under each cell: (b, c, h, w) -> (b, n, cell width).
     pub fn cells(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        self.with_coords(&self.features(images, train)?)
+        let (f, sub) = self.features_and_sub_cells(images, train)?;
+        let f = self.with_coords(&f)?;
+        match sub {
+            Some(sub) => Tensor::cat(&[f, sub], 2),
+            None => Ok(f),
+        }
     }
 
     /// The CNN's grid as cells, without coordinates: (b, c, h, w) -> (b, n, d).
@@ -604,6 +610,7 @@ mod tests {
         let same = (cells - plain.features(&b.images, false)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(same, 0.0);
         assert_eq!(sub.cell_dim, plain.cell_dim + 4 * c);
+        assert_eq!(sub.cells(&b.images, false)?.dims(), &[3, gh * gw, sub.cell_dim]);
         let mut rng = Seed(1).rng();
         let (a, p) = (sub.forward(&b, false, &mut rng)?, plain.forward(&b, false, &mut rng)?);
         let masks = [a, p].map(|o| match o.attention {
