@@ -96,6 +96,17 @@ fn main() -> anyhow::Result<()> {
                 e.loss,
                 data.description
             );
+            let (rel, nonrel) = &e.relational;
+            if rel.total + nonrel.total > 0 {
+                println!("non-relational {:.2}%, relational {:.2}%", nonrel.pct(), rel.pct());
+            }
+            for (kind, t) in &e.by_kind {
+                let kept = e.kept_by_kind.get(kind).map_or(String::new(), |k| format!(", {k:.1}% of cells kept"));
+                println!("  {kind}: {:.2}% of {}{kept}", t.pct(), t.total);
+            }
+            if e.unknown_answers > 0 {
+                println!("{} questions have answers outside the training set (counted wrong)", e.unknown_answers);
+            }
         }
         Cmd::Infer { run, image, out } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
