@@ -18,14 +18,27 @@ fn han_and_adahan_quick_runs_report_accuracy_cells_and_compute() -> anyhow::Resu
             assert!(s.metrics.contains_key(key), "{name}: no {key} in {:?}", s.metrics);
         }
         assert!(!s.per_kind.is_empty(), "{name}: per-kind accuracy");
+        let report = std::fs::read_to_string(s.run_dir.join("report.md"))?;
         let kept = s.metrics["cells_kept_pct"];
         assert!(kept > 0.0 && kept <= 100.0, "{name}: kept {kept}");
         if name == "han-barn" {
             assert!((kept - 25.0).abs() < 1e-3, "top-16 of 64 cells is 25%: {kept}");
         } else {
             assert!(s.metrics.contains_key("test_acc_rel_pct") && s.metrics.contains_key("test_acc_nonrel_pct"));
+            // Sort-of-CLEVR names each question's objects: the accuracies with the focus kept and
+            // missed, weighted by their shares, give the kind's accuracy
+            for (kind, k) in &s.per_kind {
+                let share = k.focus_kept_pct.ok_or_else(|| anyhow::anyhow!("{kind}: no focus_kept_pct"))? / 100.0;
+                let (a, b) = (k.acc_focus_kept_pct.unwrap_or(0.0), k.acc_focus_missed_pct.unwrap_or(0.0));
+                let mixed = share * a + (1.0 - share) * b;
+                assert!(
+                    (mixed - k.acc_pct).abs() < 0.05,
+                    "{kind}: {share} x {a} + rest x {b} = {mixed}, not {}",
+                    k.acc_pct
+                );
+            }
+            assert!(report.contains("focus kept %"), "{name}");
         }
-        let report = std::fs::read_to_string(s.run_dir.join("report.md"))?;
         assert!(report.contains("Per question kind"), "{name}");
         assert!(
             s.run_dir.join("attention/test_wrong.png").is_file()

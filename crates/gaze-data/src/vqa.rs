@@ -126,7 +126,7 @@ impl VqaSet {
     }
 
     /// Reads a VQA folder. Each image is loaded once (RGB) and, when `size` is given, resized to
-    /// `size` (height, width). A missing image, a record without a question or answer, or a file
+    /// `size` (height, width), its boxes scaled with it. A missing image, a record without a question or answer, or a file
     /// with no records is an error naming the file and record.
     pub fn read_folder(dir: &Path, size: Option<(usize, usize)>) -> Result<Self> {
         let (path, records) = read_records::<FolderRecord>(dir, &["questions.jsonl", "questions.json"])?;
@@ -143,9 +143,19 @@ impl VqaSet {
             let idx = match by_name.get(&image) {
                 Some(&i) => i,
                 None => {
-                    let img = load_image(dir, &image, size).map_err(|e| bad(e.to_string()))?;
-                    set.images.push(img);
-                    set.boxes.push(rec.boxes.clone());
+                    let img = load_image(dir, &image, None).map_err(|e| bad(e.to_string()))?;
+                    let (sx, sy) = size.map_or((1.0, 1.0), |(h, w)| {
+                        (w as f32 / img.width.max(1) as f32, h as f32 / img.height.max(1) as f32)
+                    });
+                    let boxes = rec.boxes.iter().map(|b| {
+                        let (x, y, w, h) = (b.bbox.x * sx, b.bbox.y * sy, b.bbox.w * sx, b.bbox.h * sy);
+                        LabeledBox { label: b.label.clone(), bbox: crate::image::BBox { x, y, w, h } }
+                    });
+                    set.boxes.push(boxes.collect());
+                    set.images.push(match size {
+                        Some((h, w)) => img.resize(h, w),
+                        None => img,
+                    });
                     by_name.insert(image.clone(), set.images.len() - 1);
                     set.images.len() - 1
                 }
@@ -294,8 +304,11 @@ mod tests {
         let s = set();
         s.write_folder(dir.path())?;
         assert_eq!(VqaSet::read_folder(dir.path(), None)?, s);
-        let resized = VqaSet::read_folder(dir.path(), Some((8, 8)))?;
-        assert_eq!((resized.images[0].height, resized.images[0].width), (8, 8));
+        let resized = VqaSet::read_folder(dir.path(), Some((8, 12)))?;
+        assert_eq!((resized.images[0].height, resized.images[0].width), (8, 12));
+        // a 4x6 image doubled: its box (1, 1, 2, 2) doubles too
+        let b = resized.boxes[0][0].bbox;
+        assert_eq!((b.x, b.y, b.w, b.h), (2.0, 2.0, 4.0, 4.0));
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub struct RowInfo {
     pub question: String,
     /// Position in the batch's images.
     pub image: usize,
+    /// Centres of the objects the question is about (its `focus` boxes), as fractions (x, y) of
+    /// the image's width and height; empty when the data names none.
+    pub focus: Vec<(f32, f32)>,
 }
 
 impl Examples {
@@ -108,6 +111,7 @@ impl Examples {
                     truth: s.labels.get(i).map(|l| l.to_string()).unwrap_or_default(),
                     question: String::new(),
                     image: k,
+                    focus: vec![],
                 })
                 .collect(),
             Examples::Vqa(v) => {
@@ -115,6 +119,12 @@ impl Examples {
                 for (k, &i) in idx.iter().enumerate() {
                     for &r in v.records.get(i).map_or(&[][..], Vec::as_slice) {
                         if let Some(rec) = v.set.records.get(r) {
+                            let boxes = v.set.boxes.get(rec.image).map_or(&[][..], Vec::as_slice);
+                            let (w, h) = v.set.images.get(rec.image).map_or((1, 1), |im| (im.width, im.height));
+                            let focus = rec.q.focus.iter().filter_map(|&f| boxes.get(f)).map(|b| {
+                                let (x, y) = b.bbox.centre();
+                                (x / w.max(1) as f32, y / h.max(1) as f32)
+                            });
                             rows.push(RowInfo {
                                 kind: rec.q.kind.clone(),
                                 relational: rec.q.relational,
@@ -122,6 +132,7 @@ impl Examples {
                                 truth: rec.q.answer.clone(),
                                 question: rec.q.question.clone(),
                                 image: k,
+                                focus: focus.collect(),
                             });
                         }
                     }

@@ -338,10 +338,21 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
         md += "\n";
     }
     if !s.per_kind.is_empty() {
-        md += "## Per question kind (test)\n\n| kind | questions | accuracy % | cells kept % |\n|---|---|---|---|\n";
+        md += "## Per question kind (test)\n\nFocus: the objects a question is about (when the data names them); \
+               \"focus kept\" counts questions whose every focus object's centre cell was kept.\n\n\
+               | kind | questions | accuracy % | cells kept % | focus kept % | accuracy, focus kept % | accuracy, focus missed % |\n\
+               |---|---|---|---|---|---|---|\n";
+        let pct = |p: Option<f64>| p.map_or(String::from("-"), |p| format!("{p:.1}"));
         for (k, v) in &s.per_kind {
-            let kept = v.kept_pct.map_or(String::from("-"), |p| format!("{p:.1}"));
-            md += &format!("| {k} | {} | {:.2} | {kept} |\n", v.questions, v.acc_pct);
+            md += &format!(
+                "| {k} | {} | {:.2} | {} | {} | {} | {} |\n",
+                v.questions,
+                v.acc_pct,
+                pct(v.kept_pct),
+                pct(v.focus_kept_pct),
+                pct(v.acc_focus_kept_pct),
+                pct(v.acc_focus_missed_pct)
+            );
         }
         md += "\n";
     }

@@ -78,6 +78,16 @@ pub struct KindSummary {
     pub questions: u64,
     /// Mean percent of grid cells kept (hard attention).
     pub kept_pct: Option<f64>,
+    /// Percent of questions (with named focus objects) whose every focus object's centre cell
+    /// was kept (hard attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub focus_kept_pct: Option<f64>,
+    /// Accuracy on those questions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_focus_kept_pct: Option<f64>,
+    /// Accuracy on the others (a focus object's centre cell was dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_focus_missed_pct: Option<f64>,
 }
 
 /// A model with its variables.
@@ -224,8 +234,21 @@ pub struct Evaluation {
     pub unknown_answers: u64,
     /// Mean percent of grid cells kept per question kind (hard attention).
     pub kept_by_kind: BTreeMap<String, f64>,
+    /// Per question kind (hard attention, questions with focus objects): the tallies of the
+    /// questions whose every focus object's centre cell was kept, and of the others.
+    pub focus_by_kind: BTreeMap<String, (Tally, Tally)>,
     /// Rows per second of the forward passes alone.
     pub samples_per_s: f64,
+}
+
+/// Whether the grid cells (a (rows, cols) 0/1 mask) holding every point (x, y), given as
+/// fractions of the image's width and height, are kept.
+pub fn focus_cells_kept(mask: &[Vec<f32>], points: &[(f32, f32)]) -> bool {
+    let (rows, cols) = (mask.len(), mask.first().map_or(0, Vec::len));
+    let cell = |f: f32, n: usize| ((f.clamp(0.0, 1.0) * n as f32) as usize).min(n.saturating_sub(1));
+    points
+        .iter()
+        .all(|&(x, y)| mask.get(cell(y, rows)).and_then(|row| row.get(cell(x, cols))).is_some_and(|&v| v > 0.5))
 }
 
 /// Evaluates `model` on `set` in batches (eval mode, draws from `seed`).
@@ -236,6 +259,7 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
     let (mut all, mut by_kind, mut rel, mut nonrel) =
         (Tally::default(), BTreeMap::new(), Tally::default(), Tally::default());
     let mut kept: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    let mut focus_by_kind: BTreeMap<String, (Tally, Tally)> = BTreeMap::new();
     let (mut unknown, mut forward_s) = (0u64, 0f64);
     // VQA examples carry ~10-20 questions each: batch by questions, not images.
     let per = if set.is_empty() { 1 } else { (set.rows() / set.len()).max(1) };
@@ -248,9 +272,11 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
         let p = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         forward_s += t0.elapsed().as_secs_f64();
         let t = b.targets.to_vec1::<u32>()?;
-        let row_kept = match &out.attention {
-            Some(gaze_zoo::AttentionMap::Cells { mask, .. }) => Some(mask.flatten_from(1)?.mean(1)?.to_vec1::<f32>()?),
-            _ => None,
+        let (row_kept, masks) = match &out.attention {
+            Some(gaze_zoo::AttentionMap::Cells { mask, .. }) => {
+                (Some(mask.flatten_from(1)?.mean(1)?.to_vec1::<f32>()?), Some(mask.to_vec3::<f32>()?))
+            }
+            _ => (None, None),
         };
         for (r, (pred, truth)) in p.iter().zip(&t).enumerate() {
             let ri = info.get(r);
@@ -265,6 +291,10 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
             if let Some(i) = ri.filter(|i| !i.kind.is_empty()) {
                 add(by_kind.entry(i.kind.clone()).or_default());
                 add(if i.relational { &mut rel } else { &mut nonrel });
+                if let Some(m) = masks.as_ref().and_then(|m| m.get(r)).filter(|_| !i.focus.is_empty()) {
+                    let e = focus_by_kind.entry(i.kind.clone()).or_default();
+                    add(if focus_cells_kept(m, &i.focus) { &mut e.0 } else { &mut e.1 });
+                }
                 if let Some(k) = row_kept.as_ref().and_then(|k| k.get(r)) {
                     let e = kept.entry(i.kind.clone()).or_insert((0.0, 0));
                     e.0 += 100.0 * f64::from(*k);
@@ -295,6 +325,7 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
         relational: (rel, nonrel),
         unknown_answers: unknown,
         kept_by_kind: kept.into_iter().map(|(k, (s, c))| (k, round4(s / c.max(1) as f64))).collect(),
+        focus_by_kind,
         samples_per_s: all.total as f64 / forward_s.max(1e-9),
     })
 }
@@ -535,7 +566,18 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         test_stats = test.stats.clone();
         for (kind, t) in &test.by_kind {
             let kept_pct = test.kept_by_kind.get(kind).copied();
-            per_kind.insert(kind.clone(), KindSummary { acc_pct: round4(t.pct()), questions: t.total, kept_pct });
+            let focus = test.focus_by_kind.get(kind).filter(|(a, b)| a.total + b.total > 0);
+            per_kind.insert(
+                kind.clone(),
+                KindSummary {
+                    acc_pct: round4(t.pct()),
+                    questions: t.total,
+                    kept_pct,
+                    focus_kept_pct: focus.map(|(a, b)| round4(100.0 * a.total as f64 / (a.total + b.total) as f64)),
+                    acc_focus_kept_pct: focus.filter(|(a, _)| a.total > 0).map(|(a, _)| round4(a.pct())),
+                    acc_focus_missed_pct: focus.filter(|(_, b)| b.total > 0).map(|(_, b)| round4(b.pct())),
+                },
+            );
         }
         crate::report::pictures(model, &data, &test, cfg, &run_dir, &device)?;
         // Leave `last` as the final parameters of training, as saved at the last epoch end.
@@ -608,6 +650,19 @@ pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn focus_cells_are_found_by_their_centres() {
+        // a 2x3 grid keeping the top-left and bottom-right cells
+        let mask = vec![vec![1.0, 0.0, 0.0], vec![0.0, 0.0, 1.0]];
+        assert!(focus_cells_kept(&mask, &[(0.1, 0.2)]));
+        assert!(focus_cells_kept(&mask, &[(0.1, 0.2), (0.9, 0.9)]));
+        assert!(!focus_cells_kept(&mask, &[(0.1, 0.2), (0.5, 0.9)]), "the bottom-middle cell is dropped");
+        assert!(!focus_cells_kept(&mask, &[(0.9, 0.2)]), "top-right is dropped");
+        // edges and points outside the image fall in the border cells
+        assert!(focus_cells_kept(&mask, &[(1.0, 1.0), (-0.5, 0.0)]));
+        assert!(focus_cells_kept(&mask, &[]), "no focus: nothing to miss");
+    }
 
     #[test]
     fn git_rev_is_dirty_for_code_changes_but_not_for_the_results_table() -> anyhow::Result<()> {

@@ -102,7 +102,19 @@ fn main() -> anyhow::Result<()> {
             }
             for (kind, t) in &e.by_kind {
                 let kept = e.kept_by_kind.get(kind).map_or(String::new(), |k| format!(", {k:.1}% of cells kept"));
-                println!("  {kind}: {:.2}% of {}{kept}", t.pct(), t.total);
+                let focus =
+                    e.focus_by_kind.get(kind).filter(|(a, b)| a.total + b.total > 0).map_or(String::new(), |(a, b)| {
+                        let acc =
+                            |t: &trainer::Tally| if t.total > 0 { format!("{:.1}%", t.pct()) } else { "-".into() };
+                        format!(
+                            "; focus kept for {} of {} ({} right), missed ({} right)",
+                            a.total,
+                            a.total + b.total,
+                            acc(a),
+                            acc(b)
+                        )
+                    });
+                println!("  {kind}: {:.2}% of {}{kept}{focus}", t.pct(), t.total);
             }
             if e.unknown_answers > 0 {
                 println!("{} questions have answers outside the training set (counted wrong)", e.unknown_answers);
