@@ -126,8 +126,8 @@ impl VqaSet {
     }
 
     /// Reads a VQA folder. Each image is loaded once (RGB) and, when `size` is given, resized to
-    /// `size` (height, width), its boxes scaled with it. A missing image, a record without a question or answer, or a file
-    /// with no records is an error naming the file and record.
+    /// `size` (height, width), its boxes scaled with it. A missing image, a record without a
+    /// question or answer, or a file with no records is an error naming the file and record.
     pub fn read_folder(dir: &Path, size: Option<(usize, usize)>) -> Result<Self> {
         let (path, records) = read_records::<FolderRecord>(dir, &["questions.jsonl", "questions.json"])?;
         let mut set = VqaSet::default();
