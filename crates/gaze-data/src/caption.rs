@@ -96,7 +96,8 @@ impl CaptionSet {
         crate::write_atomic(&path, out.as_bytes())
     }
 
-    /// Reads a caption folder, resizing images to `size` (height, width) when given.
+    /// Reads a caption folder, resizing images to `size` (height, width) when given, their boxes
+    /// scaled with them.
     pub fn read_folder(dir: &Path, size: Option<(usize, usize)>) -> Result<Self> {
         let (path, records) = read_records::<FolderRecord>(dir, &["captions.jsonl", "captions.json"])?;
         let mut set = CaptionSet::default();
@@ -115,9 +116,9 @@ impl CaptionSet {
             let idx = match by_name.get(&image) {
                 Some(&i) => i,
                 None => {
-                    let img = load_image(dir, &image, size).map_err(|e| bad(e.to_string()))?;
+                    let (img, boxes) = load_image(dir, &image, size, &rec.boxes).map_err(|e| bad(e.to_string()))?;
                     set.images.push(img);
-                    set.boxes.push(rec.boxes.clone());
+                    set.boxes.push(boxes);
                     by_name.insert(image, set.images.len() - 1);
                     set.images.len() - 1
                 }
@@ -141,6 +142,13 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| DataError::io("tmp", e))?;
         set.write_folder(dir.path())?;
         assert_eq!(CaptionSet::read_folder(dir.path(), None)?, set);
+        // resized to twice the width and the same height: boxes stretch across, not down
+        let (h, w) = (set.images[0].height, set.images[0].width);
+        let resized = CaptionSet::read_folder(dir.path(), Some((h, 2 * w)))?;
+        for (a, b) in resized.boxes[0].iter().zip(&set.boxes[0]) {
+            assert_eq!((a.bbox.x, a.bbox.y, a.bbox.w, a.bbox.h), (2.0 * b.bbox.x, b.bbox.y, 2.0 * b.bbox.w, b.bbox.h));
+        }
+        assert!(!set.boxes[0].is_empty(), "the generator's scenes have boxes");
         std::fs::write(dir.path().join("captions.jsonl"), "{\"image\":\"images/000000.png\"}\n")
             .map_err(|e| DataError::io("w", e))?;
         let e = CaptionSet::read_folder(dir.path(), None).err().map(|e| e.to_string()).unwrap_or_default();

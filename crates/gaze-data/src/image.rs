@@ -278,7 +278,12 @@ impl BBox {
 
     /// The box scaled by `f` (for drawing on an up-scaled image).
     pub fn scaled(&self, f: f32) -> Self {
-        Self { x: self.x * f, y: self.y * f, w: self.w * f, h: self.h * f }
+        self.scaled_xy(f, f)
+    }
+
+    /// The box scaled by `fx` across and `fy` down (for an image resized to another shape).
+    pub fn scaled_xy(&self, fx: f32, fy: f32) -> Self {
+        Self { x: self.x * fx, y: self.y * fy, w: self.w * fx, h: self.h * fy }
     }
 
     /// Intersection over union with `other`.

@@ -143,19 +143,9 @@ impl VqaSet {
             let idx = match by_name.get(&image) {
                 Some(&i) => i,
                 None => {
-                    let img = load_image(dir, &image, None).map_err(|e| bad(e.to_string()))?;
-                    let (sx, sy) = size.map_or((1.0, 1.0), |(h, w)| {
-                        (w as f32 / img.width.max(1) as f32, h as f32 / img.height.max(1) as f32)
-                    });
-                    let boxes = rec.boxes.iter().map(|b| {
-                        let (x, y, w, h) = (b.bbox.x * sx, b.bbox.y * sy, b.bbox.w * sx, b.bbox.h * sy);
-                        LabeledBox { label: b.label.clone(), bbox: crate::image::BBox { x, y, w, h } }
-                    });
-                    set.boxes.push(boxes.collect());
-                    set.images.push(match size {
-                        Some((h, w)) => img.resize(h, w),
-                        None => img,
-                    });
+                    let (img, boxes) = load_image(dir, &image, size, &rec.boxes).map_err(|e| bad(e.to_string()))?;
+                    set.images.push(img);
+                    set.boxes.push(boxes);
                     by_name.insert(image.clone(), set.images.len() - 1);
                     set.images.len() - 1
                 }
@@ -193,17 +183,27 @@ struct FolderRecord {
     focus: Vec<usize>,
 }
 
-/// Loads `rel` under `dir` as RGB, resized when asked; the image must stay inside `dir`'s tree
-/// as written (no checks beyond existence: the user owns the folder).
-pub(crate) fn load_image(dir: &Path, rel: &str, size: Option<(usize, usize)>) -> Result<Image> {
+/// Loads `rel` under `dir` as RGB, resized when asked, with its `boxes` scaled to match; the
+/// image must stay inside `dir`'s tree as written (no checks beyond existence: the user owns the
+/// folder).
+pub(crate) fn load_image(
+    dir: &Path,
+    rel: &str,
+    size: Option<(usize, usize)>,
+    boxes: &[LabeledBox],
+) -> Result<(Image, Vec<LabeledBox>)> {
     let p = dir.join(rel);
     if !p.is_file() {
         return Err(DataError::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "image file not found")));
     }
     let img = Image::load(&p, false)?;
     Ok(match size {
-        Some((h, w)) => img.resize(h, w),
-        None => img,
+        Some((h, w)) => {
+            let (fx, fy) = (w as f32 / img.width.max(1) as f32, h as f32 / img.height.max(1) as f32);
+            let boxes = boxes.iter().map(|b| LabeledBox { label: b.label.clone(), bbox: b.bbox.scaled_xy(fx, fy) });
+            (img.resize(h, w), boxes.collect())
+        }
+        None => (img, boxes.to_vec()),
     })
 }
 
