@@ -272,11 +272,9 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
         let p = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         forward_s += t0.elapsed().as_secs_f64();
         let t = b.targets.to_vec1::<u32>()?;
-        let (row_kept, masks) = match &out.attention {
-            Some(gaze_zoo::AttentionMap::Cells { mask, .. }) => {
-                (Some(mask.flatten_from(1)?.mean(1)?.to_vec1::<f32>()?), Some(mask.to_vec3::<f32>()?))
-            }
-            _ => (None, None),
+        let masks = match &out.attention {
+            Some(gaze_zoo::AttentionMap::Cells { mask, .. }) => Some(mask.to_vec3::<f32>()?),
+            _ => None,
         };
         for (r, (pred, truth)) in p.iter().zip(&t).enumerate() {
             let ri = info.get(r);
@@ -291,13 +289,15 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
             if let Some(i) = ri.filter(|i| !i.kind.is_empty()) {
                 add(by_kind.entry(i.kind.clone()).or_default());
                 add(if i.relational { &mut rel } else { &mut nonrel });
-                if let Some(m) = masks.as_ref().and_then(|m| m.get(r)).filter(|_| !i.focus.is_empty()) {
-                    let e = focus_by_kind.entry(i.kind.clone()).or_default();
-                    add(if focus_cells_kept(m, &i.focus) { &mut e.0 } else { &mut e.1 });
-                }
-                if let Some(k) = row_kept.as_ref().and_then(|k| k.get(r)) {
+                if let Some(m) = masks.as_ref().and_then(|m| m.get(r)) {
+                    if !i.focus.is_empty() {
+                        let e = focus_by_kind.entry(i.kind.clone()).or_default();
+                        add(if focus_cells_kept(m, &i.focus) { &mut e.0 } else { &mut e.1 });
+                    }
+                    let cells = m.iter().map(Vec::len).sum::<usize>().max(1);
+                    let share = m.iter().flatten().sum::<f32>() / cells as f32;
                     let e = kept.entry(i.kind.clone()).or_insert((0.0, 0));
-                    e.0 += 100.0 * f64::from(*k);
+                    e.0 += 100.0 * f64::from(share);
                     e.1 += 1;
                 }
             }
