@@ -15,5 +15,5 @@ mod test_util;
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 pub use han::{Han, HanConfig, Head, QuestionInput, Selection};
 pub use model::{build, AttentionMap, Batch, DataShape, Model, ModelConfig, Output, Questions};
-pub use ram::{Core, Ram, RamConfig, Start};
+pub use ram::{Core, EvalPath, Ram, RamConfig, Start};
 pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};

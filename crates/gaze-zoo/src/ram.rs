@@ -19,8 +19,11 @@
 //! are sampled from the policy.
 //!
 //! Options: a `random_glimpses` ablation (locations uniform in [-1, 1], no policy; the paper's
-//! "random glimpses" rows) and Monte-Carlo averaging of the class probabilities over
-//! `mc_samples` sampled paths at evaluation.
+//! "random glimpses" rows); Monte-Carlo averaging of the class probabilities over
+//! `mc_samples` sampled paths at evaluation; and `eval_path = "mean"`, which evaluates the one
+//! deterministic path (every location at its distribution's mean: the first at the centre, the
+//! later ones at the policy mean, no noise), as the reference Torch implementation of the paper
+//! does outside training. Training always samples.
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
@@ -53,6 +56,18 @@ pub enum Start {
     Centre,
     /// Uniformly at random in [-1, 1]^2 (the public reimplementation's choice).
     Random,
+}
+
+/// Which path evaluation (validation, test, `gaze eval`) reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalPath {
+    /// A path sampled as in training (averaged over `mc_samples` paths when that is > 1).
+    #[default]
+    Sampled,
+    /// The deterministic path: the first glimpse at the centre (the mean of either start), each
+    /// later one at the policy mean.
+    Mean,
 }
 
 /// Settings of [`Ram`].
@@ -90,6 +105,8 @@ pub struct RamConfig {
     pub mc_samples: usize,
     /// Ablation: glimpse at uniformly random locations; no location policy is trained.
     pub random_glimpses: bool,
+    /// The path evaluation reads (training always samples).
+    pub eval_path: EvalPath,
 }
 
 impl Default for RamConfig {
@@ -111,6 +128,7 @@ impl Default for RamConfig {
             reinforce_weight: 0.01,
             mc_samples: 1,
             random_glimpses: false,
+            eval_path: EvalPath::Sampled,
         }
     }
 }
@@ -204,6 +222,13 @@ impl Ram {
         if cfg.mc_samples == 0 {
             return Err(msg("mc_samples must be >= 1".into()));
         }
+        if cfg.eval_path == EvalPath::Mean && (cfg.mc_samples > 1 || cfg.random_glimpses) {
+            return Err(msg(format!(
+                "eval_path = \"mean\" is one deterministic path: it cannot be averaged over mc_samples = {} \
+                 or combined with random_glimpses = {}",
+                cfg.mc_samples, cfg.random_glimpses
+            )));
+        }
         if !cfg.reinforce_weight.is_finite() || cfg.reinforce_weight < 0.0 {
             return Err(msg(format!("reinforce_weight = {} must be finite and >= 0", cfg.reinforce_weight)));
         }
@@ -268,15 +293,16 @@ impl Ram {
         }
     }
 
-    fn path(&self, images: &Tensor, rng: &mut Rng) -> Result<Path> {
+    /// One path through the batch: sampled, or (`mean`) every location at its distribution's mean.
+    fn path(&self, images: &Tensor, mean_path: bool, rng: &mut Rng) -> Result<Path> {
         let (b, dev) = (images.dim(0)?, images.device());
         let uniform = |rng: &mut Rng| -> Result<Tensor> {
             let xy: Vec<f32> = (0..b * 2).map(|_| rng.random_range(-1.0f32..=1.0)).collect();
             Tensor::from_vec(xy, (b, 2), dev)
         };
         let mut loc = match self.cfg.start {
-            Start::Centre => Tensor::zeros((b, 2), images.dtype(), dev)?,
-            Start::Random => uniform(rng)?,
+            Start::Random if !mean_path => uniform(rng)?,
+            _ => Tensor::zeros((b, 2), images.dtype(), dev)?,
         };
         let mut state: Option<CoreState> = None;
         let (mut log_pi, mut baselines, mut locations) = (vec![], vec![], vec![]);
@@ -290,7 +316,7 @@ impl Ram {
                     uniform(rng)?
                 } else {
                     let mean = self.location_mean(h)?;
-                    let sample = gaussian_sample(&mean, self.cfg.sigma, rng)?;
+                    let sample = if mean_path { mean.detach() } else { gaussian_sample(&mean, self.cfg.sigma, rng)? };
                     log_pi.push(gaussian_log_prob(&mean, self.cfg.sigma, &sample)?);
                     baselines.push(self.baseline.forward(&h.detach())?.squeeze(1)?);
                     sample.clamp(-1f32, 1f32)?
@@ -316,7 +342,8 @@ impl Model for Ram {
     /// Shapes: images (b, c, h, w) -> logits (b, classes); losses `classify`, `baseline`,
     /// `reinforce`; glimpse centres per step; statistics `reward` (mean R) and `baseline` (mean b_t).
     fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output> {
-        let path = self.path(&batch.images, rng)?;
+        let mean_path = !train && self.cfg.eval_path == EvalPath::Mean;
+        let path = self.path(&batch.images, mean_path, rng)?;
         let classify = candle_nn::loss::cross_entropy(&path.logits, &batch.targets)?;
         let reward = path.logits.argmax(D::Minus1)?.eq(&batch.targets)?.to_dtype(path.logits.dtype())?;
         let mut losses = vec![("classify".to_string(), classify)];
@@ -332,7 +359,7 @@ impl Model for Ram {
         let logits = if !train && self.cfg.mc_samples > 1 {
             let mut probs = candle_nn::ops::softmax(&path.logits, D::Minus1)?;
             for _ in 1..self.cfg.mc_samples {
-                probs = (probs + candle_nn::ops::softmax(&self.path(&batch.images, rng)?.logits, D::Minus1)?)?;
+                probs = (probs + candle_nn::ops::softmax(&self.path(&batch.images, false, rng)?.logits, D::Minus1)?)?;
             }
             (probs / self.cfg.mc_samples as f64)?.clamp(1e-30, 1.0)?.log()?
         } else {
@@ -432,14 +459,14 @@ mod tests {
         assert_eq!(locator.len(), 2);
         let mut opt = <candle_nn::optim::SGD as candle_nn::Optimizer>::new(locator, 0.5)?;
         let mean_x = |rng: &mut Rng| -> Result<f32> {
-            let p = model.path(&b.images, rng)?;
+            let p = model.path(&b.images, false, rng)?;
             let h0 = model.step(&model.glimpse(&b.images, &p.locations.narrow(1, 0, 1)?.squeeze(1)?)?, None)?;
             model.location_mean(h0.h())?.narrow(1, 0, 1)?.mean_all()?.to_scalar::<f32>()
         };
         let mut rng = Seed(6).rng();
         let before = mean_x(&mut rng)?;
         for _ in 0..60 {
-            let p = model.path(&b.images, &mut rng)?;
+            let p = model.path(&b.images, false, &mut rng)?;
             let (Some(log_pi), Some(_)) = (&p.log_pi, &p.baselines) else { panic!("sampled path") };
             // toy reward from where the second glimpse went, fixed baseline 0.5
             let x = p.locations.narrow(1, 1, 1)?.squeeze(1)?.narrow(1, 0, 1)?.squeeze(1)?;
@@ -476,6 +503,35 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("sigma"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn mean_path_evaluation_ignores_the_rng_and_training_still_samples() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = RamConfig { eval_path: EvalPath::Mean, start: Start::Random, sigma: 0.3, ..RamConfig::tiny() };
+        let vm = SeededVarMap::new(Seed(5));
+        let model = Ram::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
+        let b = batch(&dev, 4)?;
+        let centres = |train: bool, seed: u64| -> Result<Vec<Vec<(f32, f32)>>> {
+            match model.forward(&b, train, &mut Seed(seed).rng())?.attention {
+                Some(AttentionMap::Glimpses { centres, .. }) => Ok(centres),
+                _ => Err(candle_core::Error::Msg("no glimpses".into())),
+            }
+        };
+        let eval = centres(false, 1)?;
+        assert_eq!(eval, centres(false, 2)?, "the mean path does not depend on the rng");
+        assert!(eval.iter().all(|s| s[0] == (0.0, 0.0)), "first glimpse at the centre");
+        // The second location is the policy mean of the state after the first glimpse.
+        let g = model.glimpse(&b.images, &Tensor::zeros((4, 2), candle_core::DType::F32, &dev)?)?;
+        let mean = model.location_mean(model.step(&g, None)?.h())?.to_vec2::<f32>()?;
+        for (s, m) in eval.iter().zip(&mean) {
+            assert!((s[1].0 - m[0]).abs() < 1e-6 && (s[1].1 - m[1]).abs() < 1e-6, "{:?} vs {m:?}", s[1]);
+        }
+        assert_ne!(centres(true, 1)?, centres(true, 2)?, "training samples its path");
+        let both = RamConfig { mc_samples: 2, ..cfg };
+        let e = Ram::new(&both, (1, 8, 8), 3, vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("eval_path") && e.contains("mc_samples = 2"), "{e}");
         Ok(())
     }
 
