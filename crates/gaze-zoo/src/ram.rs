@@ -367,7 +367,11 @@ impl Model for Ram {
         };
         let locs = path.locations.to_vec3::<f32>()?;
         let centres = locs.iter().map(|steps| steps.iter().map(|xy| (xy[0], xy[1])).collect()).collect();
-        let title = if self.cfg.random_glimpses { "random glimpses" } else { "glimpse path" };
+        let title = match (self.cfg.random_glimpses, mean_path) {
+            (true, _) => "random glimpses",
+            (false, true) => "glimpse path (policy means)",
+            (false, false) => "glimpse path",
+        };
         Ok(Output {
             logits,
             losses,
@@ -520,6 +524,11 @@ mod tests {
             }
         };
         let eval = centres(false, 1)?;
+        let title = match model.forward(&b, false, &mut Seed(1).rng())?.attention {
+            Some(AttentionMap::Glimpses { title, .. }) => title,
+            _ => String::new(),
+        };
+        assert_eq!(title, "glimpse path (policy means)");
         assert_eq!(eval, centres(false, 2)?, "the mean path does not depend on the rng");
         assert!(eval.iter().all(|s| s[0] == (0.0, 0.0)), "first glimpse at the centre");
         // The second location is the policy mean of the state after the first glimpse.
