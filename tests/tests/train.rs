@@ -182,5 +182,38 @@ fn fresh_canvases_are_redrawn_per_epoch_and_reproducibly() -> anyhow::Result<()>
     assert_ne!(e1.pixels, e0.pixels);
     assert_ne!(e1.pixels, e2.pixels);
     assert_eq!(images(data.train_for_epoch(1, seed)?)?.pixels, e1.pixels);
+    // Every canvas names its digit's centre, and the digit's ink is there (a 28x28 digit's ink
+    // box centre lies within a few pixels of some stroke).
+    let test = data.test.as_images().ok_or_else(|| anyhow::anyhow!("digit images"))?;
+    let info = data.test.row_info(&(0..test.len()).collect::<Vec<_>>());
+    assert_eq!(info.len(), test.len());
+    for (i, row) in info.iter().enumerate() {
+        let [(x, y)] = row.focus[..] else { anyhow::bail!("canvas {i}: focus {:?}", row.focus) };
+        let (cx, cy) = ((x * test.cols as f32) as i64, (y * test.rows as f32) as i64);
+        let img = test.image(i).ok_or_else(|| anyhow::anyhow!("image {i}"))?;
+        let ink = (cy - 4..=cy + 4)
+            .flat_map(|py| (cx - 4..=cx + 4).map(move |px| (py, px)))
+            .filter(|&(py, px)| py >= 0 && px >= 0 && (py as usize) < test.rows && (px as usize) < test.cols)
+            .any(|(py, px)| img[py as usize * test.cols + px as usize] > 0);
+        assert!(ink, "canvas {i}: no ink near the digit centre ({cx}, {cy})");
+    }
+    Ok(())
+}
+
+/// On canvases, a RAM run reports how often its glimpses reached the digit, and the accuracy on
+/// either side of that split adds up to the test accuracy.
+#[test]
+fn ram_reports_whether_its_glimpses_reached_the_digit() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = quick_of("ram-cluttered-60")?;
+    let s = gaze_train::run(&cfg, &opts(tmp.path()))?;
+    let m = |k: &str| s.metrics.get(k).copied().ok_or_else(|| anyhow::anyhow!("no {k} in {:?}", s.metrics));
+    let on = m("glimpsed_digit_pct")?;
+    assert!((0.0..=100.0).contains(&on), "{on}");
+    let part = |k: &str, share: f64| if share > 0.0 { m(k).map(|a| a * share / 100.0) } else { Ok(0.0) };
+    let total = part("test_acc_glimpsed_pct", on)? + part("test_acc_not_glimpsed_pct", 100.0 - on)?;
+    assert!((total - m("test_acc_pct")?).abs() < 0.01, "{total} vs {:?}", s.metrics);
+    let report = std::fs::read_to_string(s.run_dir.join("report.md"))?;
+    assert!(report.contains("glimpsed_digit_pct"), "{report}");
     Ok(())
 }

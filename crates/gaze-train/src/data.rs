@@ -18,8 +18,10 @@ use crate::error::{Result, TrainError};
 /// The examples of one split.
 #[derive(Debug, Clone)]
 pub enum Examples {
-    /// Labelled single-channel images (one example = one image).
-    Images(LabeledImages),
+    /// Labelled single-channel images (one example = one image), with the centre of each image's
+    /// digit as fractions (x, y) of its width and height when the data knows it (generated
+    /// canvases), else empty.
+    Images(LabeledImages, Vec<(f32, f32)>),
     /// VQA (one example = one image with all its questions).
     Vqa(VqaSplit),
 }
@@ -61,7 +63,7 @@ impl Examples {
     /// Number of examples (images).
     pub fn len(&self) -> usize {
         match self {
-            Examples::Images(s) => s.len(),
+            Examples::Images(s, _) => s.len(),
             Examples::Vqa(v) => v.images.len(),
         }
     }
@@ -74,7 +76,7 @@ impl Examples {
     /// Number of rows (images, or questions).
     pub fn rows(&self) -> usize {
         match self {
-            Examples::Images(s) => s.len(),
+            Examples::Images(s, _) => s.len(),
             Examples::Vqa(v) => v.records.iter().map(Vec::len).sum(),
         }
     }
@@ -82,7 +84,7 @@ impl Examples {
     /// The digit images, when this is an image set.
     pub fn as_images(&self) -> Option<&LabeledImages> {
         match self {
-            Examples::Images(s) => Some(s),
+            Examples::Images(s, _) => Some(s),
             Examples::Vqa(_) => None,
         }
     }
@@ -90,7 +92,7 @@ impl Examples {
     /// Examples `idx` as a batch.
     pub fn batch(&self, idx: &[usize], device: &Device) -> Result<Batch> {
         match self {
-            Examples::Images(s) => {
+            Examples::Images(s, _) => {
                 let b = s.batch(idx, device)?;
                 Ok(Batch::images(b.images, b.labels))
             }
@@ -101,7 +103,7 @@ impl Examples {
     /// What each row of `batch(idx)` is.
     pub fn row_info(&self, idx: &[usize]) -> Vec<RowInfo> {
         match self {
-            Examples::Images(s) => idx
+            Examples::Images(s, centres) => idx
                 .iter()
                 .enumerate()
                 .map(|(k, &i)| RowInfo {
@@ -111,7 +113,7 @@ impl Examples {
                     truth: s.labels.get(i).map(|l| l.to_string()).unwrap_or_default(),
                     question: String::new(),
                     image: k,
-                    focus: vec![],
+                    focus: centres.get(i).map(|&c| vec![c]).unwrap_or_default(),
                 })
                 .collect(),
             Examples::Vqa(v) => {
@@ -146,7 +148,7 @@ impl Examples {
     pub fn image(&self, i: usize) -> Result<Image> {
         let missing = || TrainError::Other(format!("example {i} of {}", self.len()));
         match self {
-            Examples::Images(s) => Ok(Image::grey(s.rows, s.cols, s.image(i).ok_or_else(missing)?.to_vec())?),
+            Examples::Images(s, _) => Ok(Image::grey(s.rows, s.cols, s.image(i).ok_or_else(missing)?.to_vec())?),
             Examples::Vqa(v) => {
                 let j = *v.images.get(i).ok_or_else(missing)?;
                 v.set.images.get(j).cloned().ok_or_else(missing)
@@ -231,7 +233,8 @@ impl Prepared {
     pub fn train_for_epoch(&self, epoch: usize, seed: Seed) -> Result<Option<Examples>> {
         match &self.fresh {
             Some((canvas, digits)) if epoch > 0 => {
-                Ok(Some(Examples::Images(canvases(canvas, digits, seed.stream("data/train").index(epoch as u64))?)))
+                let (set, centres) = canvases(canvas, digits, seed.stream("data/train").index(epoch as u64))?;
+                Ok(Some(Examples::Images(set, centres)))
             }
             _ => Ok(None),
         }
@@ -242,12 +245,17 @@ impl Prepared {
         DataShape { input: self.input, classes: self.classes, vocab: self.vocab, code_dim: self.code_dim }
     }
 
-    fn images(train: LabeledImages, val: LabeledImages, test: LabeledImages, description: String) -> Self {
-        let input = (1, train.rows, train.cols);
+    fn images(
+        train: Examples,
+        val: Examples,
+        test: Examples,
+        input: (usize, usize, usize),
+        description: String,
+    ) -> Self {
         Prepared {
-            train: Examples::Images(train),
-            val: Examples::Images(val),
-            test: Examples::Images(test),
+            train,
+            val,
+            test,
             input,
             classes: 10,
             vocab: 0,
@@ -259,8 +267,9 @@ impl Prepared {
     }
 }
 
-/// Every digit of `set` placed on its own canvas.
-fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<LabeledImages> {
+/// Every digit of `set` placed on its own canvas, with the centre of each digit's ink box as
+/// fractions of the canvas side.
+fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<(LabeledImages, Vec<(f32, f32)>)> {
     let g = MnistCanvas::new(cfg.clone(), set, seed)?;
     let mut out = LabeledImages {
         rows: cfg.canvas,
@@ -268,12 +277,21 @@ fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<Label
         pixels: Vec::with_capacity(g.len() * cfg.canvas * cfg.canvas),
         labels: Vec::with_capacity(g.len()),
     };
+    let mut centres = Vec::with_capacity(g.len());
+    let side = cfg.canvas.max(1) as f32;
     for i in 0..g.len() {
         let s = g.sample(i)?;
         out.pixels.extend_from_slice(&s.image.data);
         out.labels.push(s.label);
+        if let Some(d) = s.boxes.iter().find(|b| b.label == "digit") {
+            let (x, y) = d.bbox.centre();
+            centres.push((x / side, y / side));
+        }
     }
-    Ok(out)
+    if centres.len() != out.len() {
+        return Err(TrainError::Other(format!("canvases: {} digit boxes for {} canvases", centres.len(), out.len())));
+    }
+    Ok((out, centres))
 }
 
 fn digits(m: &MnistData) -> Result<(LabeledImages, LabeledImages, LabeledImages, String)> {
@@ -293,13 +311,16 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
     match cfg {
         DataConfig::Mnist(m) => {
             let (train, val, test, description) = digits(m)?;
-            Ok(Prepared::images(train, val, test, description))
+            let input = (1, train.rows, train.cols);
+            let plain = |s| Examples::Images(s, vec![]);
+            Ok(Prepared::images(plain(train), plain(val), plain(test), input, description))
         }
         DataConfig::MnistCanvas(c) => {
             let (train, val, test, desc) = digits(&c.digits)?;
             let gen =
                 |set: &LabeledImages, split: &str| canvases(&c.canvas, set, seed.stream(&format!("data/{split}")));
             let (train_canvases, val, test) = (gen(&train, "train")?, gen(&val, "val")?, gen(&test, "test")?);
+            let input = (1, c.canvas.canvas, c.canvas.canvas);
             let description = format!(
                 "{}x{} canvas, {} clutter crops{}, from {desc}",
                 c.canvas.canvas,
@@ -307,7 +328,8 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 c.canvas.distractors,
                 if c.fresh_each_epoch { ", training canvases redrawn every epoch" } else { "" }
             );
-            let mut p = Prepared::images(train_canvases, val, test, description);
+            let [train_canvases, val, test] = [train_canvases, val, test].map(|(s, c)| Examples::Images(s, c));
+            let mut p = Prepared::images(train_canvases, val, test, input, description);
             p.fresh = c.fresh_each_epoch.then(|| (c.canvas.clone(), train));
             Ok(p)
         }
@@ -426,7 +448,7 @@ fn vqa_prepared(splits: [Examples; 3], encoder: Arc<VqaEncoder>, description: St
             let code = v.records.first().and_then(|r| r.first()).and_then(|&r| v.set.records.get(r));
             (input, code.map_or(0, |r| r.q.code.len()))
         }
-        Examples::Images(s) => ((1, s.rows, s.cols), 0),
+        Examples::Images(s, _) => ((1, s.rows, s.cols), 0),
     };
     let description = format!(
         "{description}; {} / {} / {} questions, {} words, {} answers",

@@ -186,7 +186,7 @@ pub fn pictures(
         return Ok(());
     }
     let pages = match &data.test {
-        Examples::Images(set) => {
+        Examples::Images(set, _) => {
             let right: Vec<usize> = (0..set.len())
                 .filter(|&i| test.predictions.get(i).is_some_and(|&p| p == u32::from(set.labels[i])))
                 .take(n)
@@ -336,6 +336,19 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
             md += &format!("| {k} | {v} |\n");
         }
         md += "\n";
+    }
+    if let Some(on) = s.metrics.get("glimpsed_digit_pct") {
+        let acc = |k: &str| s.metrics.get(k).map_or(String::from("-"), |a| format!("{a:.2}%"));
+        md += &format!(
+            "## Did the glimpses reach the digit? (test)\n\n\
+             A glimpse reached the digit when the centre of the digit's ink box lay inside its finest patch \
+             (glimpses after the first, which the policy chose).\n\n\
+             | | share of images | accuracy |\n|---|---|---|\n\
+             | reached | {on:.2}% | {} |\n| not reached | {:.2}% | {} |\n\n",
+            acc("test_acc_glimpsed_pct"),
+            100.0 - on,
+            acc("test_acc_not_glimpsed_pct")
+        );
     }
     if !s.per_kind.is_empty() {
         md += "## Per question kind (test)\n\nFocus: the objects a question is about (when the data names them); \

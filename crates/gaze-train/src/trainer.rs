@@ -211,7 +211,7 @@ pub fn shifted_batch(
         }
         shifted.labels.push(set.labels[i]);
     }
-    Examples::Images(shifted).batch(&(0..idx.len()).collect::<Vec<_>>(), device)
+    Examples::Images(shifted, vec![]).batch(&(0..idx.len()).collect::<Vec<_>>(), device)
 }
 
 /// Accuracy, mean loss per term and every prediction of `model` on `set`.
@@ -237,8 +237,25 @@ pub struct Evaluation {
     /// Per question kind (hard attention, questions with focus objects): the tallies of the
     /// questions whose every focus object's centre cell was kept, and of the others.
     pub focus_by_kind: BTreeMap<String, (Tally, Tally)>,
+    /// Glimpse models on images whose digit position is known: the tallies of the images where
+    /// the finest patch of a glimpse after the first covered the digit's centre
+    /// ([`glimpse_covers`]), and of the others.
+    pub digit_glimpsed: (Tally, Tally),
     /// Rows per second of the forward passes alone.
     pub samples_per_s: f64,
+}
+
+/// Whether the finest patch (`patch` pixels square, cut as the retina cuts it) of some glimpse
+/// after the first covers `point`, given as fractions (x, y) of the image's width and height.
+/// Glimpse centres are in [-1, 1]; the first glimpse is skipped because the policy did not
+/// choose it.
+pub fn glimpse_covers(centres: &[(f32, f32)], patch: usize, (h, w): (usize, usize), point: (f32, f32)) -> bool {
+    let (px, py) = (point.0 * w as f32, point.1 * h as f32);
+    let locs: Vec<f32> = centres.iter().skip(1).flat_map(|&(x, y)| [x, y]).collect();
+    gaze_tensor::glimpse::corners(&locs, h, w, patch).iter().any(|&(x0, y0)| {
+        let inside = |p: f32, lo: i64| p >= lo as f32 && p < (lo + patch as i64) as f32;
+        inside(px, x0) && inside(py, y0)
+    })
 }
 
 /// Whether the grid cells (a (rows, cols) 0/1 mask) holding every point (x, y), given as
@@ -260,6 +277,7 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
         (Tally::default(), BTreeMap::new(), Tally::default(), Tally::default());
     let mut kept: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     let mut focus_by_kind: BTreeMap<String, (Tally, Tally)> = BTreeMap::new();
+    let mut digit_glimpsed = (Tally::default(), Tally::default());
     let (mut unknown, mut forward_s) = (0u64, 0f64);
     // VQA examples carry ~10-20 questions each: batch by questions, not images.
     let per = if set.is_empty() { 1 } else { (set.rows() / set.len()).max(1) };
@@ -276,6 +294,13 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
             Some(gaze_zoo::AttentionMap::Cells { mask, .. }) => Some(mask.to_vec3::<f32>()?),
             _ => None,
         };
+        let glimpses = match &out.attention {
+            Some(gaze_zoo::AttentionMap::Glimpses { centres, sizes, .. }) => {
+                let hw = (b.images.dim(2)?, b.images.dim(3)?);
+                sizes.first().map(|&patch| (centres, patch, hw))
+            }
+            _ => None,
+        };
         for (r, (pred, truth)) in p.iter().zip(&t).enumerate() {
             let ri = info.get(r);
             let known = ri.is_none_or(|i| i.known);
@@ -286,6 +311,10 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
                 tally.correct += u64::from(ok);
             };
             add(&mut all);
+            if let (Some((centres, patch, hw)), Some(&digit)) = (glimpses, ri.and_then(|i| i.focus.first())) {
+                let path = centres.get(r).map_or(&[][..], Vec::as_slice);
+                add(if glimpse_covers(path, patch, hw, digit) { &mut digit_glimpsed.0 } else { &mut digit_glimpsed.1 });
+            }
             if let Some(i) = ri.filter(|i| !i.kind.is_empty()) {
                 add(by_kind.entry(i.kind.clone()).or_default());
                 add(if i.relational { &mut rel } else { &mut nonrel });
@@ -326,6 +355,7 @@ pub fn evaluate(model: &dyn Model, set: &Examples, batch: usize, seed: Seed, dev
         unknown_answers: unknown,
         kept_by_kind: kept.into_iter().map(|(k, (s, c))| (k, round4(s / c.max(1) as f64))).collect(),
         focus_by_kind,
+        digit_glimpsed,
         samples_per_s: all.total as f64 / forward_s.max(1e-9),
     })
 }
@@ -563,6 +593,19 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
                 }
             }
         }
+        let (on, off) = test.digit_glimpsed;
+        if on.total + off.total > 0 {
+            metrics.insert(
+                "glimpsed_digit_pct".to_string(),
+                round4(100.0 * on.total as f64 / (on.total + off.total) as f64),
+            );
+            if on.total > 0 {
+                metrics.insert("test_acc_glimpsed_pct".to_string(), round4(on.pct()));
+            }
+            if off.total > 0 {
+                metrics.insert("test_acc_not_glimpsed_pct".to_string(), round4(off.pct()));
+            }
+        }
         test_stats = test.stats.clone();
         for (kind, t) in &test.by_kind {
             let kept_pct = test.kept_by_kind.get(kind).copied();
@@ -650,6 +693,22 @@ pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_glimpse_covers_the_points_inside_its_finest_patch() {
+        // 60x60 image, 12-pixel patch: l = (0, 0) is pixel 30, its patch spans [24, 36).
+        let at = |x: f32, y: f32| (x / 60.0, y / 60.0);
+        let path = [(-1.0, -1.0), (0.0, 0.0)];
+        assert!(glimpse_covers(&path, 12, (60, 60), at(30.0, 30.0)));
+        assert!(glimpse_covers(&path, 12, (60, 60), at(24.0, 35.9)));
+        assert!(!glimpse_covers(&path, 12, (60, 60), at(36.0, 30.0)), "right edge is outside");
+        assert!(!glimpse_covers(&path, 12, (60, 60), at(30.0, 23.9)));
+        assert!(!glimpse_covers(&[(0.0, 0.0)], 12, (60, 60), at(30.0, 30.0)), "the first glimpse is not the policy's");
+        assert!(!glimpse_covers(&[(0.0, 0.0), (0.5, 0.5)], 12, (60, 60), at(30.0, 30.0)), "(0.5, 0.5) is pixel 45");
+        // Height and width are told apart: a 40-high, 80-wide image, l = (0.5, 0) is pixel (60, 20).
+        assert!(glimpse_covers(&[(0.0, 0.0), (0.5, 0.0)], 4, (40, 80), (60.0 / 80.0, 20.0 / 40.0)));
+        assert!(!glimpse_covers(&[(0.0, 0.0), (0.0, 0.5)], 4, (40, 80), (60.0 / 80.0, 20.0 / 40.0)));
+    }
 
     #[test]
     fn focus_cells_are_found_by_their_centres() {

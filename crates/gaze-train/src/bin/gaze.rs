@@ -100,12 +100,21 @@ fn main() -> anyhow::Result<()> {
             if rel.total + nonrel.total > 0 {
                 println!("non-relational {:.2}%, relational {:.2}%", nonrel.pct(), rel.pct());
             }
+            let acc = |t: &trainer::Tally| if t.total > 0 { format!("{:.1}%", t.pct()) } else { "-".into() };
+            let (on, off) = &e.digit_glimpsed;
+            if on.total + off.total > 0 {
+                println!(
+                    "a glimpse after the first covered the digit's centre in {} of {} images ({} right), not in the others ({} right)",
+                    on.total,
+                    on.total + off.total,
+                    acc(on),
+                    acc(off)
+                );
+            }
             for (kind, t) in &e.by_kind {
                 let kept = e.kept_by_kind.get(kind).map_or(String::new(), |k| format!(", {k:.1}% of cells kept"));
                 let focus =
                     e.focus_by_kind.get(kind).filter(|(a, b)| a.total + b.total > 0).map_or(String::new(), |(a, b)| {
-                        let acc =
-                            |t: &trainer::Tally| if t.total > 0 { format!("{:.1}%", t.pct()) } else { "-".into() };
                         format!(
                             "; focus kept for {} of {} ({} right), missed ({} right)",
                             a.total,
