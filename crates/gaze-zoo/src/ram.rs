@@ -22,8 +22,7 @@
 //! "random glimpses" rows); Monte-Carlo averaging of the class probabilities over
 //! `mc_samples` sampled paths at evaluation; and `eval_path = "mean"`, which evaluates the one
 //! deterministic path (every location at its distribution's mean: the first at the centre, the
-//! later ones at the policy mean, no noise), as the reference Torch implementation of the paper
-//! does outside training. Training always samples.
+//! later ones at the policy mean, no noise). Training always samples.
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
