@@ -177,6 +177,17 @@ impl Tally {
     }
 }
 
+/// Rows split into those that met a condition (`a`) and the others (`b`), as percentages rounded
+/// to 4 places: the share of `a`, and the accuracy on each side (None for an empty side).
+/// None when there are no rows.
+fn split_pcts((a, b): &(Tally, Tally)) -> Option<(f64, Option<f64>, Option<f64>)> {
+    let n = a.total + b.total;
+    (n > 0).then(|| {
+        let acc = |t: &Tally| (t.total > 0).then(|| round4(t.pct()));
+        (round4(100.0 * a.total as f64 / n as f64), acc(a), acc(b))
+    })
+}
+
 /// A training batch whose images are shifted by up to `max` pixels each way (uniform per image,
 /// drawn from `rng`), zeros filling in.
 pub fn shifted_batch(
@@ -593,32 +604,27 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
                 }
             }
         }
-        let (on, off) = test.digit_glimpsed;
-        if on.total + off.total > 0 {
-            metrics.insert(
-                "glimpsed_digit_pct".to_string(),
-                round4(100.0 * on.total as f64 / (on.total + off.total) as f64),
-            );
-            if on.total > 0 {
-                metrics.insert("test_acc_glimpsed_pct".to_string(), round4(on.pct()));
-            }
-            if off.total > 0 {
-                metrics.insert("test_acc_not_glimpsed_pct".to_string(), round4(off.pct()));
+        if let Some((share, on, off)) = split_pcts(&test.digit_glimpsed) {
+            metrics.insert("glimpsed_digit_pct".to_string(), share);
+            for (key, acc) in [("test_acc_glimpsed_pct", on), ("test_acc_not_glimpsed_pct", off)] {
+                if let Some(acc) = acc {
+                    metrics.insert(key.to_string(), acc);
+                }
             }
         }
         test_stats = test.stats.clone();
         for (kind, t) in &test.by_kind {
             let kept_pct = test.kept_by_kind.get(kind).copied();
-            let focus = test.focus_by_kind.get(kind).filter(|(a, b)| a.total + b.total > 0);
+            let focus = test.focus_by_kind.get(kind).and_then(split_pcts);
             per_kind.insert(
                 kind.clone(),
                 KindSummary {
                     acc_pct: round4(t.pct()),
                     questions: t.total,
                     kept_pct,
-                    focus_kept_pct: focus.map(|(a, b)| round4(100.0 * a.total as f64 / (a.total + b.total) as f64)),
-                    acc_focus_kept_pct: focus.filter(|(a, _)| a.total > 0).map(|(a, _)| round4(a.pct())),
-                    acc_focus_missed_pct: focus.filter(|(_, b)| b.total > 0).map(|(_, b)| round4(b.pct())),
+                    focus_kept_pct: focus.map(|(share, _, _)| share),
+                    acc_focus_kept_pct: focus.and_then(|(_, kept, _)| kept),
+                    acc_focus_missed_pct: focus.and_then(|(_, _, missed)| missed),
                 },
             );
         }
