@@ -59,6 +59,21 @@ pub enum Head {
     Pooled,
 }
 
+/// How the relational head scales its sum over pairs of kept cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairNorm {
+    /// The plain sum over the m^2 pairs (the Relation Networks head).
+    #[default]
+    Sum,
+    /// The sum divided by m, the example's kept cells: it grows like m, as a count of cells does,
+    /// not like m^2. With `adaptive`, m varies per example and a plain sum moves the f-MLP's input
+    /// by the square of that spread.
+    PerCell,
+    /// The mean over the m^2 pairs.
+    Mean,
+}
+
 /// How the question is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -98,6 +113,8 @@ pub struct HanConfig {
     pub g_layers: usize,
     /// Width of the f-MLP (both heads).
     pub f_hidden: usize,
+    /// How the relational head scales its sum over pairs.
+    pub pair_norm: PairNorm,
     /// Per-cell layers (a 1x1 convolution and ReLU each, width kept) applied after the question
     /// is added and before presence is measured. With none, presence is ||cell + q||^2, whose
     /// ranking of cells moves with the question only through <cell, q>; a fusion layer lets
@@ -133,6 +150,7 @@ impl Default for HanConfig {
             g_hidden: 128,
             g_layers: 3,
             f_hidden: 128,
+            pair_norm: PairNorm::Sum,
             fuse_layers: 0,
             coords_in_presence: true,
             sub_cells: false,
@@ -156,6 +174,7 @@ impl HanConfig {
             g_hidden: 8,
             g_layers: 2,
             f_hidden: 8,
+            pair_norm: PairNorm::Sum,
             fuse_layers: 0,
             coords_in_presence: true,
             sub_cells: false,
@@ -429,6 +448,24 @@ impl Han {
                         }
                     }
                 };
+                let pooled = match self.cfg.pair_norm {
+                    PairNorm::Sum => pooled,
+                    norm => {
+                        let scale: Vec<f32> = sel
+                            .counts
+                            .iter()
+                            .map(|&c| {
+                                let c = c.max(1) as f32;
+                                if norm == PairNorm::Mean {
+                                    1.0 / (c * c)
+                                } else {
+                                    1.0 / c
+                                }
+                            })
+                            .collect();
+                        pooled.broadcast_mul(&Tensor::from_vec(scale, (nq, 1), pooled.device())?)?
+                    }
+                };
                 f2.forward(&f1.forward(&pooled)?.relu()?)
             }
             HeadNet::Pooled { f1, f2 } => {
@@ -685,33 +722,46 @@ mod tests {
     fn adaptive_relational_head_on_kept_pairs_matches_each_row_alone() -> Result<()> {
         // Rows keeping different numbers of cells are answered from their kept pairs only: the
         // batched head gives each row what the dense head gives on that row's kept cells alone.
+        // Each row's sum over pairs is scaled by its own count (pair_norm), not the batch's.
         let dev = Device::Cpu;
         let mut r = Seed(3).rng();
-        let cfg = HanConfig { question: QuestionInput::Code, ..HanConfig::tiny(Selection::Adaptive, Head::Relational) };
-        let vm = SeededVarMap::new(Seed(0));
-        let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
-        let (q, n, d) = (6, model.grid.0 * model.grid.1, model.cell_dim - 2);
+        let (q, d) = (6, 6);
         let x = Tensor::from_vec(
-            (0..q * n * d).map(|_| r.random::<f32>() * 2.0 - 1.0).collect::<Vec<_>>(),
-            (q, n, d),
+            (0..q * 16 * d).map(|_| r.random::<f32>() * 2.0 - 1.0).collect::<Vec<_>>(),
+            (q, 16, d),
             &dev,
         )?;
         let code = Tensor::from_vec((0..q * 4).map(|_| r.random::<f32>()).collect::<Vec<_>>(), (q, 4), &dev)?;
-        let sel = model.select_scored(&model.with_coords(&x)?, &x)?;
-        assert!(sel.counts.iter().any(|&c| c != sel.counts[0]), "counts {:?} should differ", sel.counts);
-        let batched = f32s(&model.head(&sel, &code)?)?;
-        for (row, &c) in sel.counts.iter().enumerate() {
-            let alone = Selected {
-                cells: sel.cells.narrow(0, row, 1)?.narrow(1, 0, c)?,
-                valid: None,
-                map: sel.map.narrow(0, row, 1)?,
-                counts: vec![c],
+        let mut answers = Vec::new();
+        for pair_norm in [PairNorm::Sum, PairNorm::PerCell, PairNorm::Mean] {
+            let cfg = HanConfig {
+                question: QuestionInput::Code,
+                pair_norm,
+                ..HanConfig::tiny(Selection::Adaptive, Head::Relational)
             };
-            let want = f32s(&model.head(&alone, &code.narrow(0, row, 1)?)?)?;
-            for (a, b) in batched[row].iter().zip(&want[0]) {
-                assert!((a - b).abs() < 1e-5, "row {row} ({c} cells): {a} vs {b}");
+            let vm = SeededVarMap::new(Seed(0));
+            let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
+            assert_eq!((model.grid.0 * model.grid.1, model.cell_dim - 2), (16, d));
+            let sel = model.select_scored(&model.with_coords(&x)?, &x)?;
+            assert!(sel.counts.iter().any(|&c| c != sel.counts[0]), "counts {:?} should differ", sel.counts);
+            let batched = f32s(&model.head(&sel, &code)?)?;
+            for (row, &c) in sel.counts.iter().enumerate() {
+                let alone = Selected {
+                    cells: sel.cells.narrow(0, row, 1)?.narrow(1, 0, c)?,
+                    valid: None,
+                    map: sel.map.narrow(0, row, 1)?,
+                    counts: vec![c],
+                };
+                let want = f32s(&model.head(&alone, &code.narrow(0, row, 1)?)?)?;
+                for (a, b) in batched[row].iter().zip(&want[0]) {
+                    assert!((a - b).abs() < 1e-5, "{pair_norm:?} row {row} ({c} cells): {a} vs {b}");
+                }
             }
+            answers.push(batched);
         }
+        // Same weights, different scaling: the answers differ, so the option reaches the head.
+        assert_ne!(answers[0], answers[1]);
+        assert_ne!(answers[1], answers[2]);
         Ok(())
     }
 

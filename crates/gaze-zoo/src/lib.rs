@@ -13,7 +13,7 @@ pub mod soft_attention_mnist;
 mod test_util;
 
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
-pub use han::{Han, HanConfig, Head, QuestionInput, Selection};
+pub use han::{Han, HanConfig, Head, PairNorm, QuestionInput, Selection};
 pub use model::{build, AttentionMap, Batch, DataShape, Model, ModelConfig, Output, Questions};
 pub use ram::{Core, EvalPath, Ram, RamConfig, Start};
 pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};
