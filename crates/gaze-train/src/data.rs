@@ -18,10 +18,14 @@ use crate::error::{Result, TrainError};
 /// The examples of one split.
 #[derive(Debug, Clone)]
 pub enum Examples {
-    /// Labelled single-channel images (one example = one image), with the centre of each image's
-    /// digit as fractions (x, y) of its width and height when the data knows it (generated
-    /// canvases), else empty.
-    Images(LabeledImages, Vec<(f32, f32)>),
+    /// Labelled single-channel images (one example = one image).
+    Images {
+        /// The images and labels.
+        set: LabeledImages,
+        /// The centre of each image's digit as fractions (x, y) of its width and height when the
+        /// data knows it (generated canvases), else empty.
+        centres: Vec<(f32, f32)>,
+    },
     /// VQA (one example = one image with all its questions).
     Vqa(VqaSplit),
 }
@@ -63,7 +67,7 @@ impl Examples {
     /// Number of examples (images).
     pub fn len(&self) -> usize {
         match self {
-            Examples::Images(s, _) => s.len(),
+            Examples::Images { set: s, .. } => s.len(),
             Examples::Vqa(v) => v.images.len(),
         }
     }
@@ -76,7 +80,7 @@ impl Examples {
     /// Number of rows (images, or questions).
     pub fn rows(&self) -> usize {
         match self {
-            Examples::Images(s, _) => s.len(),
+            Examples::Images { set: s, .. } => s.len(),
             Examples::Vqa(v) => v.records.iter().map(Vec::len).sum(),
         }
     }
@@ -84,7 +88,7 @@ impl Examples {
     /// The digit images, when this is an image set.
     pub fn as_images(&self) -> Option<&LabeledImages> {
         match self {
-            Examples::Images(s, _) => Some(s),
+            Examples::Images { set: s, .. } => Some(s),
             Examples::Vqa(_) => None,
         }
     }
@@ -92,7 +96,7 @@ impl Examples {
     /// Examples `idx` as a batch.
     pub fn batch(&self, idx: &[usize], device: &Device) -> Result<Batch> {
         match self {
-            Examples::Images(s, _) => {
+            Examples::Images { set: s, .. } => {
                 let b = s.batch(idx, device)?;
                 Ok(Batch::images(b.images, b.labels))
             }
@@ -103,7 +107,7 @@ impl Examples {
     /// What each row of `batch(idx)` is.
     pub fn row_info(&self, idx: &[usize]) -> Vec<RowInfo> {
         match self {
-            Examples::Images(s, centres) => idx
+            Examples::Images { set: s, centres } => idx
                 .iter()
                 .enumerate()
                 .map(|(k, &i)| RowInfo {
@@ -148,7 +152,9 @@ impl Examples {
     pub fn image(&self, i: usize) -> Result<Image> {
         let missing = || TrainError::Other(format!("example {i} of {}", self.len()));
         match self {
-            Examples::Images(s, _) => Ok(Image::grey(s.rows, s.cols, s.image(i).ok_or_else(missing)?.to_vec())?),
+            Examples::Images { set: s, .. } => {
+                Ok(Image::grey(s.rows, s.cols, s.image(i).ok_or_else(missing)?.to_vec())?)
+            }
             Examples::Vqa(v) => {
                 let j = *v.images.get(i).ok_or_else(missing)?;
                 v.set.images.get(j).cloned().ok_or_else(missing)
@@ -234,7 +240,7 @@ impl Prepared {
         match &self.fresh {
             Some((canvas, digits)) if epoch > 0 => {
                 let (set, centres) = canvases(canvas, digits, seed.stream("data/train").index(epoch as u64))?;
-                Ok(Some(Examples::Images(set, centres)))
+                Ok(Some(Examples::Images { set, centres }))
             }
             _ => Ok(None),
         }
@@ -312,7 +318,7 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
         DataConfig::Mnist(m) => {
             let (train, val, test, description) = digits(m)?;
             let input = (1, train.rows, train.cols);
-            let plain = |s| Examples::Images(s, vec![]);
+            let plain = |set| Examples::Images { set, centres: vec![] };
             Ok(Prepared::images(plain(train), plain(val), plain(test), input, description))
         }
         DataConfig::MnistCanvas(c) => {
@@ -328,7 +334,8 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 c.canvas.distractors,
                 if c.fresh_each_epoch { ", training canvases redrawn every epoch" } else { "" }
             );
-            let [train_canvases, val, test] = [train_canvases, val, test].map(|(s, c)| Examples::Images(s, c));
+            let [train_canvases, val, test] =
+                [train_canvases, val, test].map(|(set, centres)| Examples::Images { set, centres });
             let mut p = Prepared::images(train_canvases, val, test, input, description);
             p.fresh = c.fresh_each_epoch.then(|| (c.canvas.clone(), train));
             Ok(p)
@@ -448,7 +455,7 @@ fn vqa_prepared(splits: [Examples; 3], encoder: Arc<VqaEncoder>, description: St
             let code = v.records.first().and_then(|r| r.first()).and_then(|&r| v.set.records.get(r));
             (input, code.map_or(0, |r| r.q.code.len()))
         }
-        Examples::Images(s, _) => ((1, s.rows, s.cols), 0),
+        Examples::Images { set: s, .. } => ((1, s.rows, s.cols), 0),
     };
     let description = format!(
         "{description}; {} / {} / {} questions, {} words, {} answers",

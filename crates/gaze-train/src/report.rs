@@ -186,7 +186,7 @@ pub fn pictures(
         return Ok(());
     }
     let pages = match &data.test {
-        Examples::Images(set, _) => {
+        Examples::Images { set, .. } => {
             let right: Vec<usize> = (0..set.len())
                 .filter(|&i| test.predictions.get(i).is_some_and(|&p| p == u32::from(set.labels[i])))
                 .take(n)

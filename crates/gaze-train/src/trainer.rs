@@ -222,7 +222,7 @@ pub fn shifted_batch(
         }
         shifted.labels.push(set.labels[i]);
     }
-    Examples::Images(shifted, vec![]).batch(&(0..idx.len()).collect::<Vec<_>>(), device)
+    Examples::Images { set: shifted, centres: vec![] }.batch(&(0..idx.len()).collect::<Vec<_>>(), device)
 }
 
 /// Accuracy, mean loss per term and every prediction of `model` on `set`.
