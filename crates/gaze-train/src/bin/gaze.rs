@@ -101,12 +101,15 @@ fn main() -> anyhow::Result<()> {
                 println!("non-relational {:.2}%, relational {:.2}%", nonrel.pct(), rel.pct());
             }
             let acc = |t: &trainer::Tally| if t.total > 0 { format!("{:.1}%", t.pct()) } else { "-".into() };
+            let share =
+                |a: &trainer::Tally, b: &trainer::Tally| 100.0 * a.total as f64 / (a.total + b.total).max(1) as f64;
             let (on, off) = &e.digit_glimpsed;
             if on.total + off.total > 0 {
                 println!(
-                    "a glimpse after the first covered the digit's centre in {} of {} images ({} right), not in the others ({} right)",
+                    "a glimpse after the first covered the digit's centre in {} of {} images ({:.1}%; {} right), not in the others ({} right)",
                     on.total,
                     on.total + off.total,
+                    share(on, off),
                     acc(on),
                     acc(off)
                 );
@@ -116,9 +119,10 @@ fn main() -> anyhow::Result<()> {
                 let focus =
                     e.focus_by_kind.get(kind).filter(|(a, b)| a.total + b.total > 0).map_or(String::new(), |(a, b)| {
                         format!(
-                            "; focus kept for {} of {} ({} right), missed ({} right)",
+                            "; focus kept for {} of {} ({:.1}%; {} right), missed ({} right)",
                             a.total,
                             a.total + b.total,
+                            share(a, b),
                             acc(a),
                             acc(b)
                         )
