@@ -68,7 +68,8 @@ pub enum PairNorm {
     Sum,
     /// The sum divided by m, the example's kept cells: it grows like m, as a count of cells does,
     /// not like m^2. With `adaptive`, m varies per example and a plain sum moves the f-MLP's input
-    /// by the square of that spread.
+    /// by the square of that spread. (On barn AdaHAN it made the net keep fewer cells and learn
+    /// slower: see `experiments/adahan-barn.toml`.)
     PerCell,
     /// The mean over the m^2 pairs.
     Mean,
