@@ -180,7 +180,7 @@ impl Tally {
 /// Rows split into those that met a condition (`a`) and the others (`b`), as percentages rounded
 /// to 4 places: the share of `a`, and the accuracy on each side (None for an empty side).
 /// None when there are no rows.
-fn split_pcts((a, b): &(Tally, Tally)) -> Option<(f64, Option<f64>, Option<f64>)> {
+pub fn split_pcts((a, b): &(Tally, Tally)) -> Option<(f64, Option<f64>, Option<f64>)> {
     let n = a.total + b.total;
     (n > 0).then(|| {
         let acc = |t: &Tally| (t.total > 0).then(|| round4(t.pct()));

@@ -100,33 +100,31 @@ fn main() -> anyhow::Result<()> {
             if rel.total + nonrel.total > 0 {
                 println!("non-relational {:.2}%, relational {:.2}%", nonrel.pct(), rel.pct());
             }
-            let acc = |t: &trainer::Tally| if t.total > 0 { format!("{:.1}%", t.pct()) } else { "-".into() };
-            let share =
-                |a: &trainer::Tally, b: &trainer::Tally| 100.0 * a.total as f64 / (a.total + b.total).max(1) as f64;
-            let (on, off) = &e.digit_glimpsed;
-            if on.total + off.total > 0 {
+            let acc = |pct: Option<f64>| pct.map_or("-".into(), |p| format!("{p:.1}%"));
+            if let Some((share, on_acc, off_acc)) = trainer::split_pcts(&e.digit_glimpsed) {
+                let (on, off) = &e.digit_glimpsed;
                 println!(
-                    "a glimpse after the first covered the digit's centre in {} of {} images ({:.1}%; {} right), not in the others ({} right)",
+                    "a glimpse after the first covered the digit's centre in {} of {} images ({share:.1}%; {} right), not in the others ({} right)",
                     on.total,
                     on.total + off.total,
-                    share(on, off),
-                    acc(on),
-                    acc(off)
+                    acc(on_acc),
+                    acc(off_acc)
                 );
             }
             for (kind, t) in &e.by_kind {
                 let kept = e.kept_by_kind.get(kind).map_or(String::new(), |k| format!(", {k:.1}% of cells kept"));
-                let focus =
-                    e.focus_by_kind.get(kind).filter(|(a, b)| a.total + b.total > 0).map_or(String::new(), |(a, b)| {
-                        format!(
-                            "; focus kept for {} of {} ({:.1}%; {} right), missed ({} right)",
-                            a.total,
-                            a.total + b.total,
-                            share(a, b),
-                            acc(a),
-                            acc(b)
-                        )
-                    });
+                let focus = e.focus_by_kind.get(kind).and_then(|split| {
+                    let (share, kept_acc, missed_acc) = trainer::split_pcts(split)?;
+                    let (kept, missed) = split;
+                    Some(format!(
+                        "; focus kept for {} of {} ({share:.1}%; {} right), missed ({} right)",
+                        kept.total,
+                        kept.total + missed.total,
+                        acc(kept_acc),
+                        acc(missed_acc)
+                    ))
+                });
+                let focus = focus.unwrap_or_default();
                 println!("  {kind}: {:.2}% of {}{kept}{focus}", t.pct(), t.total);
             }
             if e.unknown_answers > 0 {
