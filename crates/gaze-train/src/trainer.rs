@@ -429,7 +429,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         gaze_data::write_atomic(&run_dir.join("run.json"), info.to_string().as_bytes())?;
     }
 
-    let built = build_model(cfg, &data.shape(), &device)?;
+    let mut built = build_model(cfg, &data.shape(), &device)?;
     let trainable: Vec<_> = built.vars.sorted_vars().into_iter().filter(|(n, _)| !n.contains("running_")).collect();
     let mut opt = Optimizer::new(&cfg.optim, trainable)?;
     let last_path = ckpt_dir.join("last.safetensors");
@@ -447,7 +447,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let train_idx: Vec<usize> = (0..data.train.len()).collect();
     let steps_per_epoch = train_idx.len().div_ceil(bs) as u64;
     let total_steps = steps_per_epoch * cfg.train.epochs as u64;
-    let model = built.model.as_ref();
+    let model = built.model.as_mut();
     let mut stopped_early = false;
 
     'epochs: while st.epoch < cfg.train.epochs {
@@ -471,6 +471,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
                 _ => train_set.batch(&idx, &device)?,
             };
             let mut rng = seed.stream("sampling").index(st.step).rng();
+            model.set_progress(st.step as f64 / total_steps.max(1) as f64);
             let mut out = model.forward(&b, true, &mut rng)?;
             if opts.inject_nan_at_step == Some(st.step + 1) {
                 for (name, t) in out.losses.iter_mut() {
@@ -543,7 +544,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         bar.finish();
         // End of epoch: validate, schedule, record, checkpoint.
-        let val = evaluate(model, &data.val, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
+        let val = evaluate(&*model, &data.val, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
         let p = std::mem::take(&mut st.partial);
         let cnt = p.count.max(1) as f64;
         let improved = val.acc_pct > st.best_val_acc;
@@ -584,8 +585,10 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             let loaded = checkpoint::load(&best_path, &device)?;
             checkpoint::restore_vars(&built.vars, &loaded, &best_path)?;
         }
-        let val = evaluate(model, &data.val, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
-        let test = evaluate(model, &data.test, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
+        // The trained model, as `load_run` reads it back.
+        model.set_progress(1.0);
+        let val = evaluate(&*model, &data.val, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
+        let test = evaluate(&*model, &data.test, cfg.train.eval_batch_size, seed.stream("eval"), &device)?;
         metrics.insert("val_acc_pct".to_string(), round4(val.acc_pct));
         metrics.insert("test_acc_pct".to_string(), round4(test.acc_pct));
         metrics.insert("test_error_pct".to_string(), round4(100.0 - test.acc_pct));
@@ -628,7 +631,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
                 },
             );
         }
-        crate::report::pictures(model, &data, &test, cfg, &run_dir, &device)?;
+        crate::report::pictures(&*model, &data, &test, cfg, &run_dir, &device)?;
         // Leave `last` as the final parameters of training, as saved at the last epoch end.
     }
     let prev_wall = std::fs::read_to_string(run_dir.join("summary.json"))
@@ -679,7 +682,8 @@ fn progress_bar(quiet: bool, len: u64, pos: u64, prefix: &str) -> indicatif::Pro
 pub fn load_run(run_dir: &Path, device: &Device) -> Result<(ExperimentConfig, Prepared, Built)> {
     let cfg = ExperimentConfig::load(&run_dir.join("config.toml"))?;
     let data = data::prepare(&cfg.data, Seed(cfg.seed))?;
-    let built = build_model(&cfg, &data.shape(), device)?;
+    let mut built = build_model(&cfg, &data.shape(), device)?;
+    built.model.set_progress(1.0);
     let best = run_dir.join("checkpoints/best.safetensors");
     let path = if best.is_file() { best } else { run_dir.join("checkpoints/last.safetensors") };
     let loaded = checkpoint::load(&path, device)?;

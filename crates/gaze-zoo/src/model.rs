@@ -128,6 +128,13 @@ pub trait Model: Send + Sync {
     /// Runs the model on `batch`. `train` selects training behaviour (dropout, sampling);
     /// `rng` is this step's seeded stream for every random draw.
     fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output>;
+
+    /// Tells the model how far training has gone: `progress` is the share of the run's training
+    /// steps already taken, in [0, 1] (1 for a trained model read back from a run). Models with a
+    /// setting scheduled over training (RAM's `sigma_final`) follow it; the default ignores it.
+    fn set_progress(&mut self, progress: f64) {
+        let _ = progress;
+    }
 }
 
 /// Every model, by `type` in the experiment file.

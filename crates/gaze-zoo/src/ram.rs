@@ -22,7 +22,9 @@
 //! "random glimpses" rows); Monte-Carlo averaging of the class probabilities over
 //! `mc_samples` sampled paths at evaluation; and `eval_path = "mean"`, which evaluates the one
 //! deterministic path (every location at its distribution's mean: the first at the centre, the
-//! later ones at the policy mean, no noise). Training always samples.
+//! later ones at the policy mean, no noise). Training always samples; `sigma_final` narrows the
+//! policy over training (a half cosine from `sigma`), so that late training samples paths near the
+//! one the mean evaluation reads.
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
@@ -89,8 +91,14 @@ pub struct RamConfig {
     pub hidden: usize,
     /// The recurrent core.
     pub core: Core,
-    /// Standard deviation of the location policy, in [-1, 1] units.
+    /// Standard deviation of the location policy, in [-1, 1] units (at the start of training, when
+    /// `sigma_final` is set).
     pub sigma: f64,
+    /// When set, the policy's standard deviation moves from `sigma` at the first training step to
+    /// this value at the last, along a half cosine (as the cosine learning-rate schedule): wide
+    /// exploration while the policy is found, then paths close to the deterministic one that
+    /// `eval_path = "mean"` reads. None: `sigma` throughout.
+    pub sigma_final: Option<f64>,
     /// Where the first glimpse goes.
     pub start: Start,
     /// Hidden ReLU layer of the location network (0: the paper's single linear map).
@@ -122,6 +130,7 @@ impl Default for RamConfig {
             hidden: 256,
             core: Core::Rnn,
             sigma: 0.05,
+            sigma_final: None,
             start: Start::Centre,
             locator_hidden: 0,
             reinforce_weight: 0.01,
@@ -193,6 +202,8 @@ struct Path {
 #[derive(Debug, Clone)]
 pub struct Ram {
     cfg: RamConfig,
+    /// The policy's standard deviation now (see [`RamConfig::sigma_final`]).
+    sigma: f64,
     retina: Retina,
     what: Linear,
     where_: Linear,
@@ -218,6 +229,9 @@ impl Ram {
         if cfg.sigma.is_nan() || cfg.sigma <= 0.0 {
             return Err(msg(format!("sigma = {} must be positive", cfg.sigma)));
         }
+        if let Some(f) = cfg.sigma_final.filter(|f| f.is_nan() || *f <= 0.0) {
+            return Err(msg(format!("sigma_final = {f} must be positive")));
+        }
         if cfg.mc_samples == 0 {
             return Err(msg("mc_samples must be >= 1".into()));
         }
@@ -242,6 +256,7 @@ impl Ram {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            sigma: cfg.sigma,
             retina: Retina::new(&rcfg),
             what: candle_nn::linear(rcfg.output_len(input.0), gh, vb.pp("glimpse.what"))?,
             where_: candle_nn::linear(2, gh, vb.pp("glimpse.where"))?,
@@ -259,6 +274,20 @@ impl Ram {
             baseline: candle_nn::linear(hd, 1, vb.pp("baseline"))?,
             classifier: candle_nn::linear(hd, classes, vb.pp("classifier"))?,
         })
+    }
+
+    /// The location policy's standard deviation at training progress `p` in [0, 1]: `sigma`, or
+    /// the half-cosine from `sigma` to `sigma_final`.
+    pub fn sigma_at(&self, p: f64) -> f64 {
+        match self.cfg.sigma_final {
+            None => self.cfg.sigma,
+            Some(end) => end + (self.cfg.sigma - end) * 0.5 * (1.0 + (std::f64::consts::PI * p.clamp(0.0, 1.0)).cos()),
+        }
+    }
+
+    /// The location policy's standard deviation now.
+    pub fn sigma(&self) -> f64 {
+        self.sigma
     }
 
     /// The glimpse vector g for images at locations l. Shapes: (b, c, h, w), (b, 2) -> (b, glimpse_out).
@@ -315,8 +344,8 @@ impl Ram {
                     uniform(rng)?
                 } else {
                     let mean = self.location_mean(h)?;
-                    let sample = if mean_path { mean.detach() } else { gaussian_sample(&mean, self.cfg.sigma, rng)? };
-                    log_pi.push(gaussian_log_prob(&mean, self.cfg.sigma, &sample)?);
+                    let sample = if mean_path { mean.detach() } else { gaussian_sample(&mean, self.sigma, rng)? };
+                    log_pi.push(gaussian_log_prob(&mean, self.sigma, &sample)?);
                     baselines.push(self.baseline.forward(&h.detach())?.squeeze(1)?);
                     sample.clamp(-1f32, 1f32)?
                 };
@@ -377,6 +406,10 @@ impl Model for Ram {
             attention: Some(AttentionMap::Glimpses { centres, sizes: self.cfg.sizes(), title: title.into() }),
             stats,
         })
+    }
+
+    fn set_progress(&mut self, progress: f64) {
+        self.sigma = self.sigma_at(progress);
     }
 }
 
@@ -540,6 +573,37 @@ mod tests {
         let both = RamConfig { mc_samples: 2, ..cfg };
         let e = Ram::new(&both, (1, 8, 8), 3, vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("eval_path") && e.contains("mc_samples = 2"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn sigma_follows_its_schedule_into_the_sampled_paths() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = RamConfig { sigma: 0.4, sigma_final: Some(1e-4), ..RamConfig::tiny() };
+        let vm = SeededVarMap::new(Seed(5));
+        let mut model = Ram::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
+        assert_eq!(model.sigma(), 0.4, "training starts at sigma");
+        assert!((model.sigma_at(0.5) - (0.4 + 1e-4) / 2.0).abs() < 1e-12);
+        assert!((model.sigma_at(1.0) - 1e-4).abs() < 1e-12 && (model.sigma_at(2.0) - 1e-4).abs() < 1e-12);
+        let b = batch(&dev, 8)?;
+        // How far a sampled path strays from the deterministic one (both start at the centre).
+        let stray = |model: &Ram| -> Result<f32> {
+            let sampled = model.path(&b.images, false, &mut Seed(1).rng())?.locations;
+            let mean = model.path(&b.images, true, &mut Seed(1).rng())?.locations;
+            (sampled - mean)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        let wide = stray(&model)?;
+        model.set_progress(1.0);
+        assert!((model.sigma() - 1e-4).abs() < 1e-12);
+        let narrow = stray(&model)?;
+        assert!(wide > 0.1 && narrow < 1e-2, "stray at sigma 0.4: {wide}, at 1e-4: {narrow}");
+        // Without a schedule, progress changes nothing.
+        let mut fixed = Ram::new(&RamConfig { sigma: 0.4, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
+        fixed.set_progress(1.0);
+        assert_eq!(fixed.sigma(), 0.4);
+        let bad = RamConfig { sigma_final: Some(0.0), ..RamConfig::tiny() };
+        let e = Ram::new(&bad, (1, 8, 8), 3, vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("sigma_final = 0"), "{e}");
         Ok(())
     }
 
