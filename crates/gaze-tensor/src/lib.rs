@@ -7,10 +7,12 @@
 //! - [`sample`]: categorical and Gaussian draws with log-probabilities and entropies.
 //! - [`ops`]: presence (squared L2 per cell), top-k masks, masked softmax.
 //! - [`glimpse`]: batched multi-scale glimpse extraction (RAM's retina), differentiable in the image.
+//! - [`lstm`]: an LSTM cell (candle's maths and parameters) with a cheaper autograd graph per step.
 //! - [`testing`]: finite-difference gradient checks.
 
 pub mod glimpse;
 pub mod init;
+pub mod lstm;
 pub mod ops;
 pub mod sample;
 pub mod seed;

@@ -27,13 +27,13 @@
 //! one the mean evaluation reads.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
-use candle_nn::{Linear, Module, VarBuilder, LSTM};
+use candle_nn::{Linear, Module, VarBuilder};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use gaze_attention::{Retina, RetinaConfig};
 use gaze_tensor::glimpse::GlimpseSpec;
+use gaze_tensor::lstm::{LstmCell, LstmState, LstmWeights};
 use gaze_tensor::sample::{gaussian_log_prob, gaussian_sample};
 use gaze_tensor::seed::Rng;
 
@@ -169,20 +169,27 @@ impl RamConfig {
 #[derive(Debug, Clone)]
 enum CoreNet {
     Rnn { input: Linear, recurrent: Linear },
-    Lstm(LSTM),
+    Lstm(LstmCell),
+}
+
+/// The core's parameters as one pass through the glimpses steps them (the LSTM's weights laid
+/// out once per pass, see [`gaze_tensor::lstm`]).
+enum CoreWeights<'a> {
+    Rnn { input: &'a Linear, recurrent: &'a Linear },
+    Lstm(LstmWeights),
 }
 
 #[derive(Debug, Clone)]
 enum CoreState {
     Rnn(Tensor),
-    Lstm(LSTMState),
+    Lstm(LstmState),
 }
 
 impl CoreState {
     fn h(&self) -> &Tensor {
         match self {
             CoreState::Rnn(h) => h,
-            CoreState::Lstm(s) => s.h(),
+            CoreState::Lstm(s) => &s.h,
         }
     }
 }
@@ -252,7 +259,8 @@ impl Ram {
                 input: candle_nn::linear(go, hd, vb.pp("core.input"))?,
                 recurrent: candle_nn::linear_no_bias(hd, hd, vb.pp("core.recurrent"))?,
             },
-            Core::Lstm => CoreNet::Lstm(candle_nn::lstm(go, hd, LSTMConfig::default(), vb.pp("core.lstm"))?),
+            // The parameters of `candle_nn::lstm` (names, shapes, initialisation), stepped more cheaply.
+            Core::Lstm => CoreNet::Lstm(LstmCell::new(go, hd, vb.pp("core.lstm"))?),
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -297,18 +305,31 @@ impl Ram {
         self.mix.forward(&Tensor::cat(&[what, where_], 1)?)?.relu()
     }
 
-    fn step(&self, g: &Tensor, state: Option<&CoreState>) -> Result<CoreState> {
-        match (&self.core, state) {
-            (CoreNet::Rnn { input, .. }, None) => Ok(CoreState::Rnn(input.forward(g)?.relu()?)),
-            (CoreNet::Rnn { input, recurrent }, Some(s)) => {
+    fn core_weights(&self) -> Result<CoreWeights<'_>> {
+        Ok(match &self.core {
+            CoreNet::Rnn { input, recurrent } => CoreWeights::Rnn { input, recurrent },
+            CoreNet::Lstm(cell) => CoreWeights::Lstm(cell.weights()?),
+        })
+    }
+
+    fn step_with(&self, w: &CoreWeights, g: &Tensor, state: Option<&CoreState>) -> Result<CoreState> {
+        match (w, state) {
+            (CoreWeights::Rnn { input, .. }, None) => Ok(CoreState::Rnn(input.forward(g)?.relu()?)),
+            (CoreWeights::Rnn { input, recurrent }, Some(s)) => {
                 Ok(CoreState::Rnn((input.forward(g)? + recurrent.forward(s.h())?)?.relu()?))
             }
-            (CoreNet::Lstm(l), None) => Ok(CoreState::Lstm(l.step(g, &l.zero_state(g.dim(0)?)?)?)),
-            (CoreNet::Lstm(l), Some(CoreState::Lstm(s))) => Ok(CoreState::Lstm(l.step(g, s)?)),
-            (CoreNet::Lstm(_), Some(CoreState::Rnn(_))) => {
+            (CoreWeights::Lstm(l), None) => Ok(CoreState::Lstm(l.step(g, None)?)),
+            (CoreWeights::Lstm(l), Some(CoreState::Lstm(s))) => Ok(CoreState::Lstm(l.step(g, Some(s))?)),
+            (CoreWeights::Lstm(_), Some(CoreState::Rnn(_))) => {
                 Err(candle_core::Error::Msg("ram: LSTM core given an RNN state".into()))
             }
         }
+    }
+
+    /// One core step with the weights laid out for this call alone (tests).
+    #[cfg(test)]
+    fn step(&self, g: &Tensor, state: Option<&CoreState>) -> Result<CoreState> {
+        self.step_with(&self.core_weights()?, g, state)
     }
 
     /// The mean of the location policy for a state: tanh(W h.detach()) (with the optional hidden
@@ -333,11 +354,12 @@ impl Ram {
             _ => Tensor::zeros((b, 2), images.dtype(), dev)?,
         };
         let mut state: Option<CoreState> = None;
+        let core = self.core_weights()?;
         let (mut log_pi, mut baselines, mut locations) = (vec![], vec![], vec![]);
         for t in 0..self.cfg.glimpses {
             locations.push(loc.clone());
             let g = self.glimpse(images, &loc)?;
-            let s = self.step(&g, state.as_ref())?;
+            let s = self.step_with(&core, &g, state.as_ref())?;
             if t + 1 < self.cfg.glimpses {
                 let h = s.h();
                 loc = if self.cfg.random_glimpses {
