@@ -8,12 +8,15 @@
 //! - [`ops`]: presence (squared L2 per cell), top-k masks, masked softmax.
 //! - [`glimpse`]: batched multi-scale glimpse extraction (RAM's retina), differentiable in the image.
 //! - [`lstm`]: an LSTM cell (candle's maths and parameters) with a cheaper autograd graph per step.
+//! - [`relational`]: a relation network head's pair sums, pair pooling and bias additions as fused
+//!   operations (their backward passes avoid candle's strided reductions).
 //! - [`testing`]: finite-difference gradient checks.
 
 pub mod glimpse;
 pub mod init;
 pub mod lstm;
 pub mod ops;
+pub mod relational;
 pub mod sample;
 pub mod seed;
 pub mod testing;

@@ -4,9 +4,12 @@
 //! here uses `candle_nn::ops::softmax(x, D::Minus1)`); and `Tensor::max_pool2d`'s backward
 //! (candle 0.11) scales the gradient by the window's mean of the max mask (1/k^2 for a unique
 //! maximum) instead of dividing by the number of maxima, so gradients through it are k^2 times
-//! too small. [`max_pool2d`] here is built from reshape + max, whose backward is right.
+//! too small. [`max_pool2d`] here is built from reshape + max, whose backward is right. And a
+//! broadcast bias's gradient is a strided reduction that candle's CPU backend walks element by
+//! element: [`add_bias`] (and [`linear`] with it) sums the rows contiguously instead.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_nn::Linear;
 
 fn err(msg: String) -> candle_core::Error {
     candle_core::Error::Msg(msg)
@@ -79,10 +82,98 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     x.reshape((b, c, oh, k, ow, k))?.permute((0, 1, 2, 4, 3, 5))?.reshape((b, c, oh, ow, k * k))?.max(D::Minus1)
 }
 
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        return Err(err(format!("{op}: inputs must be f32")));
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => Err(err(format!("{op}: inputs must be contiguous"))),
+    }
+}
+
+/// `y[n] = x[n] + bias`.
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "gaze-add-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (contiguous_f32(s1, l1, "add_bias")?, contiguous_f32(s2, l2, "add_bias")?);
+        let h = b.len();
+        let mut out = x.to_vec();
+        for row in out.chunks_exact_mut(h.max(1)) {
+            for (o, v) in row.iter_mut().zip(b) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let h = bias.elem_count();
+        let mut db = vec![0f32; h];
+        for row in g.chunks_exact(h.max(1)) {
+            for (s, v) in db.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        Ok((Some(grad.clone()), Some(Tensor::from_vec(db, bias.shape(), bias.device())?)))
+    }
+}
+
+/// `x + bias` over the last dimension. Shapes: x (.., h), bias (h) -> like x.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let h = bias.elem_count();
+    if bias.rank() != 1 || x.dims().last() != Some(&h) {
+        return Err(err(format!(
+            "add_bias: bias {:?} does not match the last dimension of x {:?}",
+            bias.dims(),
+            x.dims()
+        )));
+    }
+    x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
+/// A `candle_nn::Linear` on rows (n, in) -> (n, out), its bias added by [`add_bias`].
+pub fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    let y = x.matmul(&layer.weight().t()?)?;
+    match layer.bias() {
+        Some(b) => add_bias(&y, b),
+        None => Ok(y),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn add_bias_and_linear_match_candle_with_their_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let r =
+            |n: usize, s: f32| Tensor::from_vec((0..n).map(|i| ((i * 7 + 3) % 11) as f32 * s - 1.0).collect(), n, &dev);
+        let (w, b, x) = (r(12, 0.2)?.reshape((4, 3))?, r(4, 0.3)?, r(15, 0.15)?.reshape((5, 3))?);
+        let layer = Linear::new(w, Some(b.clone()));
+        let want = candle_core::Module::forward(&layer, &x)?;
+        assert!((linear(&layer, &x)? - &want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
+        let by_x = crate::testing::grad_check(|x| add_bias(x, &b)?.sqr()?.sum_all(), &want, 1e-2)?;
+        let by_b = crate::testing::grad_check(|b| add_bias(&want, b)?.sqr()?.sum_all(), &b, 1e-2)?;
+        assert!(by_x < 2e-3 && by_b < 2e-3, "{by_x} {by_b}");
+        let e = add_bias(&x, &b).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("does not match the last dimension"), "{e}");
+        Ok(())
+    }
 
     #[test]
     fn top_k_keeps_exactly_the_k_largest() -> Result<()> {

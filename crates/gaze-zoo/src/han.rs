@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use gaze_attention::{AdaptiveHard, AdaptiveHardConfig, HardTopK, HardTopKConfig};
 use gaze_encoders::{ConvNet, ConvNetConfig, TextEncoder, TextEncoderConfig};
 use gaze_tensor::seed::Rng;
+use gaze_tensor::{ops, relational};
 
 use crate::model::{AttentionMap, Batch, DataShape, Model, Output};
 
@@ -412,13 +413,15 @@ impl Han {
                 let pb = b.forward(&sel.cells)?;
                 let pq = wq.forward(q)?; // (q, h)
 
-                // The rest of the g-MLP, on first-layer pre-activations (pairs, h).
-                let g_mlp = |x: Tensor| g.iter().try_fold(x.relu()?, |x, l| l.forward(&x)?.relu());
+                // The rest of the g-MLP, on first-layer pre-activations (pairs, h). The pair sums,
+                // the sum over pairs and the bias additions are fused operations
+                // (`gaze_tensor::relational`, `ops::add_bias`): the same values, without candle's
+                // strided reductions.
+                let g_mlp = |x: Tensor| g.iter().try_fold(x.relu()?, |x, l| ops::linear(l, &x)?.relu());
                 let pooled = match &sel.valid {
                     None => {
-                        let pair = pa.unsqueeze(2)?.broadcast_add(&pb.unsqueeze(1)?)?;
-                        let x = g_mlp(pair.broadcast_add(&pq.reshape((nq, 1, 1, h))?)?.reshape((nq * m * m, h))?)?;
-                        x.reshape((nq, m, m, h))?.sum(2)?.sum(1)?
+                        let x = g_mlp(relational::pair_sums(&pa, &pb, &pq)?.reshape((nq * m * m, h))?)?;
+                        relational::sum_rows(&x.reshape((nq, m * m, h))?)?
                     }
                     // Rows keep different numbers of cells: the g-MLP runs on the kept pairs only
                     // (sum over rows of counts^2), not on pairs padded to the largest count, so

@@ -27,13 +27,14 @@
 //! one the mean evaluation reads.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use gaze_attention::{Retina, RetinaConfig};
 use gaze_tensor::glimpse::GlimpseSpec;
 use gaze_tensor::lstm::{LstmCell, LstmState, LstmWeights};
+use gaze_tensor::ops::linear;
 use gaze_tensor::sample::{gaussian_log_prob, gaussian_sample};
 use gaze_tensor::seed::Rng;
 
@@ -300,9 +301,9 @@ impl Ram {
 
     /// The glimpse vector g for images at locations l. Shapes: (b, c, h, w), (b, 2) -> (b, glimpse_out).
     pub fn glimpse(&self, images: &Tensor, locs: &Tensor) -> Result<Tensor> {
-        let what = self.what.forward(&self.retina.forward(images, locs)?)?.relu()?;
-        let where_ = self.where_.forward(locs)?.relu()?;
-        self.mix.forward(&Tensor::cat(&[what, where_], 1)?)?.relu()
+        let what = linear(&self.what, &self.retina.forward(images, locs)?)?.relu()?;
+        let where_ = linear(&self.where_, locs)?.relu()?;
+        linear(&self.mix, &Tensor::cat(&[what, where_], 1)?)?.relu()
     }
 
     fn core_weights(&self) -> Result<CoreWeights<'_>> {
@@ -314,9 +315,9 @@ impl Ram {
 
     fn step_with(&self, w: &CoreWeights, g: &Tensor, state: Option<&CoreState>) -> Result<CoreState> {
         match (w, state) {
-            (CoreWeights::Rnn { input, .. }, None) => Ok(CoreState::Rnn(input.forward(g)?.relu()?)),
+            (CoreWeights::Rnn { input, .. }, None) => Ok(CoreState::Rnn(linear(input, g)?.relu()?)),
             (CoreWeights::Rnn { input, recurrent }, Some(s)) => {
-                Ok(CoreState::Rnn((input.forward(g)? + recurrent.forward(s.h())?)?.relu()?))
+                Ok(CoreState::Rnn((linear(input, g)? + linear(recurrent, s.h())?)?.relu()?))
             }
             (CoreWeights::Lstm(l), None) => Ok(CoreState::Lstm(l.step(g, None)?)),
             (CoreWeights::Lstm(l), Some(CoreState::Lstm(s))) => Ok(CoreState::Lstm(l.step(g, Some(s))?)),
@@ -337,8 +338,8 @@ impl Ram {
     pub fn location_mean(&self, h: &Tensor) -> Result<Tensor> {
         let h = h.detach();
         match &self.locator_hidden {
-            Some(l) => self.locator.forward(&l.forward(&h)?.relu()?)?.tanh(),
-            None => self.locator.forward(&h)?.tanh(),
+            Some(l) => linear(&self.locator, &linear(l, &h)?.relu()?)?.tanh(),
+            None => linear(&self.locator, &h)?.tanh(),
         }
     }
 
@@ -368,7 +369,7 @@ impl Ram {
                     let mean = self.location_mean(h)?;
                     let sample = if mean_path { mean.detach() } else { gaussian_sample(&mean, self.sigma, rng)? };
                     log_pi.push(gaussian_log_prob(&mean, self.sigma, &sample)?);
-                    baselines.push(self.baseline.forward(&h.detach())?.squeeze(1)?);
+                    baselines.push(linear(&self.baseline, &h.detach())?.squeeze(1)?);
                     sample.clamp(-1f32, 1f32)?
                 };
             }
@@ -380,7 +381,7 @@ impl Ram {
         };
         let stack = |v: &[Tensor]| if v.is_empty() { Ok(None) } else { Tensor::stack(v, 1).map(Some) };
         Ok(Path {
-            logits: self.classifier.forward(h)?,
+            logits: linear(&self.classifier, h)?,
             log_pi: stack(&log_pi)?,
             baselines: stack(&baselines)?,
             locations: Tensor::stack(&locations, 1)?,
@@ -390,7 +391,8 @@ impl Ram {
 
 impl Model for Ram {
     /// Shapes: images (b, c, h, w) -> logits (b, classes); losses `classify`, `baseline`,
-    /// `reinforce`; glimpse centres per step; statistics `reward` (mean R) and `baseline` (mean b_t).
+    /// `reinforce`; glimpse centres per step; statistics `reward` (mean R), `baseline` (mean b_t)
+    /// and `sigma` (the policy's standard deviation at this point of training).
     fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output> {
         let mean_path = !train && self.cfg.eval_path == EvalPath::Mean;
         let path = self.path(&batch.images, mean_path, rng)?;
@@ -405,6 +407,7 @@ impl Model for Ram {
             let reinforce = (log_pi * advantage)?.sum(1)?.mean_all()?.neg()?;
             losses.push(("reinforce".into(), (reinforce * self.cfg.reinforce_weight)?));
             stats.push(("baseline".into(), baselines.mean_all()?));
+            stats.push(("sigma".into(), Tensor::new(self.sigma as f32, baselines.device())?));
         }
         let logits = if !train && self.cfg.mc_samples > 1 {
             let mut probs = candle_nn::ops::softmax(&path.logits, D::Minus1)?;
@@ -619,6 +622,9 @@ mod tests {
         assert!((model.sigma() - 1e-4).abs() < 1e-12);
         let narrow = stray(&model)?;
         assert!(wide > 0.1 && narrow < 1e-2, "stray at sigma 0.4: {wide}, at 1e-4: {narrow}");
+        let out = model.forward(&b, true, &mut Seed(2).rng())?;
+        let logged = out.stats.iter().find(|(n, _)| n == "sigma").map(|(_, t)| t.to_scalar::<f32>()).transpose()?;
+        assert_eq!(logged, Some(1e-4), "the statistics log the sigma in force");
         // Without a schedule, progress changes nothing.
         let mut fixed = Ram::new(&RamConfig { sigma: 0.4, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
         fixed.set_progress(1.0);
