@@ -18,6 +18,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::ops::{contiguous_f32, values};
+
 fn err(m: String) -> candle_core::Error {
     candle_core::Error::Msg(m)
 }
@@ -33,22 +35,6 @@ fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
 }
 
-/// Reads an f32 tensor's values in row-major order.
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
-}
-
-/// The f32 values of a contiguous storage.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        return Err(err(format!("lstm: {what} must be f32")));
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => Err(err(format!("lstm: {what} must be contiguous"))),
-    }
-}
-
 /// Checks gates (b, 4h) against a state tensor (b, h); returns (b, h).
 fn check(gates: &Shape, state: &Shape, what: &str) -> Result<(usize, usize)> {
     let (b, g4) = gates.dims2()?;
@@ -57,6 +43,48 @@ fn check(gates: &Shape, state: &Shape, what: &str) -> Result<(usize, usize)> {
         return Err(err(format!("lstm: gates {gates:?} do not fit {what} {state:?} (want (b, 4h) and (b, h))")));
     }
     Ok((b, h))
+}
+
+/// The forward pass of a gate operation: `rule(gate row, j, state[j]) -> out[j]` for every row of
+/// gates (b, 4h) and state (b, h).
+fn gate_forward(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    rule: impl Fn(&[f32], usize, f32) -> f32,
+) -> Result<(CpuStorage, Shape)> {
+    let (b, h) = check(l1.shape(), l2.shape(), "the cell state")?;
+    let (z, c) = (contiguous_f32(s1, l1, "lstm gates")?, contiguous_f32(s2, l2, "lstm cell state")?);
+    let mut out = vec![0f32; b * h];
+    for r in 0..b {
+        let zr = &z[r * 4 * h..(r + 1) * 4 * h];
+        for (j, o) in out[r * h..(r + 1) * h].iter_mut().enumerate() {
+            *o = rule(zr, j, c[r * h + j]);
+        }
+    }
+    Ok((CpuStorage::F32(out), Shape::from((b, h))))
+}
+
+/// The backward pass of a gate operation: `rule(gate row, j, state[j], d out[j], d gate row) ->
+/// d state[j]`, which writes the gates' gradients it has into the row; gives (d gates, d state).
+fn gate_backward(
+    gates: &Tensor,
+    c: &Tensor,
+    grad: &Tensor,
+    rule: impl Fn(&[f32], usize, f32, f32, &mut [f32]) -> f32,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (b, h) = check(gates.shape(), c.shape(), "the cell state")?;
+    let (z, cv, d) = (values(gates)?, values(c)?, values(grad)?);
+    let (mut dz, mut dc) = (vec![0f32; b * 4 * h], vec![0f32; b * h]);
+    for r in 0..b {
+        let (zr, dzr) = (&z[r * 4 * h..(r + 1) * 4 * h], &mut dz[r * 4 * h..(r + 1) * 4 * h]);
+        for j in 0..h {
+            dc[r * h + j] = rule(zr, j, cv[r * h + j], d[r * h + j], dzr);
+        }
+    }
+    let dev = gates.device();
+    Ok((Some(Tensor::from_vec(dz, (b, 4 * h), dev)?), Some(Tensor::from_vec(dc, (b, h), dev)?)))
 }
 
 /// `c' = sigmoid(f) c + sigmoid(i) tanh(g)` from gates and the previous cell state.
@@ -68,16 +96,8 @@ impl CustomOp2 for CellUpdate {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, h) = check(l1.shape(), l2.shape(), "the cell state")?;
-        let (z, c) = (slice(s1, l1, "gates")?, slice(s2, l2, "the cell state")?);
-        let mut out = vec![0f32; b * h];
-        for r in 0..b {
-            let (zr, cr) = (&z[r * 4 * h..(r + 1) * 4 * h], &c[r * h..(r + 1) * h]);
-            for (j, o) in out[r * h..(r + 1) * h].iter_mut().enumerate() {
-                *o = sigmoid(zr[h + j]) * cr[j] + sigmoid(zr[j]) * tanh(zr[2 * h + j]);
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((b, h))))
+        let h = l2.shape().dims().last().copied().unwrap_or(0);
+        gate_forward(s1, l1, s2, l2, |z, j, c| sigmoid(z[h + j]) * c + sigmoid(z[j]) * tanh(z[2 * h + j]))
     }
 
     fn bwd(
@@ -87,22 +107,14 @@ impl CustomOp2 for CellUpdate {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, h) = check(gates.shape(), c.shape(), "the cell state")?;
-        let (z, cv, dc) = (values(gates)?, values(c)?, values(grad)?);
-        let (mut dz, mut dcp) = (vec![0f32; b * 4 * h], vec![0f32; b * h]);
-        for r in 0..b {
-            for j in 0..h {
-                let (zi, zf, zg) = (z[r * 4 * h + j], z[r * 4 * h + h + j], z[r * 4 * h + 2 * h + j]);
-                let (i, f, g) = (sigmoid(zi), sigmoid(zf), tanh(zg));
-                let d = dc[r * h + j];
-                dz[r * 4 * h + j] = d * g * i * (1.0 - i);
-                dz[r * 4 * h + h + j] = d * cv[r * h + j] * f * (1.0 - f);
-                dz[r * 4 * h + 2 * h + j] = d * i * (1.0 - g * g);
-                dcp[r * h + j] = d * f;
-            }
-        }
-        let dev = gates.device();
-        Ok((Some(Tensor::from_vec(dz, (b, 4 * h), dev)?), Some(Tensor::from_vec(dcp, (b, h), dev)?)))
+        let h = c.dims().last().copied().unwrap_or(0);
+        gate_backward(gates, c, grad, |z, j, c, d, dz| {
+            let (i, f, g) = (sigmoid(z[j]), sigmoid(z[h + j]), tanh(z[2 * h + j]));
+            dz[j] = d * g * i * (1.0 - i);
+            dz[h + j] = d * c * f * (1.0 - f);
+            dz[2 * h + j] = d * i * (1.0 - g * g);
+            d * f
+        })
     }
 }
 
@@ -115,15 +127,8 @@ impl CustomOp2 for HiddenUpdate {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, h) = check(l1.shape(), l2.shape(), "the cell state")?;
-        let (z, c) = (slice(s1, l1, "gates")?, slice(s2, l2, "the cell state")?);
-        let mut out = vec![0f32; b * h];
-        for r in 0..b {
-            for (j, o) in out[r * h..(r + 1) * h].iter_mut().enumerate() {
-                *o = sigmoid(z[r * 4 * h + 3 * h + j]) * tanh(c[r * h + j]);
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((b, h))))
+        let h = l2.shape().dims().last().copied().unwrap_or(0);
+        gate_forward(s1, l1, s2, l2, |z, j, c| sigmoid(z[3 * h + j]) * tanh(c))
     }
 
     fn bwd(
@@ -133,20 +138,12 @@ impl CustomOp2 for HiddenUpdate {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, h) = check(gates.shape(), c.shape(), "the cell state")?;
-        let (z, cv, dh) = (values(gates)?, values(c)?, values(grad)?);
-        let (mut dz, mut dc) = (vec![0f32; b * 4 * h], vec![0f32; b * h]);
-        for r in 0..b {
-            for j in 0..h {
-                let o = sigmoid(z[r * 4 * h + 3 * h + j]);
-                let t = tanh(cv[r * h + j]);
-                let d = dh[r * h + j];
-                dz[r * 4 * h + 3 * h + j] = d * t * o * (1.0 - o);
-                dc[r * h + j] = d * o * (1.0 - t * t);
-            }
-        }
-        let dev = gates.device();
-        Ok((Some(Tensor::from_vec(dz, (b, 4 * h), dev)?), Some(Tensor::from_vec(dc, (b, h), dev)?)))
+        let h = c.dims().last().copied().unwrap_or(0);
+        gate_backward(gates, c, grad, |z, j, c, d, dz| {
+            let (o, t) = (sigmoid(z[3 * h + j]), tanh(c));
+            dz[3 * h + j] = d * t * o * (1.0 - o);
+            d * o * (1.0 - t * t)
+        })
     }
 }
 

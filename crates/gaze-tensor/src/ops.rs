@@ -82,7 +82,8 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     x.reshape((b, c, oh, k, ow, k))?.permute((0, 1, 2, 4, 3, 5))?.reshape((b, c, oh, ow, k * k))?.max(D::Minus1)
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+/// The f32 values of a contiguous storage (custom operations' inputs); errors name `op`.
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         return Err(err(format!("{op}: inputs must be f32")));
     };
@@ -90,6 +91,11 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f3
         Some((a, b)) => Ok(&data[a..b]),
         None => Err(err(format!("{op}: inputs must be contiguous"))),
     }
+}
+
+/// An f32 tensor's values in row-major order.
+pub(crate) fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
 }
 
 /// `y[n] = x[n] + bias`.
@@ -119,7 +125,7 @@ impl CustomOp2 for AddBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = values(grad)?;
         let h = bias.elem_count();
         let mut db = vec![0f32; h];
         for row in g.chunks_exact(h.max(1)) {

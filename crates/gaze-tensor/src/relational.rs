@@ -9,22 +9,10 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
+use crate::ops::{contiguous_f32, values};
+
 fn err(m: String) -> candle_core::Error {
     candle_core::Error::Msg(m)
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        return Err(err(format!("{op}: inputs must be f32")));
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => Err(err(format!("{op}: inputs must be contiguous"))),
-    }
-}
-
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
 }
 
 /// `x[q, i, j] = a[q, i] + b[q, j] + c[q]` over rows of width h.
@@ -53,7 +41,11 @@ impl CustomOp3 for PairSums {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (q, m, h) = pair_dims(l1.shape(), l2.shape(), l3.shape())?;
-        let (a, b, c) = (slice(s1, l1, "pair_sums")?, slice(s2, l2, "pair_sums")?, slice(s3, l3, "pair_sums")?);
+        let (a, b, c) = (
+            contiguous_f32(s1, l1, "pair_sums")?,
+            contiguous_f32(s2, l2, "pair_sums")?,
+            contiguous_f32(s3, l3, "pair_sums")?,
+        );
         let mut out = vec![0f32; q * m * m * h];
         let mut ac = vec![0f32; h];
         for r in 0..q {
@@ -133,7 +125,7 @@ impl CustomOp1 for SumRows {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (q, p, h) = l.shape().dims3()?;
-        let x = slice(s, l, "sum_rows")?;
+        let x = contiguous_f32(s, l, "sum_rows")?;
         let mut out = vec![0f32; q * h];
         for (r, o) in out.chunks_exact_mut(h).enumerate() {
             for row in x[r * p * h..(r + 1) * p * h].chunks_exact(h) {
