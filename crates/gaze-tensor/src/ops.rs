@@ -93,6 +93,12 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Res
     }
 }
 
+/// A half cosine from `start` (at progress 0) to `end` (at 1), progress clamped to [0, 1]: the
+/// shape of the cosine learning-rate schedule and of RAM's `sigma_final`.
+pub fn half_cosine(start: f64, end: f64, progress: f64) -> f64 {
+    end + 0.5 * (start - end) * (1.0 + (std::f64::consts::PI * progress.clamp(0.0, 1.0)).cos())
+}
+
 /// An f32 tensor's values in row-major order.
 pub(crate) fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.contiguous()?.flatten_all()?.to_vec1::<f32>()

@@ -129,10 +129,7 @@ pub fn scheduled_lr(cfg: &OptimConfig, step: u64, total: u64, steps_per_epoch: u
             let epoch = step / steps_per_epoch.max(1);
             cfg.lr * gamma.powi((epoch / every as u64) as i32)
         }
-        Schedule::Cosine { min_lr } => {
-            let p = step as f64 / total.max(1) as f64;
-            min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + (std::f64::consts::PI * p).cos())
-        }
+        Schedule::Cosine { min_lr } => gaze_tensor::ops::half_cosine(cfg.lr, min_lr, step as f64 / total.max(1) as f64),
     }
 }
 

@@ -290,7 +290,7 @@ impl Ram {
     pub fn sigma_at(&self, p: f64) -> f64 {
         match self.cfg.sigma_final {
             None => self.cfg.sigma,
-            Some(end) => end + (self.cfg.sigma - end) * 0.5 * (1.0 + (std::f64::consts::PI * p.clamp(0.0, 1.0)).cos()),
+            Some(end) => gaze_tensor::ops::half_cosine(self.cfg.sigma, end, p),
         }
     }
 
