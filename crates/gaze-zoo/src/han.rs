@@ -134,6 +134,12 @@ pub struct HanConfig {
     /// (an object in the middle column of a 5x5 grid is left or right of the image's midline).
     /// The presence, and so the selection, does not see them.
     pub sub_cells: bool,
+    /// `adaptive` only: for this share of the training steps (in [0, 1)), training passes keep the
+    /// top `k` cells, as HAN does, before the adaptive rule takes over; validation, test and
+    /// inference always use the adaptive rule. Presence is learned by bootstrapping from what the
+    /// head does with the kept cells; a fixed k gives every example the same number of cells to
+    /// learn from while the norms are still unformed. 0 (default): adaptive from the first step.
+    pub topk_warmup: f64,
 }
 
 impl Default for HanConfig {
@@ -156,6 +162,7 @@ impl Default for HanConfig {
             fuse_layers: 0,
             coords_in_presence: true,
             sub_cells: false,
+            topk_warmup: 0.0,
         }
     }
 }
@@ -180,6 +187,7 @@ impl HanConfig {
             fuse_layers: 0,
             coords_in_presence: true,
             sub_cells: false,
+            topk_warmup: 0.0,
         }
     }
 }
@@ -223,6 +231,8 @@ pub struct Han {
     grid: (usize, usize),
     cell_dim: usize,
     q_dim: usize,
+    /// Share of training done (from [`Model::set_progress`]), for `topk_warmup`.
+    progress: f64,
 }
 
 impl Han {
@@ -238,6 +248,23 @@ impl Han {
         }
         if cfg.selection == Selection::HardTopk && (cfg.k == 0 || cfg.k > n) {
             return Err(msg(format!("k = {} must be in 1..={n} (the {gh}x{gw} grid)", cfg.k)));
+        }
+        if !(0.0..1.0).contains(&cfg.topk_warmup) {
+            return Err(msg(format!("topk_warmup = {} must be in [0, 1) (a share of training)", cfg.topk_warmup)));
+        }
+        if cfg.topk_warmup > 0.0 {
+            if cfg.selection != Selection::Adaptive {
+                return Err(msg(format!(
+                    "topk_warmup = {} needs selection = \"adaptive\" (it is {:?})",
+                    cfg.topk_warmup, cfg.selection
+                )));
+            }
+            if cfg.k == 0 || cfg.k > n {
+                return Err(msg(format!(
+                    "topk_warmup keeps k = {} cells, which must be in 1..={n} (the {gh}x{gw} grid)",
+                    cfg.k
+                )));
+            }
         }
         if cfg.g_layers == 0 || cfg.g_hidden == 0 || cfg.f_hidden == 0 {
             return Err(msg("g_layers, g_hidden and f_hidden must be >= 1".into()));
@@ -306,7 +333,19 @@ impl Han {
             }
         }
         let coords = Tensor::from_vec(xy, (1, n, 2), vb.device())?;
-        Ok(Self { cfg: cfg.clone(), cnn, question, q_proj, fuse, head, coords, grid: (gh, gw), cell_dim, q_dim })
+        Ok(Self {
+            cfg: cfg.clone(),
+            cnn,
+            question,
+            q_proj,
+            fuse,
+            head,
+            coords,
+            grid: (gh, gw),
+            cell_dim,
+            q_dim,
+            progress: 0.0,
+        })
     }
 
     /// The grid (rows, cols).
@@ -362,8 +401,22 @@ impl Han {
     /// Selects cells of x (q, n, d) by the configured rule, presence measured on `scored`
     /// (q, n, e).
     pub fn select_scored(&self, x: &Tensor, scored: &Tensor) -> Result<Selected> {
+        self.select_by(self.cfg.selection, x, scored)
+    }
+
+    /// The rule a pass uses: `topk_warmup` turns an adaptive model's training passes into
+    /// top-k ones for the first share of training.
+    fn selection(&self, train: bool) -> Selection {
+        if train && self.cfg.selection == Selection::Adaptive && self.progress < self.cfg.topk_warmup {
+            Selection::HardTopk
+        } else {
+            self.cfg.selection
+        }
+    }
+
+    fn select_by(&self, selection: Selection, x: &Tensor, scored: &Tensor) -> Result<Selected> {
         let (q, n, _) = x.dims3()?;
-        match self.cfg.selection {
+        match selection {
             Selection::HardTopk => {
                 let s = HardTopK::new(&HardTopKConfig { k: self.cfg.k })?.select_scored(x, scored)?;
                 Ok(Selected { cells: s.kept, valid: None, map: s.mask, counts: vec![self.cfg.k; q] })
@@ -523,7 +576,8 @@ impl Model for Han {
             Some(sub) => Tensor::cat(&[x, sub.contiguous()?.index_select(&image, 0)?], 2)?,
             None => x,
         };
-        let sel = self.select_scored(&x, &scored)?;
+        let selection = self.selection(train);
+        let sel = self.select_by(selection, &x, &scored)?;
         let logits = self.head(&sel, &q)?;
         let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
         let (nq, n) = (sel.counts.len(), self.grid.0 * self.grid.1);
@@ -536,9 +590,9 @@ impl Model for Han {
         ];
         let (gh, gw) = self.grid;
         let map = sel.map.detach().reshape((nq, gh, gw))?;
-        let attention = match self.cfg.selection {
+        let attention = match selection {
             Selection::HardTopk | Selection::Adaptive => {
-                AttentionMap::Cells { mask: map, title: format!("{:?}: kept cells", self.cfg.selection) }
+                AttentionMap::Cells { mask: map, title: format!("{selection:?}: kept cells") }
             }
             Selection::Soft => AttentionMap::Grid { weights: map, title: "soft attention".into() },
             Selection::All => {
@@ -547,6 +601,10 @@ impl Model for Han {
             }
         };
         Ok(Output { logits, losses: vec![("classify".into(), classify)], attention: Some(attention), stats })
+    }
+
+    fn set_progress(&mut self, progress: f64) {
+        self.progress = progress;
     }
 }
 
@@ -766,6 +824,39 @@ mod tests {
         // Same weights, different scaling: the answers differ, so the option reaches the head.
         assert_ne!(answers[0], answers[1]);
         assert_ne!(answers[1], answers[2]);
+        Ok(())
+    }
+
+    #[test]
+    fn topk_warmup_trains_as_han_first_and_evaluates_as_adahan() -> Result<()> {
+        let dev = Device::Cpu;
+        let b = batch(&dev)?;
+        let build = |cfg: HanConfig| Han::new(&cfg, &shape(), SeededVarMap::new(Seed(0)).builder(&dev));
+        let adaptive = HanConfig::tiny(Selection::Adaptive, Head::Relational);
+        let mut warm = build(HanConfig { topk_warmup: 0.5, ..adaptive.clone() })?;
+        let topk = build(HanConfig::tiny(Selection::HardTopk, Head::Relational))?;
+        let plain = build(adaptive)?;
+        let mask = |m: &Han, train: bool| -> Result<Vec<Vec<f32>>> {
+            match m.forward(&b, train, &mut Seed(1).rng())?.attention {
+                Some(AttentionMap::Cells { mask, .. }) => f32s(&mask.flatten_from(1)?),
+                _ => Err(candle_core::Error::Msg("no kept-cells map".into())),
+            }
+        };
+        let (han, ada) = (mask(&topk, true)?, mask(&plain, true)?);
+        assert_ne!(han, ada, "the two rules must differ on this batch for the test to mean anything");
+        warm.set_progress(0.25);
+        assert_eq!(mask(&warm, true)?, han, "training passes in the warm-up keep the top k");
+        assert_eq!(mask(&warm, false)?, mask(&plain, false)?, "evaluation is adaptive throughout");
+        warm.set_progress(0.5);
+        assert_eq!(mask(&warm, true)?, ada, "after the warm-up, training is adaptive");
+        for bad in [
+            HanConfig { topk_warmup: 1.0, ..HanConfig::tiny(Selection::Adaptive, Head::Pooled) },
+            HanConfig { topk_warmup: 0.2, ..HanConfig::tiny(Selection::HardTopk, Head::Pooled) },
+            HanConfig { topk_warmup: 0.2, k: 17, ..HanConfig::tiny(Selection::Adaptive, Head::Pooled) },
+        ] {
+            let e = build(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("topk_warmup"), "{e}");
+        }
         Ok(())
     }
 
