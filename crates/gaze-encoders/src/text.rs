@@ -2,8 +2,8 @@
 //! state of each sequence and every state (zeroed past each sequence's length).
 
 use candle_core::{DType, Result, Tensor};
-use candle_nn::rnn::{LSTMConfig, LSTMState, RNN};
-use candle_nn::{Embedding, Module, VarBuilder, LSTM};
+use candle_nn::{Embedding, Module, VarBuilder};
+use gaze_tensor::lstm::{LstmCell, LstmState};
 use serde::{Deserialize, Serialize};
 
 /// Settings of [`TextEncoder`].
@@ -47,7 +47,7 @@ pub struct TextEncoding {
 pub struct TextEncoder {
     cfg: TextEncoderConfig,
     embedding: Embedding,
-    lstm: LSTM,
+    lstm: LstmCell,
 }
 
 impl TextEncoder {
@@ -56,7 +56,8 @@ impl TextEncoder {
         Ok(Self {
             cfg: cfg.clone(),
             embedding: candle_nn::embedding(cfg.vocab, cfg.embed, vb.pp("embedding"))?,
-            lstm: candle_nn::lstm(cfg.embed, cfg.hidden, LSTMConfig::default(), vb.pp("lstm"))?,
+            // `candle_nn::LSTM`'s parameters and maths, stepped with fused gates (`gaze_tensor::lstm`).
+            lstm: LstmCell::new(cfg.embed, cfg.hidden, vb.pp("lstm"))?,
         })
     }
 
@@ -89,8 +90,14 @@ impl TextEncoder {
                 "TextEncoder: lengths {lens:?} must be {b} values in 1..={t}"
             )));
         }
-        let states: Vec<LSTMState> = self.lstm.seq(x)?;
-        let hs: Vec<Tensor> = states.iter().map(|s| s.h().clone()).collect();
+        let w = self.lstm.weights()?;
+        let mut state: Option<LstmState> = None;
+        let mut hs = Vec::with_capacity(t);
+        for i in 0..t {
+            let s = w.step(&x.narrow(1, i, 1)?.squeeze(1)?, state.as_ref())?;
+            hs.push(s.h.clone());
+            state = Some(s);
+        }
         let all = Tensor::stack(&hs, 1)?; // (b, t, h)
         let mask: Vec<f32> =
             lens.iter().flat_map(|&l| (0..t).map(move |i| if i < l as usize { 1.0 } else { 0.0 })).collect();
@@ -122,6 +129,25 @@ mod tests {
         assert!(a.all.get(0)?.get(4)?.to_vec1::<f32>()?.iter().all(|&v| v == 0.0));
         assert!(enc.forward(&Tensor::new(&[[9u32]], &Device::Cpu)?, &Tensor::new(&[1u32], &Device::Cpu)?).is_err());
         assert!(enc.forward(&padded, &Tensor::new(&[6u32], &Device::Cpu)?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_lstm_is_candles_lstm_on_the_same_parameters() -> Result<()> {
+        use candle_nn::rnn::{LSTMConfig, RNN};
+        let (dev, vm) = (Device::Cpu, SeededVarMap::new(Seed(4)));
+        let enc = TextEncoder::new(&TextEncoderConfig::tiny(), vm.builder(&dev))?;
+        // The same names: candle's LSTM built second reads the variables the encoder made.
+        let reference = candle_nn::lstm(3, 4, LSTMConfig::default(), vm.builder(&dev).pp("lstm"))?;
+        let tokens = Tensor::new(&[[4u32, 5, 6, 1], [2, 3, 0, 0]], &dev)?;
+        let lens = Tensor::new(&[4u32, 2], &dev)?;
+        let got = enc.forward(&tokens, &lens)?;
+        let states = reference.seq(&enc.embedding.forward(&tokens)?)?;
+        for (row, len) in [(0usize, 4usize), (1, 2)] {
+            let want = states[len - 1].h().get(row)?;
+            let diff = (got.last.get(row)? - want)?.abs()?.max(0)?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "row {row}: {diff}");
+        }
         Ok(())
     }
 
