@@ -64,6 +64,10 @@ fn stopped_and_resumed_equals_uninterrupted() -> anyhow::Result<()> {
     let resumed =
         gaze_train::run(&cfg, &RunOptions { resume: Some(part.run_dir.clone()), ..opts(&tmp.path().join("b")) })?;
     assert_eq!(resumed.steps, 12);
+    // The resumed run's wall time counts the first part too, as its checkpoint recorded it.
+    let stopped_at = checkpoint::load(&part.run_dir.join("checkpoints/last.safetensors"), &Device::Cpu)?;
+    assert!(stopped_at.state.wall_seconds > 0.0);
+    assert!(resumed.wall_s >= stopped_at.state.wall_seconds, "{} < {}", resumed.wall_s, stopped_at.state.wall_seconds);
     let (pa, pb) = (params(&full.run_dir)?, params(&resumed.run_dir)?);
     assert_eq!(pa.len(), pb.len());
     assert!(pa.iter().any(|(k, _)| k.starts_with("optim.m.")));

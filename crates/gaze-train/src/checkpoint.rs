@@ -40,6 +40,11 @@ pub struct TrainState {
     pub train_seconds: f64,
     /// Training examples seen so far.
     pub examples: u64,
+    /// Wall-clock seconds of the run so far, summed over its resumes (data preparation,
+    /// training, validation), so a resumed run reports the time of the whole run. Checkpoints
+    /// written before this field read 0.
+    #[serde(default)]
+    pub wall_seconds: f64,
 }
 
 /// Sums over the steps of an epoch.

@@ -396,6 +396,17 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     gaze_data::write_atomic(path, body.as_bytes()).map_err(TrainError::from)
 }
 
+/// The run's wall time before this process, from the state it resumes at (a new run: 0): the
+/// checkpoint's count, or, from a checkpoint written before it kept one, the larger of a finished
+/// run's summary and the training time alone (a lower bound: it leaves out evaluation).
+fn wall_before(state: &TrainState, summary_wall_s: Option<f64>) -> f64 {
+    if state.wall_seconds > 0.0 {
+        state.wall_seconds
+    } else {
+        summary_wall_s.unwrap_or(0.0).max(state.train_seconds)
+    }
+}
+
 /// Trains `cfg` and writes its run folder; returns the summary.
 pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
@@ -442,6 +453,12 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         st = loaded.state;
         truncate_metrics(&metrics_path, st.step)?;
     }
+    let summary_wall = std::fs::read_to_string(run_dir.join("summary.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<RunSummary>(&s).ok())
+        .map(|s| s.wall_s);
+    let wall_before = wall_before(&st, summary_wall);
+    let wall_now = || wall_before + started.elapsed().as_secs_f64();
 
     let bs = cfg.train.batch_size;
     let train_idx: Vec<usize> = (0..data.train.len()).collect();
@@ -533,9 +550,11 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
                 )?;
             }
             if cfg.train.checkpoint_every > 0 && st.step % cfg.train.checkpoint_every == 0 {
+                st.wall_seconds = wall_now();
                 checkpoint::save(&last_path, &built.vars, Some(&opt), &st)?;
             }
             if opts.stop_after_steps.is_some_and(|s| st.step >= s) {
+                st.wall_seconds = wall_now();
                 checkpoint::save(&last_path, &built.vars, Some(&opt), &st)?;
                 bar.abandon_with_message(format!("stopped after step {}", st.step));
                 stopped_early = true;
@@ -569,6 +588,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         st.epoch += 1;
         st.batch_in_epoch = 0;
+        st.wall_seconds = wall_now();
         if improved {
             st.best_val_acc = val.acc_pct;
             checkpoint::save(&best_path, &built.vars, None, &st)?;
@@ -634,15 +654,11 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         crate::report::pictures(&*model, &data, &test, cfg, &run_dir, &device)?;
         // Leave `last` as the final parameters of training, as saved at the last epoch end.
     }
-    let prev_wall = std::fs::read_to_string(run_dir.join("summary.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<RunSummary>(&s).ok())
-        .map_or(0.0, |s| s.wall_s);
     let summary = RunSummary {
         name: cfg.name.clone(),
         run_dir: run_dir.clone(),
         metrics,
-        wall_s: round4(prev_wall + started.elapsed().as_secs_f64()),
+        wall_s: round4(wall_now()),
         samples_per_s: round4(st.examples as f64 / st.train_seconds.max(1e-9)),
         steps: st.step,
         stopped_early,
@@ -702,6 +718,19 @@ pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Ve
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_resumed_run_counts_the_wall_time_before_it() {
+        use super::{wall_before, TrainState};
+        let fresh = TrainState::default();
+        assert_eq!(wall_before(&fresh, None), 0.0);
+        let kept = TrainState { wall_seconds: 1234.5, train_seconds: 1000.0, ..TrainState::default() };
+        assert_eq!(wall_before(&kept, Some(99.0)), 1234.5);
+        // A checkpoint from before `wall_seconds`: the training time is a lower bound.
+        let old = TrainState { train_seconds: 1000.0, ..TrainState::default() };
+        assert_eq!(wall_before(&old, None), 1000.0);
+        assert_eq!(wall_before(&old, Some(1500.0)), 1500.0);
+    }
+
     use super::*;
 
     #[test]
