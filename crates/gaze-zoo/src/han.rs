@@ -11,7 +11,9 @@
 //! cell its content lies, at twice the grid's resolution. Selection, by config:
 //! - `hard_topk` (HAN): the k cells of highest presence;
 //! - `adaptive` (AdaHAN): the cells whose softmax presence weight is at least a threshold
-//!   (1/n by default), a per-example number;
+//!   (1/n by default), a per-example number. With `topk_warmup` (gaze's addition, not the
+//!   paper's), training passes keep the top k for a first share of the steps, and evaluation is
+//!   adaptive throughout;
 //! - `soft`: every cell, scaled by n times its softmax presence weight;
 //! - `all`: every cell as it is (no attention).
 //!
