@@ -6,9 +6,11 @@
 //! maximum) instead of dividing by the number of maxima, so gradients through it are k^2 times
 //! too small. [`max_pool2d`] here is built from reshape + max, whose backward is right. And a
 //! broadcast bias's gradient is a strided reduction that candle's CPU backend walks element by
-//! element: [`add_bias`] (and [`linear`] with it) sums the rows contiguously instead.
+//! element: [`add_bias`] (and [`linear`] with it) sums the rows contiguously instead. candle's
+//! ReLU backward takes four passes and three allocations (zeros, compare, cast, multiply, then
+//! the accumulation); [`relu`] and [`linear_relu`] (bias and ReLU in one) take one.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::Linear;
 
 fn err(msg: String) -> candle_core::Error {
@@ -165,10 +167,139 @@ pub fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The gradient through a ReLU of pre-activations `pre`: `grad` where `pre >= 0` (candle's
+/// convention at 0), else 0.
+fn relu_grad(pre: &[f32], grad: &[f32]) -> Vec<f32> {
+    pre.iter().zip(grad).map(|(&p, &g)| if p >= 0.0 { g } else { 0.0 }).collect()
+}
+
+/// `y = max(0, x)`.
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "gaze-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "relu")?;
+        Ok((CpuStorage::F32(x.iter().map(|v| v.max(0.0)).collect()), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = relu_grad(&values(x)?, &values(grad)?);
+        Ok(Some(Tensor::from_vec(g, x.shape(), x.device())?))
+    }
+}
+
+/// `max(0, x)` with a one-pass backward (`Tensor::relu`'s values and gradients). f32 only.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Relu)
+}
+
+/// `y[n] = max(0, x[n] + bias)`.
+struct BiasRelu;
+
+impl CustomOp2 for BiasRelu {
+    fn name(&self) -> &'static str {
+        "gaze-bias-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (contiguous_f32(s1, l1, "linear_relu")?, contiguous_f32(s2, l2, "linear_relu")?);
+        let mut out = x.to_vec();
+        for row in out.chunks_exact_mut(b.len().max(1)) {
+            for (o, v) in row.iter_mut().zip(b) {
+                *o = (*o + v).max(0.0);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, bias: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (mut pre, b) = (values(x)?, values(bias)?);
+        let h = b.len().max(1);
+        for row in pre.chunks_exact_mut(h) {
+            for (o, v) in row.iter_mut().zip(&b) {
+                *o += v;
+            }
+        }
+        let g = relu_grad(&pre, &values(grad)?);
+        let mut db = vec![0f32; b.len()];
+        for row in g.chunks_exact(h) {
+            for (s, v) in db.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        Ok((
+            Some(Tensor::from_vec(g, x.shape(), x.device())?),
+            Some(Tensor::from_vec(db, bias.shape(), bias.device())?),
+        ))
+    }
+}
+
+/// `relu(linear(layer, x))` with the bias and the ReLU as one operation, forward and backward.
+/// Shapes: x (n, in) -> (n, out).
+pub fn linear_relu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    bias_relu(&x.matmul(&layer.weight().t()?)?, layer.bias())
+}
+
+/// `max(0, x + bias)` over the last dimension as one operation (without a bias: [`relu`]).
+/// Shapes: x (.., h), bias (h) -> like x.
+pub fn bias_relu(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => {
+            let h = b.elem_count();
+            if b.rank() != 1 || x.dims().last() != Some(&h) {
+                return Err(err(format!("linear_relu: bias {:?} does not match the output {:?}", b.dims(), x.dims())));
+            }
+            x.contiguous()?.apply_op2(&b.contiguous()?, BiasRelu)
+        }
+        None => relu(x),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn relu_and_linear_relu_match_candle_with_their_gradients() -> Result<()> {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        // Values away from 0 (where the finite differences would straddle the kink), both signs.
+        let r = |n: usize, s: f32| {
+            Tensor::from_vec((0..n).map(|i| (((i * 7 + 3) % 11) as f32 - 5.3) * s).collect(), n, &dev)
+        };
+        let (w, b) = (r(12, 0.2)?.reshape((4, 3))?, r(4, 0.3)?);
+        let x = Var::from_tensor(&r(15, 0.15)?.reshape((5, 3))?)?;
+        let (wv, bv) = (Var::from_tensor(&w)?, Var::from_tensor(&b)?);
+        let layer = Linear::new(wv.as_tensor().clone(), Some(bv.as_tensor().clone()));
+        let weights = Tensor::from_vec((0..20).map(|i| i as f32 * 0.1 - 0.7).collect(), (5, 4), &dev)?;
+        let loss = |y: Tensor| (y * &weights)?.sum_all();
+        let want = candle_core::Module::forward(&layer, x.as_tensor())?.relu()?;
+        let got = linear_relu(&layer, x.as_tensor())?;
+        assert_eq!(values(&got)?, values(&want)?);
+        assert!(values(&got)?.contains(&0.0) && values(&got)?.iter().any(|&v| v > 0.0), "both sides of the kink");
+        let (gw, gg) = (loss(want)?.backward()?, loss(got)?.backward()?);
+        for v in [&x, &wv, &bv] {
+            let (a, b) = (gw.get(v.as_tensor()), gg.get(v.as_tensor()));
+            let diff = match (a, b) {
+                (Some(a), Some(b)) => (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?,
+                _ => f32::INFINITY,
+            };
+            assert!(diff < 1e-6, "gradient of {:?}: {diff}", v.dims());
+        }
+        let pre = r(15, 0.15)?;
+        assert_eq!(values(&relu(&pre)?)?, values(&pre.relu()?)?);
+        let by_x = crate::testing::grad_check(|x| relu(x)?.sqr()?.sum_all(), &pre, 1e-2)?;
+        assert!(by_x < 2e-3, "{by_x}");
+        let odd = Linear::new(w, Some(r(3, 0.3)?));
+        let e = linear_relu(&odd, x.as_tensor()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("linear_relu") && e.contains("does not match"), "{e}");
+        Ok(())
+    }
 
     #[test]
     fn add_bias_and_linear_match_candle_with_their_gradients() -> Result<()> {

@@ -472,7 +472,7 @@ impl Han {
                 // the sum over pairs and the bias additions are fused operations
                 // (`gaze_tensor::relational`, `ops::add_bias`): the same values, without candle's
                 // strided reductions.
-                let g_mlp = |x: Tensor| g.iter().try_fold(x.relu()?, |x, l| ops::linear(l, &x)?.relu());
+                let g_mlp = |x: Tensor| g.iter().try_fold(ops::relu(&x)?, |x, l| ops::linear_relu(l, &x));
                 let pooled = match &sel.valid {
                     None => {
                         let x = g_mlp(relational::pair_sums(&pa, &pb, &pq)?.reshape((nq * m * m, h))?)?;
@@ -525,7 +525,7 @@ impl Han {
                         pooled.broadcast_mul(&Tensor::from_vec(scale, (nq, 1), pooled.device())?)?
                     }
                 };
-                f2.forward(&f1.forward(&pooled)?.relu()?)
+                f2.forward(&ops::linear_relu(f1, &pooled)?)
             }
             HeadNet::Pooled { f1, f2 } => {
                 let pooled = match &sel.valid {

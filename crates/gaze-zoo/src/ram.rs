@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use gaze_attention::{Retina, RetinaConfig};
 use gaze_tensor::glimpse::GlimpseSpec;
 use gaze_tensor::lstm::{LstmCell, LstmState, LstmWeights};
-use gaze_tensor::ops::linear;
+use gaze_tensor::ops::{linear, linear_relu, relu};
 use gaze_tensor::sample::{gaussian_log_prob, gaussian_sample};
 use gaze_tensor::seed::Rng;
 
@@ -301,9 +301,9 @@ impl Ram {
 
     /// The glimpse vector g for images at locations l. Shapes: (b, c, h, w), (b, 2) -> (b, glimpse_out).
     pub fn glimpse(&self, images: &Tensor, locs: &Tensor) -> Result<Tensor> {
-        let what = linear(&self.what, &self.retina.forward(images, locs)?)?.relu()?;
-        let where_ = linear(&self.where_, locs)?.relu()?;
-        linear(&self.mix, &Tensor::cat(&[what, where_], 1)?)?.relu()
+        let what = linear_relu(&self.what, &self.retina.forward(images, locs)?)?;
+        let where_ = linear_relu(&self.where_, locs)?;
+        linear_relu(&self.mix, &Tensor::cat(&[what, where_], 1)?)
     }
 
     fn core_weights(&self) -> Result<CoreWeights<'_>> {
@@ -315,9 +315,9 @@ impl Ram {
 
     fn step_with(&self, w: &CoreWeights, g: &Tensor, state: Option<&CoreState>) -> Result<CoreState> {
         match (w, state) {
-            (CoreWeights::Rnn { input, .. }, None) => Ok(CoreState::Rnn(linear(input, g)?.relu()?)),
+            (CoreWeights::Rnn { input, .. }, None) => Ok(CoreState::Rnn(linear_relu(input, g)?)),
             (CoreWeights::Rnn { input, recurrent }, Some(s)) => {
-                Ok(CoreState::Rnn((linear(input, g)? + linear(recurrent, s.h())?)?.relu()?))
+                Ok(CoreState::Rnn(relu(&(linear(input, g)? + linear(recurrent, s.h())?)?)?))
             }
             (CoreWeights::Lstm(l), None) => Ok(CoreState::Lstm(l.step(g, None)?)),
             (CoreWeights::Lstm(l), Some(CoreState::Lstm(s))) => Ok(CoreState::Lstm(l.step(g, Some(s))?)),
@@ -338,7 +338,7 @@ impl Ram {
     pub fn location_mean(&self, h: &Tensor) -> Result<Tensor> {
         let h = h.detach();
         match &self.locator_hidden {
-            Some(l) => linear(&self.locator, &linear(l, &h)?.relu()?)?.tanh(),
+            Some(l) => linear(&self.locator, &linear_relu(l, &h)?)?.tanh(),
             None => linear(&self.locator, &h)?.tanh(),
         }
     }
