@@ -106,6 +106,34 @@ pub(crate) fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.contiguous()?.flatten_all()?.to_vec1::<f32>()
 }
 
+/// Adds `bias` to every row of `rows` (rows of `bias.len()` values).
+fn add_to_rows(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len().max(1)) {
+        for (o, v) in row.iter_mut().zip(bias) {
+            *o += v;
+        }
+    }
+}
+
+/// The sum of the rows of `g` (rows of `h` values): a bias's gradient.
+fn row_sums(g: &[f32], h: usize) -> Vec<f32> {
+    let mut sums = vec![0f32; h];
+    for row in g.chunks_exact(h.max(1)) {
+        for (s, v) in sums.iter_mut().zip(row) {
+            *s += v;
+        }
+    }
+    sums
+}
+
+/// Checks that `bias` is a vector as long as the last dimension of `x`; errors name `op`.
+fn check_bias(op: &str, x: &Tensor, bias: &Tensor) -> Result<()> {
+    if bias.rank() != 1 || x.dims().last() != Some(&bias.elem_count()) {
+        return Err(err(format!("{op}: bias {:?} does not match the last dimension of x {:?}", bias.dims(), x.dims())));
+    }
+    Ok(())
+}
+
 /// `y[n] = x[n] + bias`.
 struct AddBias;
 
@@ -116,13 +144,8 @@ impl CustomOp2 for AddBias {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, b) = (contiguous_f32(s1, l1, "add_bias")?, contiguous_f32(s2, l2, "add_bias")?);
-        let h = b.len();
         let mut out = x.to_vec();
-        for row in out.chunks_exact_mut(h.max(1)) {
-            for (o, v) in row.iter_mut().zip(b) {
-                *o += v;
-            }
-        }
+        add_to_rows(&mut out, b);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -133,28 +156,14 @@ impl CustomOp2 for AddBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = values(grad)?;
-        let h = bias.elem_count();
-        let mut db = vec![0f32; h];
-        for row in g.chunks_exact(h.max(1)) {
-            for (s, v) in db.iter_mut().zip(row) {
-                *s += v;
-            }
-        }
+        let db = row_sums(&values(grad)?, bias.elem_count());
         Ok((Some(grad.clone()), Some(Tensor::from_vec(db, bias.shape(), bias.device())?)))
     }
 }
 
 /// `x + bias` over the last dimension. Shapes: x (.., h), bias (h) -> like x.
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let h = bias.elem_count();
-    if bias.rank() != 1 || x.dims().last() != Some(&h) {
-        return Err(err(format!(
-            "add_bias: bias {:?} does not match the last dimension of x {:?}",
-            bias.dims(),
-            x.dims()
-        )));
-    }
+    check_bias("add_bias", x, bias)?;
     x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
 }
 
@@ -208,29 +217,16 @@ impl CustomOp2 for BiasRelu {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, b) = (contiguous_f32(s1, l1, "linear_relu")?, contiguous_f32(s2, l2, "linear_relu")?);
         let mut out = x.to_vec();
-        for row in out.chunks_exact_mut(b.len().max(1)) {
-            for (o, v) in row.iter_mut().zip(b) {
-                *o = (*o + v).max(0.0);
-            }
-        }
+        add_to_rows(&mut out, b);
+        out.iter_mut().for_each(|v| *v = v.max(0.0));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, bias: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (mut pre, b) = (values(x)?, values(bias)?);
-        let h = b.len().max(1);
-        for row in pre.chunks_exact_mut(h) {
-            for (o, v) in row.iter_mut().zip(&b) {
-                *o += v;
-            }
-        }
+        add_to_rows(&mut pre, &b);
         let g = relu_grad(&pre, &values(grad)?);
-        let mut db = vec![0f32; b.len()];
-        for row in g.chunks_exact(h) {
-            for (s, v) in db.iter_mut().zip(row) {
-                *s += v;
-            }
-        }
+        let db = row_sums(&g, b.len());
         Ok((
             Some(Tensor::from_vec(g, x.shape(), x.device())?),
             Some(Tensor::from_vec(db, bias.shape(), bias.device())?),
@@ -249,10 +245,7 @@ pub fn linear_relu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
 pub fn bias_relu(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
         Some(b) => {
-            let h = b.elem_count();
-            if b.rank() != 1 || x.dims().last() != Some(&h) {
-                return Err(err(format!("linear_relu: bias {:?} does not match the output {:?}", b.dims(), x.dims())));
-            }
+            check_bias("linear_relu", x, b)?;
             x.contiguous()?.apply_op2(&b.contiguous()?, BiasRelu)
         }
         None => relu(x),

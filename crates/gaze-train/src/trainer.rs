@@ -718,9 +718,10 @@ pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Ve
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_resumed_run_counts_the_wall_time_before_it() {
-        use super::{wall_before, TrainState};
         let fresh = TrainState::default();
         assert_eq!(wall_before(&fresh, None), 0.0);
         let kept = TrainState { wall_seconds: 1234.5, train_seconds: 1000.0, ..TrainState::default() };
@@ -730,8 +731,6 @@ mod tests {
         assert_eq!(wall_before(&old, None), 1000.0);
         assert_eq!(wall_before(&old, Some(1500.0)), 1500.0);
     }
-
-    use super::*;
 
     #[test]
     fn a_glimpse_covers_the_points_inside_its_finest_patch() {

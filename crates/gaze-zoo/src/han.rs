@@ -248,25 +248,20 @@ impl Han {
         if n == 0 {
             return Err(msg(format!("the CNN leaves no cells of a {h}x{w} image")));
         }
-        if cfg.selection == Selection::HardTopk && (cfg.k == 0 || cfg.k > n) {
-            return Err(msg(format!("k = {} must be in 1..={n} (the {gh}x{gw} grid)", cfg.k)));
-        }
         if !(0.0..1.0).contains(&cfg.topk_warmup) {
             return Err(msg(format!("topk_warmup = {} must be in [0, 1) (a share of training)", cfg.topk_warmup)));
         }
-        if cfg.topk_warmup > 0.0 {
-            if cfg.selection != Selection::Adaptive {
-                return Err(msg(format!(
-                    "topk_warmup = {} needs selection = \"adaptive\" (it is {:?})",
-                    cfg.topk_warmup, cfg.selection
-                )));
-            }
-            if cfg.k == 0 || cfg.k > n {
-                return Err(msg(format!(
-                    "topk_warmup keeps k = {} cells, which must be in 1..={n} (the {gh}x{gw} grid)",
-                    cfg.k
-                )));
-            }
+        let warmup = cfg.topk_warmup > 0.0;
+        if warmup && cfg.selection != Selection::Adaptive {
+            return Err(msg(format!(
+                "topk_warmup = {} needs selection = \"adaptive\" (it is {:?})",
+                cfg.topk_warmup, cfg.selection
+            )));
+        }
+        // The top k is used by HAN, and by AdaHAN's warm-up.
+        if (cfg.selection == Selection::HardTopk || warmup) && (cfg.k == 0 || cfg.k > n) {
+            let user = if warmup { " (kept by topk_warmup)" } else { "" };
+            return Err(msg(format!("k = {} must be in 1..={n} (the {gh}x{gw} grid){user}", cfg.k)));
         }
         if cfg.g_layers == 0 || cfg.g_hidden == 0 || cfg.f_hidden == 0 {
             return Err(msg("g_layers, g_hidden and f_hidden must be >= 1".into()));
