@@ -221,3 +221,68 @@ fn ram_reports_whether_its_glimpses_reached_the_digit() -> anyhow::Result<()> {
     assert!(report.contains("glimpsed_digit_pct"), "{report}");
     Ok(())
 }
+
+/// `train.shards`: a batch split into two shards on two threads takes the step one pass over the
+/// whole batch takes (a deterministic model, plain SGD: parameters equal to float noise); sharded
+/// RAM runs (each shard sampling its own paths) are bit-identical with the same seed; impossible
+/// shard counts and batch norm are named.
+#[test]
+fn sharded_steps_equal_one_pass_and_repeat_exactly() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut one = tiny()?;
+    one.model =
+        ExperimentConfig::from_toml(&TINY.replace("dropout = 0.2", "dropout = 0.0"), Path::new("t.toml"))?.model;
+    one.optim.kind = gaze_train::config::OptimKind::Sgd;
+    one.optim.momentum = 0.0;
+    one.optim.clip_norm = 0.0; // clipping would hide a wrongly scaled gradient
+    let two = {
+        let mut c = one.clone();
+        c.train.shards = 2;
+        c
+    };
+    let stop = |d: &str| RunOptions { stop_after_steps: Some(3), ..opts(&tmp.path().join(d)) };
+    let (a, b) = (gaze_train::run(&one, &stop("one"))?, gaze_train::run(&two, &stop("two"))?);
+    let (pa, pb) = (params(&a.run_dir)?, params(&b.run_dir)?);
+    // Where the parameters started: one step at a vanishing rate.
+    let init = {
+        let c = RunOptions { stop_after_steps: Some(1), ..opts(&tmp.path().join("init")) };
+        let mut still = one.clone();
+        still.optim.lr = 1e-30;
+        still.optim.schedule = gaze_train::config::Schedule::Constant;
+        params(&gaze_train::run(&still, &c)?.run_dir)?
+    };
+    // Each parameter's displacement over the three steps, one pass against two shards.
+    let mut moved = 0f32;
+    let mut worst = 0f32;
+    for (((k0, v0), (ka, va)), (kb, vb)) in init.iter().zip(&pa).zip(&pb) {
+        assert!(k0 == ka && ka == kb, "{k0} {ka} {kb}");
+        for ((x0, x), y) in v0.iter().zip(va).zip(vb) {
+            moved = moved.max((x - x0).abs());
+            worst = worst.max(((x - x0) - (y - x0)).abs());
+        }
+    }
+    // The runs moved the parameters (else equal parameters would prove nothing), and the
+    // shards moved them the same way: a gradient off by a factor would differ by its size.
+    assert!(moved > 1e-3, "three SGD steps moved no parameter by more than {moved}");
+    assert!(worst <= 1e-3 * moved, "displacements differ by up to {worst} (largest {moved})");
+
+    let mut ram = quick_of("ram-mnist-28")?;
+    ram.train.shards = 2;
+    ram.train.log_every = 1;
+    let (r1, r2) =
+        (gaze_train::run(&ram, &opts(&tmp.path().join("r1")))?, gaze_train::run(&ram, &opts(&tmp.path().join("r2")))?);
+    assert_eq!(r1.metrics, r2.metrics);
+    assert_eq!(params(&r1.run_dir)?, params(&r2.run_dir)?);
+
+    for (shards, batch) in [(0, 16), (17, 16)] {
+        let text = TINY.replace("batch_size = 16", &format!("batch_size = {batch}\nshards = {shards}"));
+        let msg =
+            ExperimentConfig::from_toml(&text, Path::new("t.toml")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("train.shards") && msg.contains(&shards.to_string()), "shards = {shards}: {msg:?}");
+    }
+    let mut bn = quick_of("han-sort-of-clevr")?;
+    bn.train.shards = 2;
+    let msg = gaze_train::run(&bn, &opts(&tmp.path().join("bn"))).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.contains("train.shards") && msg.contains("batch norm"), "{msg:?}");
+    Ok(())
+}

@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// CPU threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// The training step's batch split into this many shards, each on its own thread (the
+    /// trainer's `train.shards`); forward and backward columns stay one pass over the batch.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
 }
 
 fn time<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
@@ -63,11 +67,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut rows = vec![];
     let per = (data.train.rows() / data.train.len().max(1)).max(1);
     println!("model of `{name}`, input {:?}, {} (rows: images, or questions)", data.input, data.description);
-    println!("| batch | forward ms | forward+backward ms | optimizer ms | step ms | train samples/s | inference ms | inference samples/s | threads |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| batch | forward ms | forward+backward ms | optimizer ms | step ms | train samples/s | inference ms | inference samples/s | threads | shards |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &want in &a.batch {
         let vm = SeededVarMap::new(Seed(0));
         let model = gaze_zoo::build(&cfg.model, &data.shape(), vm.builder(&dev))?;
+        if a.shards > 1 && vm.sorted_vars().iter().any(|(n, _)| n.contains("running_")) {
+            anyhow::bail!("--shards {}: `{name}` has batch norm, which shards would split; use --shards 1", a.shards);
+        }
         let images = want.div_ceil(per).min(data.train.len()).max(1);
         let idx: Vec<usize> = (0..images).collect();
         let batch: Batch = data.train.batch(&idx, &dev)?;
@@ -78,20 +85,35 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let fb = time(a.reps, || Ok(model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?))?;
         let grads = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
         let optm = time(a.reps, || Ok(opt.step(&grads)?))?;
-        let step = time(a.reps, || {
-            let g = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
-            Ok(opt.step(&g)?)
-        })?;
+        let step = if a.shards > 1 {
+            let parts: Vec<Batch> = idx
+                .chunks(idx.len().div_ceil(a.shards))
+                .map(|c| data.train.batch(c, &dev))
+                .collect::<Result<_, _>>()?;
+            let mut s = 0u64;
+            time(a.reps, || {
+                s += 1;
+                let rngs = (0..parts.len()).map(|j| Seed(2).index(s).index(j as u64).rng()).collect();
+                let passes = gaze_train::shard::passes(model.as_ref(), &parts, rngs, s, false)?;
+                let grads = gaze_train::shard::combined_grads(opt.vars(), &passes)?;
+                Ok(opt.step_grads(grads)?)
+            })?
+        } else {
+            time(a.reps, || {
+                let g = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
+                Ok(opt.step(&g)?)
+            })?
+        };
         let infer = time(a.reps, || Ok(model.forward(&batch, false, &mut rng)?.logits.argmax(1)?.to_vec1::<u32>()?))?;
         let sps = b as f64 / (step / 1000.0);
         let isps = b as f64 / (infer / 1000.0);
         println!(
-            "| {b} | {fwd:.2} | {fb:.2} | {optm:.2} | {step:.2} | {sps:.0} | {infer:.3} | {isps:.0} | {} |",
-            a.threads
+            "| {b} | {fwd:.2} | {fb:.2} | {optm:.2} | {step:.2} | {sps:.0} | {infer:.3} | {isps:.0} | {} | {} |",
+            a.threads, a.shards
         );
         rows.push(serde_json::json!({"model": name, "batch": b, "forward_ms": fwd, "forward_backward_ms": fb,
             "optimizer_ms": optm, "step_ms": step, "samples_per_s": sps, "inference_ms": infer,
-            "inference_samples_per_s": isps, "threads": a.threads}));
+            "inference_samples_per_s": isps, "threads": a.threads, "shards": a.shards}));
     }
     let out = crate::experiment::root().join(format!("runs/bench/{name}.json"));
     gaze_data::write_atomic(&out, serde_json::to_string_pretty(&rows)?.as_bytes())

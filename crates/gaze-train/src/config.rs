@@ -260,6 +260,11 @@ pub struct TrainConfig {
     /// Training images are shifted by up to this many pixels in x and y (uniform, seeded per
     /// step; zeros fill in); 0: no augmentation.
     pub augment_shift: usize,
+    /// Each training batch is split into this many shards, whose forward and backward passes
+    /// run on their own threads, their gradients combined into the batch's (data parallelism;
+    /// see `gaze_train::shard`). 1: one pass on the calling thread. With `threads = 1` each
+    /// shard keeps to one core. Not for models with batch norm.
+    pub shards: usize,
 }
 
 impl Default for TrainConfig {
@@ -273,6 +278,7 @@ impl Default for TrainConfig {
             threads: 0,
             pictures: 16,
             augment_shift: 0,
+            shards: 1,
         }
     }
 }
@@ -364,6 +370,13 @@ impl ExperimentConfig {
         }
         if t.batch_size == 0 {
             return Err(bad(path, "train.batch_size", "must be at least 1"));
+        }
+        if t.shards == 0 || t.shards > t.batch_size {
+            return Err(bad(
+                path,
+                "train.shards",
+                format!("{} must be in [1, batch_size = {}]", t.shards, t.batch_size),
+            ));
         }
         if t.eval_batch_size == 0 {
             return Err(bad(path, "train.eval_batch_size", "must be at least 1"));

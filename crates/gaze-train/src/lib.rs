@@ -14,6 +14,7 @@ pub mod error;
 pub mod optim;
 pub mod report;
 pub mod results;
+pub mod shard;
 pub mod trainer;
 
 pub use config::ExperimentConfig;

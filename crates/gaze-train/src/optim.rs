@@ -39,10 +39,28 @@ impl Optimizer {
         Ok(Self { cfg: cfg.clone(), vars, m, v, t: 0, lr: cfg.lr })
     }
 
+    /// The variables updated, name-sorted: the order [`Optimizer::step_grads`] takes.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
     /// Applies one update from `grads`; variables without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore) -> Result<StepInfo> {
-        let mut sq = 0f32;
         let gs: Vec<Option<Tensor>> = self.vars.iter().map(|(_, v)| grads.get(v).cloned()).collect();
+        self.step_grads(gs)
+    }
+
+    /// Applies one update from one gradient per variable, in [`Optimizer::vars`] order (`None`:
+    /// left alone).
+    pub fn step_grads(&mut self, gs: Vec<Option<Tensor>>) -> Result<StepInfo> {
+        if gs.len() != self.vars.len() {
+            return Err(TrainError::Other(format!(
+                "optimizer: {} gradients for {} variables",
+                gs.len(),
+                self.vars.len()
+            )));
+        }
+        let mut sq = 0f32;
         for g in gs.iter().flatten() {
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()?;
         }

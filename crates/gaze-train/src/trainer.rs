@@ -18,6 +18,7 @@ use crate::config::{ExperimentConfig, Schedule};
 use crate::data::{self, Examples, Prepared};
 use crate::error::{Result, TrainError};
 use crate::optim::{scheduled_lr, Optimizer};
+use crate::shard;
 
 /// How to run (beyond the experiment file).
 #[derive(Debug, Clone, Default)]
@@ -466,6 +467,14 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let total_steps = steps_per_epoch * cfg.train.epochs as u64;
     let model = built.model.as_mut();
     let mut stopped_early = false;
+    let shards = cfg.train.shards.max(1);
+    if shards > 1 && built.vars.sorted_vars().iter().any(|(n, _)| n.contains("running_")) {
+        return Err(TrainError::Other(format!(
+            "{}: `train.shards` = {shards}: the model has batch norm, which would normalise each shard by its own \
+             statistics; use shards = 1",
+            cfg.name
+        )));
+    }
 
     'epochs: while st.epoch < cfg.train.epochs {
         let fresh = data.train_for_epoch(st.epoch, seed)?;
@@ -480,39 +489,43 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         );
         for idx in batches {
             let t0 = Instant::now();
-            let b = match train_set.as_images() {
-                Some(images) if cfg.train.augment_shift > 0 => {
-                    let mut aug = seed.stream("augment").index(st.step).rng();
-                    shifted_batch(images, &idx, cfg.train.augment_shift, &mut aug, &device)?
-                }
-                _ => train_set.batch(&idx, &device)?,
-            };
-            let mut rng = seed.stream("sampling").index(st.step).rng();
-            model.set_progress(st.step as f64 / total_steps.max(1) as f64);
-            let mut out = model.forward(&b, true, &mut rng)?;
-            if opts.inject_nan_at_step == Some(st.step + 1) {
-                for (name, t) in out.losses.iter_mut() {
-                    if name == "classify" {
-                        *t = (&*t * f64::NAN)?;
+            // One shard: the whole batch, with the step's streams. More: consecutive parts of it,
+            // each with its own sub-streams (see `shard`).
+            let parts: Vec<&[usize]> =
+                if shards == 1 { vec![&idx[..]] } else { idx.chunks(idx.len().div_ceil(shards)).collect() };
+            let sub = |s: Seed, j: usize| if shards == 1 { s } else { s.index(j as u64) };
+            let mut shard_batches = Vec::with_capacity(parts.len());
+            let mut rngs = Vec::with_capacity(parts.len());
+            for (j, part) in parts.iter().enumerate() {
+                shard_batches.push(match train_set.as_images() {
+                    Some(images) if cfg.train.augment_shift > 0 => {
+                        let mut aug = sub(seed.stream("augment").index(st.step), j).rng();
+                        shifted_batch(images, part, cfg.train.augment_shift, &mut aug, &device)?
                     }
-                }
+                    _ => train_set.batch(part, &device)?,
+                });
+                rngs.push(sub(seed.stream("sampling").index(st.step), j).rng());
             }
-            let mut term_values = BTreeMap::new();
-            for (name, t) in &out.losses {
-                let v = t.to_scalar::<f32>()?;
-                if !v.is_finite() {
+            model.set_progress(st.step as f64 / total_steps.max(1) as f64);
+            let poison = opts.inject_nan_at_step == Some(st.step + 1);
+            let passes = match shard::passes(&*model, &shard_batches, rngs, st.step + 1, poison) {
+                Ok(p) => p,
+                Err(e) => {
                     bar.abandon();
-                    return Err(TrainError::NonFinite { step: st.step + 1, term: name.clone(), value: v });
+                    return Err(e);
                 }
-                term_values.insert(name.clone(), f64::from(v));
-            }
-            let loss = out.total_loss()?;
+            };
+            let term_values = shard::combined_terms(&passes);
             opt.lr = scheduled_lr(&cfg.optim, st.step, total_steps, steps_per_epoch, opt.lr);
-            let info = opt.step(&loss.backward()?)?;
-            let preds = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            let targets = b.targets.to_vec1::<u32>()?;
-            let correct = preds.iter().zip(&targets).filter(|(a, b)| a == b).count() as u64;
-            let n = targets.len() as u64;
+            let info = opt.step_grads(shard::combined_grads(opt.vars(), &passes)?)?;
+            let (mut correct, mut targets_len) = (0u64, 0usize);
+            for (p, b) in passes.iter().zip(&shard_batches) {
+                let preds = p.output.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                let targets = b.targets.to_vec1::<u32>()?;
+                correct += preds.iter().zip(&targets).filter(|(a, b)| a == b).count() as u64;
+                targets_len += targets.len();
+            }
+            let n = targets_len as u64;
             st.step += 1;
             st.batch_in_epoch += 1;
             st.opt_t = opt.t;
@@ -535,11 +548,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
                 sps
             ));
             if st.step % cfg.train.log_every.max(1) == 0 {
-                let stats = out
-                    .stats
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), f64::from(v.to_scalar::<f32>()?))))
-                    .collect::<Result<BTreeMap<_, _>>>()?;
+                let stats = shard::combined_stats(&passes)?;
                 append_jsonl(
                     &metrics_path,
                     &serde_json::json!({
