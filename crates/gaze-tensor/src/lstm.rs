@@ -18,7 +18,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::{contiguous_f32, values};
+use crate::ops::{contiguous_f32, with_values};
 
 fn err(m: String) -> candle_core::Error {
     candle_core::Error::Msg(m)
@@ -75,14 +75,20 @@ fn gate_backward(
     rule: impl Fn(&[f32], usize, f32, f32, &mut [f32]) -> f32,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let (b, h) = check(gates.shape(), c.shape(), "the cell state")?;
-    let (z, cv, d) = (values(gates)?, values(c)?, values(grad)?);
     let (mut dz, mut dc) = (vec![0f32; b * 4 * h], vec![0f32; b * h]);
-    for r in 0..b {
-        let (zr, dzr) = (&z[r * 4 * h..(r + 1) * 4 * h], &mut dz[r * 4 * h..(r + 1) * 4 * h]);
-        for j in 0..h {
-            dc[r * h + j] = rule(zr, j, cv[r * h + j], d[r * h + j], dzr);
-        }
-    }
+    with_values(gates, "lstm", |z| {
+        with_values(c, "lstm", |cv| {
+            with_values(grad, "lstm", |d| {
+                for r in 0..b {
+                    let (zr, dzr) = (&z[r * 4 * h..(r + 1) * 4 * h], &mut dz[r * 4 * h..(r + 1) * 4 * h]);
+                    for j in 0..h {
+                        dc[r * h + j] = rule(zr, j, cv[r * h + j], d[r * h + j], dzr);
+                    }
+                }
+                Ok(())
+            })
+        })
+    })?;
     let dev = gates.device();
     Ok((Some(Tensor::from_vec(dz, (b, 4 * h), dev)?), Some(Tensor::from_vec(dc, (b, h), dev)?)))
 }

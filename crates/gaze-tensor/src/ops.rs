@@ -101,9 +101,15 @@ pub fn half_cosine(start: f64, end: f64, progress: f64) -> f64 {
     end + 0.5 * (start - end) * (1.0 + (std::f64::consts::PI * progress.clamp(0.0, 1.0)).cos())
 }
 
-/// An f32 tensor's values in row-major order.
-pub(crate) fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+/// `f` of a CPU f32 tensor's values in row-major order, read in place (no copy when the tensor is
+/// contiguous); errors name `op`.
+pub(crate) fn with_values<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(contiguous_f32(s, layout, op)?),
+        _ => Err(err(format!("{op}: CPU tensors only"))),
+    }
 }
 
 /// Adds `bias` to every row of `rows` (rows of `bias.len()` values).
@@ -156,7 +162,7 @@ impl CustomOp2 for AddBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = row_sums(&values(grad)?, bias.elem_count());
+        let db = with_values(grad, "add_bias", |g| Ok(row_sums(g, bias.elem_count())))?;
         Ok((Some(grad.clone()), Some(Tensor::from_vec(db, bias.shape(), bias.device())?)))
     }
 }
@@ -196,7 +202,7 @@ impl CustomOp1 for Relu {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = relu_grad(&values(x)?, &values(grad)?);
+        let g = with_values(x, "relu", |xv| with_values(grad, "relu", |gv| Ok(relu_grad(xv, gv))))?;
         Ok(Some(Tensor::from_vec(g, x.shape(), x.device())?))
     }
 }
@@ -223,10 +229,19 @@ impl CustomOp2 for BiasRelu {
     }
 
     fn bwd(&self, x: &Tensor, bias: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (mut pre, b) = (values(x)?, values(bias)?);
-        add_to_rows(&mut pre, &b);
-        let g = relu_grad(&pre, &values(grad)?);
-        let db = row_sums(&g, b.len());
+        let g = with_values(x, "linear_relu", |xv| {
+            with_values(bias, "linear_relu", |b| {
+                with_values(grad, "linear_relu", |gv| {
+                    let (h, mut g) = (b.len().max(1), Vec::with_capacity(gv.len()));
+                    for (xr, gr) in xv.chunks_exact(h).zip(gv.chunks_exact(h)) {
+                        // x + bias >= 0, as `add_to_rows` adds them: candle's convention at 0.
+                        g.extend(xr.iter().zip(b).zip(gr).map(|((&x, &c), &d)| if x + c >= 0.0 { d } else { 0.0 }));
+                    }
+                    Ok(g)
+                })
+            })
+        })?;
+        let db = row_sums(&g, bias.elem_count());
         Ok((
             Some(Tensor::from_vec(g, x.shape(), x.device())?),
             Some(Tensor::from_vec(db, bias.shape(), bias.device())?),
@@ -255,6 +270,11 @@ pub fn bias_relu(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An f32 tensor's values in row-major order.
+    fn values(t: &Tensor) -> Result<Vec<f32>> {
+        t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+    }
     use candle_core::Device;
 
     #[test]

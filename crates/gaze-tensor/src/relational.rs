@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::ops::{contiguous_f32, values};
+use crate::ops::{contiguous_f32, with_values};
 
 fn err(m: String) -> candle_core::Error {
     candle_core::Error::Msg(m)
@@ -76,28 +76,30 @@ impl CustomOp3 for PairSums {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (q, m, h) = a.dims3()?;
-        let g = values(grad)?;
-        let (mut da, mut db, mut dc) = (vec![0f32; q * m * h], vec![0f32; q * m * h], vec![0f32; q * h]);
-        for r in 0..q {
-            for i in 0..m {
-                for j in 0..m {
-                    let gij = &g[((r * m + i) * m + j) * h..((r * m + i) * m + j + 1) * h];
-                    for (s, x) in da[(r * m + i) * h..(r * m + i + 1) * h].iter_mut().zip(gij) {
-                        *s += x;
+        let (da, db, dc) = with_values(grad, "pair_sum", |g| {
+            let (mut da, mut db, mut dc) = (vec![0f32; q * m * h], vec![0f32; q * m * h], vec![0f32; q * h]);
+            for r in 0..q {
+                for i in 0..m {
+                    for j in 0..m {
+                        let gij = &g[((r * m + i) * m + j) * h..((r * m + i) * m + j + 1) * h];
+                        for (s, x) in da[(r * m + i) * h..(r * m + i + 1) * h].iter_mut().zip(gij) {
+                            *s += x;
+                        }
+                        for (s, x) in db[(r * m + j) * h..(r * m + j + 1) * h].iter_mut().zip(gij) {
+                            *s += x;
+                        }
                     }
-                    for (s, x) in db[(r * m + j) * h..(r * m + j + 1) * h].iter_mut().zip(gij) {
+                }
+                // c's gradient is the sum of a's over i.
+                let (dar, dcr) = (&da[r * m * h..(r + 1) * m * h], &mut dc[r * h..(r + 1) * h]);
+                for row in dar.chunks_exact(h) {
+                    for (s, x) in dcr.iter_mut().zip(row) {
                         *s += x;
                     }
                 }
             }
-            // c's gradient is the sum of a's over i.
-            let (dar, dcr) = (&da[r * m * h..(r + 1) * m * h], &mut dc[r * h..(r + 1) * h]);
-            for row in dar.chunks_exact(h) {
-                for (s, x) in dcr.iter_mut().zip(row) {
-                    *s += x;
-                }
-            }
-        }
+            Ok((da, db, dc))
+        })?;
         let dev = a.device();
         Ok((
             Some(Tensor::from_vec(da, (q, m, h), dev)?),
@@ -139,13 +141,15 @@ impl CustomOp1 for SumRows {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (q, p, h) = x.dims3()?;
-        let g = values(grad)?;
-        let mut out = Vec::with_capacity(q * p * h);
-        for gr in g.chunks_exact(h) {
-            for _ in 0..p {
-                out.extend_from_slice(gr);
+        let out = with_values(grad, "pair_sum", |g| {
+            let mut out = Vec::with_capacity(q * p * h);
+            for gr in g.chunks_exact(h.max(1)) {
+                for _ in 0..p {
+                    out.extend_from_slice(gr);
+                }
             }
-        }
+            Ok(out)
+        })?;
         Ok(Some(Tensor::from_vec(out, (q, p, h), x.device())?))
     }
 }
