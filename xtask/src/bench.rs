@@ -72,9 +72,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     for &want in &a.batch {
         let vm = SeededVarMap::new(Seed(0));
         let model = gaze_zoo::build(&cfg.model, &data.shape(), vm.builder(&dev))?;
-        if a.shards > 1 && vm.sorted_vars().iter().any(|(n, _)| n.contains("running_")) {
-            anyhow::bail!("--shards {}: `{name}` has batch norm, which shards would split; use --shards 1", a.shards);
-        }
+        gaze_train::shard::check_model(name, a.shards, &vm.sorted_vars())?;
         let images = want.div_ceil(per).min(data.train.len()).max(1);
         let idx: Vec<usize> = (0..images).collect();
         let batch: Batch = data.train.batch(&idx, &dev)?;
@@ -86,8 +84,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let grads = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
         let optm = time(a.reps, || Ok(opt.step(&grads)?))?;
         let step = if a.shards > 1 {
-            let parts: Vec<Batch> = idx
-                .chunks(idx.len().div_ceil(a.shards))
+            let parts: Vec<Batch> = gaze_train::shard::parts(&idx, a.shards)
+                .into_iter()
                 .map(|c| data.train.batch(c, &dev))
                 .collect::<Result<_, _>>()?;
             let mut s = 0u64;

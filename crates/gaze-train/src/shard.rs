@@ -21,6 +21,32 @@ use gaze_zoo::{Batch, Model, Output};
 
 use crate::error::{Result, TrainError};
 
+/// Whether a variable is batch norm's running statistics (kept, not trained).
+pub fn is_running_stat(name: &str) -> bool {
+    name.contains("running_")
+}
+
+/// Refuses `shards > 1` for a model (`name`) whose variables include batch norm's running
+/// statistics: each shard would be normalised by its own statistics.
+pub fn check_model(name: &str, shards: usize, vars: &[(String, Var)]) -> Result<()> {
+    if shards > 1 && vars.iter().any(|(n, _)| is_running_stat(n)) {
+        return Err(TrainError::Other(format!(
+            "{name}: `train.shards` = {shards}: the model has batch norm, which would normalise each shard by its own \
+             statistics; use shards = 1"
+        )));
+    }
+    Ok(())
+}
+
+/// The consecutive parts of a batch's indices its shards take (one shard: the whole batch).
+pub fn parts(idx: &[usize], shards: usize) -> Vec<&[usize]> {
+    if shards <= 1 {
+        vec![idx]
+    } else {
+        idx.chunks(idx.len().div_ceil(shards).max(1)).collect()
+    }
+}
+
 /// One shard's forward and backward pass.
 pub struct Pass {
     /// The shard's share of the batch's targets (the shares sum to 1).

@@ -442,7 +442,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
 
     let mut built = build_model(cfg, &data.shape(), &device)?;
-    let trainable: Vec<_> = built.vars.sorted_vars().into_iter().filter(|(n, _)| !n.contains("running_")).collect();
+    let trainable: Vec<_> = built.vars.sorted_vars().into_iter().filter(|(n, _)| !shard::is_running_stat(n)).collect();
     let mut opt = Optimizer::new(&cfg.optim, trainable)?;
     let last_path = ckpt_dir.join("last.safetensors");
     let best_path = ckpt_dir.join("best.safetensors");
@@ -468,13 +468,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let model = built.model.as_mut();
     let mut stopped_early = false;
     let shards = cfg.train.shards.max(1);
-    if shards > 1 && built.vars.sorted_vars().iter().any(|(n, _)| n.contains("running_")) {
-        return Err(TrainError::Other(format!(
-            "{}: `train.shards` = {shards}: the model has batch norm, which would normalise each shard by its own \
-             statistics; use shards = 1",
-            cfg.name
-        )));
-    }
+    shard::check_model(&cfg.name, shards, &built.vars.sorted_vars())?;
 
     'epochs: while st.epoch < cfg.train.epochs {
         let fresh = data.train_for_epoch(st.epoch, seed)?;
@@ -491,8 +485,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             let t0 = Instant::now();
             // One shard: the whole batch, with the step's streams. More: consecutive parts of it,
             // each with its own sub-streams (see `shard`).
-            let parts: Vec<&[usize]> =
-                if shards == 1 { vec![&idx[..]] } else { idx.chunks(idx.len().div_ceil(shards)).collect() };
+            let parts = shard::parts(&idx, shards);
             let sub = |s: Seed, j: usize| if shards == 1 { s } else { s.index(j as u64) };
             let mut shard_batches = Vec::with_capacity(parts.len());
             let mut rngs = Vec::with_capacity(parts.len());
