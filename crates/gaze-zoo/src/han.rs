@@ -117,6 +117,11 @@ pub struct HanConfig {
     pub g_layers: usize,
     /// Width of the f-MLP (both heads).
     pub f_hidden: usize,
+    /// Hidden layers of the f-MLP (>= 1, each `f_hidden` wide, ReLU), before the answer layer.
+    /// 1 (default): `f1` then the answer layer `f2`; the Relation Networks paper's f has two
+    /// (256, 256). The f-MLP runs once per question, so its depth costs little beside the g-MLP,
+    /// which runs once per pair.
+    pub f_layers: usize,
     /// How the relational head scales its sum over pairs.
     pub pair_norm: PairNorm,
     /// Per-cell layers (a 1x1 convolution and ReLU each, width kept) applied after the question
@@ -160,6 +165,7 @@ impl Default for HanConfig {
             g_hidden: 128,
             g_layers: 3,
             f_hidden: 128,
+            f_layers: 1,
             pair_norm: PairNorm::Sum,
             fuse_layers: 0,
             coords_in_presence: true,
@@ -185,6 +191,7 @@ impl HanConfig {
             g_hidden: 8,
             g_layers: 2,
             f_hidden: 8,
+            f_layers: 1,
             pair_norm: PairNorm::Sum,
             fuse_layers: 0,
             coords_in_presence: true,
@@ -216,8 +223,31 @@ enum QuestionNet {
 
 #[derive(Debug, Clone)]
 enum HeadNet {
-    Relational { a: Linear, b: Linear, q: Linear, g: Vec<Linear>, f1: Linear, f2: Linear },
-    Pooled { f1: Linear, f2: Linear },
+    Relational { a: Linear, b: Linear, q: Linear, g: Vec<Linear>, f: FMlp },
+    Pooled { f: FMlp },
+}
+
+/// The f-MLP: `f1`, the further hidden layers `f1_1`, `f1_2`, ... (ReLU each), and the answer
+/// layer `f2` (the names of a one-layer f are those of checkpoints written before `f_layers`).
+#[derive(Debug, Clone)]
+struct FMlp {
+    hidden: Vec<Linear>,
+    out: Linear,
+}
+
+impl FMlp {
+    fn new(input: usize, cfg: &HanConfig, classes: usize, vb: VarBuilder) -> Result<Self> {
+        let mut hidden = vec![candle_nn::linear(input, cfg.f_hidden, vb.pp("f1"))?];
+        for i in 1..cfg.f_layers {
+            hidden.push(candle_nn::linear(cfg.f_hidden, cfg.f_hidden, vb.pp(format!("f1_{i}")))?);
+        }
+        Ok(Self { hidden, out: candle_nn::linear(cfg.f_hidden, classes, vb.pp("f2"))? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.hidden.iter().try_fold(x.clone(), |x, l| ops::linear_relu(l, &x))?;
+        self.out.forward(&h)
+    }
 }
 
 /// The model.
@@ -263,8 +293,11 @@ impl Han {
             let user = if warmup { " (kept by topk_warmup)" } else { "" };
             return Err(msg(format!("k = {} must be in 1..={n} (the {gh}x{gw} grid){user}", cfg.k)));
         }
-        if cfg.g_layers == 0 || cfg.g_hidden == 0 || cfg.f_hidden == 0 {
-            return Err(msg("g_layers, g_hidden and f_hidden must be >= 1".into()));
+        if cfg.g_layers == 0 || cfg.g_hidden == 0 || cfg.f_hidden == 0 || cfg.f_layers == 0 {
+            return Err(msg(format!(
+                "g_layers, g_hidden, f_hidden and f_layers must be >= 1 (they are {}, {}, {}, {})",
+                cfg.g_layers, cfg.g_hidden, cfg.f_hidden, cfg.f_layers
+            )));
         }
         AdaptiveHard::new(&AdaptiveHardConfig { threshold: cfg.threshold, standardize: cfg.standardize_presence })?;
         let cnn = ConvNet::new(&cnn_cfg, vb.pp("cnn"))?;
@@ -314,13 +347,9 @@ impl Han {
                 g: (1..cfg.g_layers)
                     .map(|i| candle_nn::linear(cfg.g_hidden, cfg.g_hidden, hvb.pp(format!("g{i}"))))
                     .collect::<Result<_>>()?,
-                f1: candle_nn::linear(cfg.g_hidden, cfg.f_hidden, hvb.pp("f1"))?,
-                f2: candle_nn::linear(cfg.f_hidden, shape.classes, hvb.pp("f2"))?,
+                f: FMlp::new(cfg.g_hidden, cfg, shape.classes, hvb.clone())?,
             },
-            Head::Pooled => HeadNet::Pooled {
-                f1: candle_nn::linear(cell_dim + q_dim, cfg.f_hidden, hvb.pp("f1"))?,
-                f2: candle_nn::linear(cfg.f_hidden, shape.classes, hvb.pp("f2"))?,
-            },
+            Head::Pooled => HeadNet::Pooled { f: FMlp::new(cell_dim + q_dim, cfg, shape.classes, hvb.clone())? },
         };
         let mut xy = Vec::with_capacity(n * 2);
         for r in 0..gh {
@@ -455,7 +484,7 @@ impl Han {
 
     fn head(&self, sel: &Selected, q: &Tensor) -> Result<Tensor> {
         match &self.head {
-            HeadNet::Relational { a, b, q: wq, g, f1, f2 } => {
+            HeadNet::Relational { a, b, q: wq, g, f } => {
                 let (nq, m, _) = sel.cells.dims3()?;
                 let h = self.cfg.g_hidden;
                 // The first g layer is linear in (o_i, o_j, q): project once per cell, add per pair.
@@ -520,14 +549,14 @@ impl Han {
                         pooled.broadcast_mul(&Tensor::from_vec(scale, (nq, 1), pooled.device())?)?
                     }
                 };
-                f2.forward(&ops::linear_relu(f1, &pooled)?)
+                f.forward(&pooled)
             }
-            HeadNet::Pooled { f1, f2 } => {
+            HeadNet::Pooled { f } => {
                 let pooled = match &sel.valid {
                     Some(v) => sel.cells.sum(1)?.broadcast_div(&v.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?)?,
                     None => sel.cells.mean(1)?,
                 };
-                f2.forward(&f1.forward(&Tensor::cat(&[pooled, q.clone()], 1)?)?.relu()?)
+                f.forward(&Tensor::cat(&[pooled, q.clone()], 1)?)
             }
         }
     }
@@ -536,12 +565,15 @@ impl Han {
     pub fn head_macs(&self, m: usize) -> f64 {
         let (m, d, q, h, f) =
             (m as f64, self.cell_dim as f64, self.q_dim as f64, self.cfg.g_hidden as f64, self.cfg.f_hidden as f64);
-        match self.cfg.head {
-            Head::Relational => {
-                2.0 * m * d * h + q * h + m * m * h + (self.cfg.g_layers as f64 - 1.0) * m * m * h * h + h * f
+        // The f-MLP's further hidden layers (f x f each); its answer layer is not counted.
+        let f_more = (self.cfg.f_layers as f64 - 1.0) * f * f;
+        f_more
+            + match self.cfg.head {
+                Head::Relational => {
+                    2.0 * m * d * h + q * h + m * m * h + (self.cfg.g_layers as f64 - 1.0) * m * m * h * h + h * f
+                }
+                Head::Pooled => m * d + (d + q) * f,
             }
-            Head::Pooled => m * d + (d + q) * f,
-        }
     }
 }
 
@@ -658,7 +690,9 @@ mod tests {
             sub_cells: true,
             ..HanConfig::tiny(s, Head::Relational)
         });
-        for cfg in plain.chain([fused]).chain(coords_after).chain(sub_cells) {
+        let deep_f = [Head::Relational, Head::Pooled]
+            .map(|h| HanConfig { f_layers: 2, coords_in_presence: false, ..HanConfig::tiny(Selection::HardTopk, h) });
+        for cfg in plain.chain([fused]).chain(coords_after).chain(sub_cells).chain(deep_f) {
             let (selection, head) = (cfg.selection, cfg.head);
             let vm = SeededVarMap::new(Seed(0));
             let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
@@ -867,5 +901,30 @@ mod tests {
         let code = HanConfig { question: QuestionInput::Code, ..HanConfig::tiny(Selection::All, Head::Pooled) };
         let e = Han::new(&code, &DataShape { code_dim: 0, ..shape() }, vb()).err().map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("code"));
+        let flat = HanConfig { f_layers: 0, ..HanConfig::tiny(Selection::HardTopk, Head::Relational) };
+        let e = Han::new(&flat, &shape(), vb()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("f_layers") && e.contains("2, 8, 8, 0"), "{e}");
+    }
+
+    /// `f_layers = 2` adds one f_hidden x f_hidden layer (`head.f1_1`) between `f1` and the answer
+    /// layer, keeps the one-layer names, and counts its multiply-adds once per example.
+    #[test]
+    fn deeper_f_mlp_adds_one_named_layer_and_its_compute() -> Result<()> {
+        let dev = Device::Cpu;
+        let one = HanConfig::tiny(Selection::HardTopk, Head::Relational);
+        let two = HanConfig { f_layers: 2, ..one.clone() };
+        let [(m1, v1), (m2, v2)] = [one, two].map(|c| {
+            let vm = SeededVarMap::new(Seed(0));
+            let m = Han::new(&c, &shape(), vm.builder(&dev));
+            (m, vm.sorted_vars().into_iter().map(|(n, _)| n).collect::<Vec<_>>())
+        });
+        let (m1, m2) = (m1?, m2?);
+        let added: Vec<_> = v2.iter().filter(|n| !v1.contains(n)).collect();
+        assert_eq!(added, ["head.f1_1.bias", "head.f1_1.weight"], "{v2:?}");
+        assert!(v1.iter().all(|n| v2.contains(n)));
+        for m in [1, 4] {
+            assert_eq!(m2.head_macs(m) - m1.head_macs(m), 64.0, "one 8 x 8 layer at m = {m}");
+        }
+        Ok(())
     }
 }
