@@ -690,8 +690,11 @@ mod tests {
             sub_cells: true,
             ..HanConfig::tiny(s, Head::Relational)
         });
-        let deep_f = [Head::Relational, Head::Pooled]
-            .map(|h| HanConfig { f_layers: 2, coords_in_presence: false, ..HanConfig::tiny(Selection::HardTopk, h) });
+        let deep_f = [Head::Relational, Head::Pooled].map(|h| HanConfig {
+            f_layers: 2,
+            coords_in_presence: false,
+            ..HanConfig::tiny(Selection::HardTopk, h)
+        });
         for cfg in plain.chain([fused]).chain(coords_after).chain(sub_cells).chain(deep_f) {
             let (selection, head) = (cfg.selection, cfg.head);
             let vm = SeededVarMap::new(Seed(0));
