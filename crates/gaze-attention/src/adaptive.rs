@@ -8,6 +8,11 @@
 //! one cell passes 1/n. `standardize` makes the rule scale-free: presence is turned into per-example
 //! z-scores before the softmax (for normal scores about a third of the cells pass 1/n; fewer
 //! when a few cells stand out).
+//!
+//! `max_cells` (gaze's addition, not the paper's) bounds the count: of the cells over the threshold
+//! only the `max_cells` of highest weight are kept. Without it the threshold alone does not bound
+//! the count: when m cells share one high presence and the rest one low one, each of the m has a
+//! weight near 1/m, which passes a threshold of 1/n for any m < n.
 
 use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -22,6 +27,8 @@ pub struct AdaptiveHardConfig {
     pub threshold: Option<f32>,
     /// Softmax over per-example z-scores of the presence instead of the raw presence.
     pub standardize: bool,
+    /// Keep at most this many cells (the over-threshold cells of highest weight); `None`: no bound.
+    pub max_cells: Option<usize>,
 }
 
 impl AdaptiveHardConfig {
@@ -58,6 +65,9 @@ impl AdaptiveHard {
                 return Err(shape_err("AdaptiveHard", format!("threshold {t} is not in (0, 1]")));
             }
         }
+        if cfg.max_cells == Some(0) {
+            return Err(shape_err("AdaptiveHard", "max_cells = 0 keeps nothing (it must be >= 1)".to_string()));
+        }
         Ok(Self { cfg: cfg.clone() })
     }
 
@@ -82,12 +92,18 @@ impl AdaptiveHard {
         let mut mask = vec![0f32; b * n];
         let mut counts = Vec::with_capacity(b);
         for (r, row) in rows.iter().enumerate() {
-            let mut count = 0;
-            for (i, &w) in row.iter().enumerate() {
-                if w >= threshold {
-                    mask[r * n + i] = 1.0;
-                    count += 1;
+            let mut over: Vec<usize> = (0..n).filter(|&i| row[i] >= threshold).collect();
+            if let Some(cap) = self.cfg.max_cells {
+                if over.len() > cap {
+                    // highest weight first; ties by index, so the choice is deterministic
+                    over.sort_by(|&a, &c| row[c].total_cmp(&row[a]).then(a.cmp(&c)));
+                    over.truncate(cap);
                 }
+            }
+            let mut count = 0;
+            for &i in &over {
+                mask[r * n + i] = 1.0;
+                count += 1;
             }
             if count == 0 {
                 let best = row.iter().enumerate().fold(0, |a, (i, &v)| if v > row[a] { i } else { a });
@@ -130,6 +146,26 @@ mod tests {
             .select(f.as_tensor())?;
         assert_eq!(high.mask.to_vec2::<f32>()?[0], vec![0.0, 0.0, 1.0, 0.0]);
         assert!(AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(1.5), ..Default::default() }).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn max_cells_keeps_the_strongest_of_the_cells_over_threshold() -> Result<()> {
+        // presence 0, 1, 2.25, 0.01, 1.44: threshold 0.1 passes cells 1, 2 and 4
+        let f = Tensor::new(&[[[0f32], [1.0], [1.5], [0.1], [1.2]]], &Device::Cpu)?;
+        let free = AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(0.1), ..Default::default() })?.select(&f)?;
+        assert_eq!(free.mask.to_vec2::<f32>()?[0], vec![0.0, 1.0, 1.0, 0.0, 1.0]);
+        let capped = |cap| {
+            AdaptiveHard::new(&AdaptiveHardConfig { threshold: Some(0.1), max_cells: Some(cap), ..Default::default() })?
+                .select(&f)
+        };
+        let two = capped(2)?;
+        assert_eq!(two.mask.to_vec2::<f32>()?[0], vec![0.0, 0.0, 1.0, 0.0, 1.0]);
+        assert_eq!(two.counts, vec![2]);
+        // a cap above the count changes nothing
+        assert_eq!(capped(4)?.mask.to_vec2::<f32>()?, free.mask.to_vec2::<f32>()?);
+        let zero = AdaptiveHardConfig { max_cells: Some(0), ..Default::default() };
+        assert!(AdaptiveHard::new(&zero).is_err());
         Ok(())
     }
 

@@ -623,7 +623,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
             metrics.insert("test_unknown_answers".to_string(), test.unknown_answers as f64);
             metrics.insert("infer_samples_per_s".to_string(), test.samples_per_s.round());
-            for key in ["cells_kept_pct", "head_mflops"] {
+            for key in ["cells_kept_pct", "head_mflops", "at_cap_pct"] {
                 if let Some(v) = test.stats.get(key) {
                     metrics.insert(key.to_string(), *v);
                 }

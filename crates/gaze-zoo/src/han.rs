@@ -147,6 +147,11 @@ pub struct HanConfig {
     /// head does with the kept cells; a fixed k gives every example the same number of cells to
     /// learn from while the norms are still unformed. 0 (default): adaptive from the first step.
     pub topk_warmup: f64,
+    /// `adaptive` only: keep at most `k` cells per question (of the cells over the threshold, those
+    /// of highest weight). gaze's addition, not the paper's: the threshold alone does not bound
+    /// the count (see [`AdaptiveHardConfig::max_cells`]), so HAN's k serves as a budget; the
+    /// statistic `at_cap_pct` says how often the cap decided.
+    pub cap_at_k: bool,
 }
 
 impl Default for HanConfig {
@@ -171,6 +176,7 @@ impl Default for HanConfig {
             coords_in_presence: true,
             sub_cells: false,
             topk_warmup: 0.0,
+            cap_at_k: false,
         }
     }
 }
@@ -197,6 +203,7 @@ impl HanConfig {
             coords_in_presence: true,
             sub_cells: false,
             topk_warmup: 0.0,
+            cap_at_k: false,
         }
     }
 }
@@ -288,9 +295,16 @@ impl Han {
                 cfg.topk_warmup, cfg.selection
             )));
         }
-        // The top k is used by HAN, and by AdaHAN's warm-up.
-        if (cfg.selection == Selection::HardTopk || warmup) && (cfg.k == 0 || cfg.k > n) {
-            let user = if warmup { " (kept by topk_warmup)" } else { "" };
+        if cfg.cap_at_k && cfg.selection != Selection::Adaptive {
+            return Err(msg(format!("cap_at_k = true needs selection = \"adaptive\" (it is {:?})", cfg.selection)));
+        }
+        // The top k is used by HAN, by AdaHAN's warm-up and as AdaHAN's cap.
+        if (cfg.selection == Selection::HardTopk || warmup || cfg.cap_at_k) && (cfg.k == 0 || cfg.k > n) {
+            let user = match (warmup, cfg.cap_at_k) {
+                (true, _) => " (kept by topk_warmup)",
+                (false, true) => " (the cap_at_k bound)",
+                (false, false) => "",
+            };
             return Err(msg(format!("k = {} must be in 1..={n} (the {gh}x{gw} grid){user}", cfg.k)));
         }
         if cfg.g_layers == 0 || cfg.g_hidden == 0 || cfg.f_hidden == 0 || cfg.f_layers == 0 {
@@ -299,7 +313,7 @@ impl Han {
                 cfg.g_layers, cfg.g_hidden, cfg.f_hidden, cfg.f_layers
             )));
         }
-        AdaptiveHard::new(&AdaptiveHardConfig { threshold: cfg.threshold, standardize: cfg.standardize_presence })?;
+        AdaptiveHard::new(&Self::adaptive_config(cfg))?;
         let cnn = ConvNet::new(&cnn_cfg, vb.pp("cnn"))?;
         let (question, q_dim) = match cfg.question {
             QuestionInput::Text => {
@@ -430,6 +444,15 @@ impl Han {
         self.select_by(self.cfg.selection, x, scored)
     }
 
+    /// The adaptive selector's settings.
+    fn adaptive_config(cfg: &HanConfig) -> AdaptiveHardConfig {
+        AdaptiveHardConfig {
+            threshold: cfg.threshold,
+            standardize: cfg.standardize_presence,
+            max_cells: cfg.cap_at_k.then_some(cfg.k),
+        }
+    }
+
     /// The rule a pass uses: `topk_warmup` turns an adaptive model's training passes into
     /// top-k ones for the first share of training.
     fn selection(&self, train: bool) -> Selection {
@@ -448,11 +471,7 @@ impl Han {
                 Ok(Selected { cells: s.kept, valid: None, map: s.mask, counts: vec![self.cfg.k; q] })
             }
             Selection::Adaptive => {
-                let s = AdaptiveHard::new(&AdaptiveHardConfig {
-                    threshold: self.cfg.threshold,
-                    standardize: self.cfg.standardize_presence,
-                })?
-                .select_scored(x, scored)?;
+                let s = AdaptiveHard::new(&Self::adaptive_config(&self.cfg))?.select_scored(x, scored)?;
                 // Gather the kept cells, padded to the largest count in the batch.
                 let m = s.counts.iter().copied().max().unwrap_or(1).max(1);
                 let rows = s.mask.to_vec2::<f32>()?;
@@ -613,10 +632,14 @@ impl Model for Han {
         let kept = sel.counts.iter().sum::<usize>() as f64 / (nq.max(1) * n) as f64 * 100.0;
         let flops = sel.counts.iter().map(|&m| 2.0 * self.head_macs(m)).sum::<f64>() / nq.max(1) as f64 / 1e6;
         let dev = logits.device();
-        let stats = vec![
+        let mut stats = vec![
             ("cells_kept_pct".to_string(), Tensor::new(kept as f32, dev)?),
             ("head_mflops".to_string(), Tensor::new(flops as f32, dev)?),
         ];
+        if self.cfg.cap_at_k && selection == Selection::Adaptive {
+            let at_cap = sel.counts.iter().filter(|&&m| m >= self.cfg.k).count() as f64 / nq.max(1) as f64 * 100.0;
+            stats.push(("at_cap_pct".to_string(), Tensor::new(at_cap as f32, dev)?));
+        }
         let (gh, gw) = self.grid;
         let map = sel.map.detach().reshape((nq, gh, gw))?;
         let attention = match selection {
@@ -891,6 +914,34 @@ mod tests {
             let e = build(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains("topk_warmup"), "{e}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn cap_at_k_bounds_the_adaptive_count_and_reports_how_often_it_bound() -> Result<()> {
+        let dev = Device::Cpu;
+        let b = batch(&dev)?;
+        let build = |cfg: HanConfig| Han::new(&cfg, &shape(), SeededVarMap::new(Seed(0)).builder(&dev));
+        // a low threshold passes most of the 16 cells
+        let loose = HanConfig { threshold: Some(0.01), ..HanConfig::tiny(Selection::Adaptive, Head::Relational) };
+        let stat = |m: &Han, key: &str| -> Result<Option<f32>> {
+            let out = m.forward(&b, false, &mut Seed(1).rng())?;
+            out.stats.iter().find(|(k, _)| k == key).map(|(_, t)| t.to_scalar::<f32>()).transpose()
+        };
+        let free = build(loose.clone())?;
+        let kept_free = stat(&free, "cells_kept_pct")?.unwrap_or_default();
+        assert!(kept_free > 25.0, "the test needs more than k = 4 of 16 cells over the threshold: {kept_free}");
+        assert_eq!(stat(&free, "at_cap_pct")?, None, "no cap, no statistic");
+        let capped = build(HanConfig { cap_at_k: true, ..loose })?;
+        let kept = stat(&capped, "cells_kept_pct")?.unwrap_or(f32::NAN);
+        assert!(kept <= 25.0, "at most 4 of 16 cells: {kept}");
+        assert!(stat(&capped, "at_cap_pct")?.unwrap_or_default() > 0.0);
+        let bad = HanConfig { cap_at_k: true, ..HanConfig::tiny(Selection::HardTopk, Head::Pooled) };
+        let e = build(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("cap_at_k"), "{e}");
+        let big = HanConfig { cap_at_k: true, k: 17, ..HanConfig::tiny(Selection::Adaptive, Head::Pooled) };
+        let e = build(big).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("k = 17") && e.contains("cap_at_k"), "{e}");
         Ok(())
     }
 
