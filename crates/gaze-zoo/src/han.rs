@@ -13,7 +13,7 @@
 //! - `adaptive` (AdaHAN): the cells whose softmax presence weight is at least a threshold
 //!   (1/n by default), a per-example number. With `topk_warmup` (gaze's addition, not the
 //!   paper's), training passes keep the top k for a first share of the steps, and evaluation is
-//!   adaptive throughout;
+//!   adaptive throughout; with `cap_at_k` (also gaze's), at most k cells are kept;
 //! - `soft`: every cell, scaled by n times its softmax presence weight;
 //! - `all`: every cell as it is (no attention).
 //!
