@@ -77,6 +77,16 @@ fn stopped_and_resumed_equals_uninterrupted() -> anyhow::Result<()> {
         assert!(same, "`{ka}` differs after resume");
     }
     assert_eq!(full.metrics, resumed.metrics);
+    // A resume with another config is refused, naming the setting, and the folder is untouched.
+    let metrics_before = std::fs::read(part.run_dir.join("metrics.jsonl"))?;
+    let mut other = cfg.clone();
+    other.optim.lr *= 2.0;
+    let e = gaze_train::run(&other, &RunOptions { resume: Some(part.run_dir.clone()), ..opts(&tmp.path().join("b")) })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("config.toml") && e.contains("optim.lr"), "{e}");
+    assert_eq!(std::fs::read(part.run_dir.join("metrics.jsonl"))?, metrics_before);
     // The same seed gives bit-identical metrics; a different seed does not.
     let again = gaze_train::run(&cfg, &opts(&tmp.path().join("c")))?;
     assert_eq!(again.metrics, full.metrics);

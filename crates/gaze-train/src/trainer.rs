@@ -408,9 +408,63 @@ fn wall_before(state: &TrainState, summary_wall_s: Option<f64>) -> f64 {
     }
 }
 
+/// A resume continues the run its folder recorded: the folder's `config.toml`, read with today's
+/// defaults, must equal `cfg`, or the run would silently mix two configs. The error names the
+/// first setting that differs.
+fn check_resumed_config(cfg: &ExperimentConfig, run_dir: &Path) -> Result<()> {
+    let path = run_dir.join("config.toml");
+    if !path.is_file() {
+        return Err(TrainError::Config {
+            path,
+            key: "-".into(),
+            reason: "no such file: a run folder to resume records its config here".into(),
+        });
+    }
+    let (was, now) = (ExperimentConfig::load(&path)?.to_toml()?, cfg.to_toml()?);
+    if was == now {
+        return Ok(());
+    }
+    let (mut section, mut differs) = (String::new(), None);
+    for pair in was.lines().zip(now.lines()).map(Some).chain(std::iter::once(None)) {
+        match pair {
+            Some((a, b)) if a == b => {
+                if a.starts_with('[') {
+                    section = a.trim_matches(['[', ']']).to_string();
+                }
+            }
+            Some((a, b)) => {
+                differs = Some((a.to_string(), b.to_string()));
+                break;
+            }
+            None => differs = Some(("(the files differ in length)".into(), String::new())),
+        }
+    }
+    let (a, b) = differs.unwrap_or_default();
+    let key = a.split_once('=').map_or("-".to_string(), |(k, _)| {
+        let k = k.trim();
+        if section.is_empty() {
+            k.to_string()
+        } else {
+            format!("{section}.{k}")
+        }
+    });
+    Err(TrainError::Config {
+        path,
+        key,
+        reason: format!(
+            "the run was made with another config (`{}` there, `{}` in this one); resume it with the config it recorded",
+            a.trim(),
+            b.trim()
+        ),
+    })
+}
+
 /// Trains `cfg` and writes its run folder; returns the summary.
 pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
+    if let Some(dir) = &opts.resume {
+        check_resumed_config(cfg, dir)?;
+    }
     let device = Device::Cpu;
     let seed = Seed(cfg.seed);
     let data = data::prepare(&cfg.data, seed)?;
