@@ -436,7 +436,10 @@ fn check_resumed_config(cfg: &ExperimentConfig, run_dir: &Path) -> Result<()> {
                 differs = Some((a.to_string(), b.to_string()));
                 break;
             }
-            None => differs = Some(("(the files differ in length)".into(), String::new())),
+            None => {
+                let (x, y) = (was.lines().count(), now.lines().count());
+                differs = Some((format!("{x} lines"), format!("{y} lines")));
+            }
         }
     }
     let (a, b) = differs.unwrap_or_default();
