@@ -100,11 +100,10 @@ impl AdaptiveHard {
                     over.truncate(cap);
                 }
             }
-            let mut count = 0;
             for &i in &over {
                 mask[r * n + i] = 1.0;
-                count += 1;
             }
+            let mut count = over.len();
             if count == 0 {
                 let best = row.iter().enumerate().fold(0, |a, (i, &v)| if v > row[a] { i } else { a });
                 mask[r * n + best] = 1.0;

@@ -285,7 +285,7 @@ impl Default for TrainConfig {
 
 /// The dotted key (`train.epochs`) and 1-based line of the TOML entry around byte `at`: the
 /// table header above it plus the key on its line (for an unknown field the span is the key itself).
-fn key_at(text: &str, at: usize) -> (String, usize) {
+pub(crate) fn key_at(text: &str, at: usize) -> (String, usize) {
     let at = at.min(text.len());
     let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let end = text[at..].find('\n').map_or(text.len(), |i| at + i);

@@ -424,33 +424,13 @@ fn check_resumed_config(cfg: &ExperimentConfig, run_dir: &Path) -> Result<()> {
     if was == now {
         return Ok(());
     }
-    let (mut section, mut differs) = (String::new(), None);
-    for pair in was.lines().zip(now.lines()).map(Some).chain(std::iter::once(None)) {
-        match pair {
-            Some((a, b)) if a == b => {
-                if a.starts_with('[') {
-                    section = a.trim_matches(['[', ']']).to_string();
-                }
-            }
-            Some((a, b)) => {
-                differs = Some((a.to_string(), b.to_string()));
-                break;
-            }
-            None => {
-                let (x, y) = (was.lines().count(), now.lines().count());
-                differs = Some((format!("{x} lines"), format!("{y} lines")));
-            }
-        }
-    }
-    let (a, b) = differs.unwrap_or_default();
-    let key = a.split_once('=').map_or("-".to_string(), |(k, _)| {
-        let k = k.trim();
-        if section.is_empty() {
-            k.to_string()
-        } else {
-            format!("{section}.{k}")
-        }
-    });
+    // The first line that differs (when one config is the other plus lines: the first extra one),
+    // and its dotted key, read as `config::key_at` reads a parse error's.
+    let i = was.lines().zip(now.lines()).take_while(|(a, b)| a == b).count();
+    let (a, b) = (was.lines().nth(i), now.lines().nth(i));
+    let text = if a.is_some() { &was } else { &now };
+    let (key, _) = crate::config::key_at(text, text.lines().take(i).map(|l| l.len() + 1).sum());
+    let (a, b) = (a.unwrap_or("(nothing)"), b.unwrap_or("(nothing)"));
     Err(TrainError::Config {
         path,
         key,
