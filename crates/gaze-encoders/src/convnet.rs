@@ -1,4 +1,5 @@
-//! A configurable ConvNet: blocks of conv (same padding) -> optional batch or group norm -> ReLU ->
+//! A configurable ConvNet: blocks of conv ("same" padding, with zeros or by replicating the border)
+//! -> optional batch or group norm -> ReLU ->
 //! optional max-pool with kernel == stride ([`gaze_tensor::ops::max_pool2d`]: candle's own
 //! pool backward is wrong by a factor of k^2). With `coord_channels`, two channels holding each
 //! pixel's (x, y) in [-1, 1] join the input ("An intriguing failing of convolutional neural
@@ -36,6 +37,23 @@ pub struct ConvNetConfig {
     /// first conv reads `in_channels + 2` channels. Lets a cell's features encode where in the
     /// cell (and the image) its content lies, which zero padding tells only near the border.
     pub coord_channels: bool,
+    /// What the convs see past the border of their input. `zeros` (the default) suits the raw
+    /// image when its background is black, but after a norm and a ReLU the background of a
+    /// feature map is some value c, not 0: zero padding then draws an edge along every border,
+    /// and empty border cells stand out from empty inner ones. `replicate` repeats the outermost
+    /// row and column instead, so an empty border looks like empty space.
+    pub padding: Padding,
+}
+
+/// How a [`ConvNet`]'s convs pad their input to keep its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// Zeros past the border.
+    #[default]
+    Zeros,
+    /// The border pixels repeated.
+    Replicate,
 }
 
 impl Default for ConvNetConfig {
@@ -51,6 +69,7 @@ impl Default for ConvNetConfig {
             stride: 1,
             group_norm: 0,
             coord_channels: false,
+            padding: Padding::Zeros,
         }
     }
 }
@@ -68,6 +87,7 @@ impl ConvNetConfig {
             stride: 1,
             group_norm: 0,
             coord_channels: false,
+            padding: Padding::Zeros,
         }
     }
 
@@ -85,6 +105,7 @@ impl ConvNetConfig {
             stride: 1,
             group_norm: 0,
             coord_channels: false,
+            padding: Padding::Zeros,
         }
     }
 
@@ -157,7 +178,11 @@ impl ConvNet {
                     (format!("conv{j}"), format!("bn{j}"))
                 };
                 let stride = if j == 0 { cfg.stride.max(1) } else { 1 };
-                let conv_cfg = candle_nn::Conv2dConfig { padding: cfg.kernel / 2, stride, ..Default::default() };
+                let padding = match cfg.padding {
+                    Padding::Zeros => cfg.kernel / 2,
+                    Padding::Replicate => 0, // padded in `forward_all`
+                };
+                let conv_cfg = candle_nn::Conv2dConfig { padding, stride, ..Default::default() };
                 let conv = candle_nn::conv2d(c_in, c, cfg.kernel, conv_cfg, vb.pp(cn))?;
                 let bn = if cfg.batch_norm {
                     Some(Norm::Batch(candle_nn::batch_norm(c, 1e-5, vb.pp(bnn))?))
@@ -200,6 +225,10 @@ impl ConvNet {
         let mut x = if self.cfg.coord_channels { with_coord_channels(x)? } else { x.clone() };
         for b in &self.blocks {
             for (conv, bn) in &b.layers {
+                if self.cfg.padding == Padding::Replicate {
+                    let pad = self.cfg.kernel / 2;
+                    x = x.pad_with_same(2, pad, pad)?.pad_with_same(3, pad, pad)?;
+                }
                 x = conv.forward(&x)?;
                 match bn {
                     Some(Norm::Batch(bn)) => x = bn.forward_t(&x, train)?,
@@ -343,26 +372,60 @@ mod tests {
     #[test]
     fn gradient_check_through_the_convnet() -> Result<()> {
         use rand::Rng;
-        let vm = SeededVarMap::new(Seed(2));
-        let cfg = ConvNetConfig {
-            in_channels: 1,
-            channels: vec![2, 2],
-            kernel: 3,
-            pool: 2,
-            batch_norm: false,
-            convs_per_block: 1,
-            stride: 1,
-            group_norm: 0,
-            coord_channels: false,
+        for padding in [Padding::Zeros, Padding::Replicate] {
+            let vm = SeededVarMap::new(Seed(2));
+            let cfg = ConvNetConfig {
+                in_channels: 1,
+                channels: vec![2, 2],
+                kernel: 3,
+                pool: 2,
+                batch_norm: false,
+                convs_per_block: 1,
+                stride: 1,
+                group_norm: 0,
+                coord_channels: false,
+                padding,
+            };
+            let net = ConvNet::new(&cfg, vm.builder(&Device::Cpu))?;
+            let mut r = Seed(3).rng();
+            let x =
+                Tensor::from_vec((0..64).map(|_| r.random::<f32>()).collect::<Vec<_>>(), (1, 1, 8, 8), &Device::Cpu)?;
+            let w = Tensor::from_vec(
+                (0..8).map(|i| (i as f32 - 3.5) / 4.0).collect::<Vec<_>>(),
+                (1, 2, 2, 2),
+                &Device::Cpu,
+            )?;
+            let c = gaze_tensor::testing::grad_check_kinks(|x| (net.forward(x, false)? * &w)?.sum_all(), &x, 1e-2)?;
+            assert!(c.max_rel_err < 2e-2, "{padding:?}: {c:?}");
+            assert!(c.compared >= 48, "{padding:?}: too many kinks skipped: {c:?}");
+        }
+        Ok(())
+    }
+
+    /// On a blank image every position of every block's map is alike with `replicate` (the border
+    /// looks like the inside); with `zeros` the deeper blocks see an edge at the border, since
+    /// their input's background is no longer 0.
+    #[test]
+    fn replicate_padding_keeps_a_blank_image_uniform() -> Result<()> {
+        let spread = |padding: Padding| -> Result<f32> {
+            let vm = SeededVarMap::new(Seed(4));
+            let cfg = ConvNetConfig {
+                in_channels: 1,
+                channels: vec![4, 4, 4],
+                kernel: 3,
+                pool: 1,
+                stride: 2,
+                padding,
+                ..ConvNetConfig::tiny()
+            };
+            let net = ConvNet::new(&cfg, vm.builder(&Device::Cpu))?;
+            let blank = Tensor::full(0.5f32, (1, 1, 16, 16), &Device::Cpu)?;
+            let last = net.forward(&blank, false)?; // (1, 4, 2, 2)
+            let (max, min) = (last.max_keepdim(3)?.max_keepdim(2)?, last.min_keepdim(3)?.min_keepdim(2)?);
+            (max - min)?.max_all()?.to_scalar::<f32>()
         };
-        let net = ConvNet::new(&cfg, vm.builder(&Device::Cpu))?;
-        let mut r = Seed(3).rng();
-        let x = Tensor::from_vec((0..64).map(|_| r.random::<f32>()).collect::<Vec<_>>(), (1, 1, 8, 8), &Device::Cpu)?;
-        let w =
-            Tensor::from_vec((0..8).map(|i| (i as f32 - 3.5) / 4.0).collect::<Vec<_>>(), (1, 2, 2, 2), &Device::Cpu)?;
-        let c = gaze_tensor::testing::grad_check_kinks(|x| (net.forward(x, false)? * &w)?.sum_all(), &x, 1e-2)?;
-        assert!(c.max_rel_err < 2e-2, "{c:?}");
-        assert!(c.compared >= 48, "too many kinks skipped: {c:?}");
+        assert!(spread(Padding::Replicate)? < 1e-5);
+        assert!(spread(Padding::Zeros)? > 1e-3);
         Ok(())
     }
 }
