@@ -374,18 +374,8 @@ mod tests {
         use rand::Rng;
         for padding in [Padding::Zeros, Padding::Replicate] {
             let vm = SeededVarMap::new(Seed(2));
-            let cfg = ConvNetConfig {
-                in_channels: 1,
-                channels: vec![2, 2],
-                kernel: 3,
-                pool: 2,
-                batch_norm: false,
-                convs_per_block: 1,
-                stride: 1,
-                group_norm: 0,
-                coord_channels: false,
-                padding,
-            };
+            // tiny(): one 3x3 conv per block, 2x2 pools, no norm
+            let cfg = ConvNetConfig { channels: vec![2, 2], padding, ..ConvNetConfig::tiny() };
             let net = ConvNet::new(&cfg, vm.builder(&Device::Cpu))?;
             let mut r = Seed(3).rng();
             let x =
