@@ -392,9 +392,9 @@ mod tests {
         Ok(())
     }
 
-    /// On a blank image every position of every block's map is alike with `replicate` (the border
-    /// looks like the inside); with `zeros` the deeper blocks see an edge at the border, since
-    /// their input's background is no longer 0.
+    /// On a uniform image every position of the last map is alike with `replicate` (the border
+    /// looks like the inside); with `zeros` the convs see an edge at the border, since what they
+    /// read (the image's grey, then a feature map's background) is not 0.
     #[test]
     fn replicate_padding_keeps_a_blank_image_uniform() -> Result<()> {
         let spread = |padding: Padding| -> Result<f32> {
