@@ -396,21 +396,14 @@ mod tests {
     /// looks like the inside); with `zeros` the convs see an edge at the border, since what they
     /// read (the image's grey, then a feature map's background) is not 0.
     #[test]
-    fn replicate_padding_keeps_a_blank_image_uniform() -> Result<()> {
+    fn replicate_padding_keeps_a_uniform_image_uniform() -> Result<()> {
         let spread = |padding: Padding| -> Result<f32> {
             let vm = SeededVarMap::new(Seed(4));
-            let cfg = ConvNetConfig {
-                in_channels: 1,
-                channels: vec![4, 4, 4],
-                kernel: 3,
-                pool: 1,
-                stride: 2,
-                padding,
-                ..ConvNetConfig::tiny()
-            };
+            // tiny()'s one-channel input and 3x3 convs, as three stride-2 blocks
+            let cfg = ConvNetConfig { channels: vec![4, 4, 4], pool: 1, stride: 2, padding, ..ConvNetConfig::tiny() };
             let net = ConvNet::new(&cfg, vm.builder(&Device::Cpu))?;
-            let blank = Tensor::full(0.5f32, (1, 1, 16, 16), &Device::Cpu)?;
-            let last = net.forward(&blank, false)?; // (1, 4, 2, 2)
+            let grey = Tensor::full(0.5f32, (1, 1, 16, 16), &Device::Cpu)?;
+            let last = net.forward(&grey, false)?; // (1, 4, 2, 2)
             let (max, min) = (last.max_keepdim(3)?.max_keepdim(2)?, last.min_keepdim(3)?.min_keepdim(2)?);
             (max - min)?.max_all()?.to_scalar::<f32>()
         };
