@@ -109,9 +109,15 @@ impl ConvNetConfig {
         }
     }
 
+    /// The pad on each side that keeps a stride-1 conv's output the size of its input ("same"),
+    /// whichever [`Padding`] fills it.
+    pub fn same_pad(&self) -> usize {
+        self.kernel / 2
+    }
+
     /// The (channels, height, width) of the last feature map for an input of `h x w`.
     pub fn output_shape(&self, h: usize, w: usize) -> (usize, usize, usize) {
-        let (p, s, pad) = (self.pool.max(1), self.stride.max(1), self.kernel / 2);
+        let (p, s, pad) = (self.pool.max(1), self.stride.max(1), self.same_pad());
         let conv = |x: usize| (x + 2 * pad).saturating_sub(self.kernel) / s + 1;
         let (mut h, mut w) = (h, w);
         for _ in &self.channels {
@@ -179,7 +185,7 @@ impl ConvNet {
                 };
                 let stride = if j == 0 { cfg.stride.max(1) } else { 1 };
                 let padding = match cfg.padding {
-                    Padding::Zeros => cfg.kernel / 2,
+                    Padding::Zeros => cfg.same_pad(),
                     Padding::Replicate => 0, // padded in `forward_all`
                 };
                 let conv_cfg = candle_nn::Conv2dConfig { padding, stride, ..Default::default() };
@@ -226,7 +232,7 @@ impl ConvNet {
         for b in &self.blocks {
             for (conv, bn) in &b.layers {
                 if self.cfg.padding == Padding::Replicate {
-                    let pad = self.cfg.kernel / 2;
+                    let pad = self.cfg.same_pad();
                     x = x.pad_with_same(2, pad, pad)?.pad_with_same(3, pad, pad)?;
                 }
                 x = conv.forward(&x)?;
