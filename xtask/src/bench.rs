@@ -11,7 +11,7 @@ use clap::Args;
 use gaze_tensor::{Seed, SeededVarMap};
 use gaze_train::config::OptimConfig;
 use gaze_train::optim::Optimizer;
-use gaze_zoo::Batch;
+use gaze_zoo::{Batch, Mode};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -76,12 +76,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let images = want.div_ceil(per).min(data.train.len()).max(1);
         let idx: Vec<usize> = (0..images).collect();
         let batch: Batch = data.train.batch(&idx, &dev)?;
-        let b = batch.targets.dim(0)?;
+        let b = batch.targets.rows()?;
         let mut opt = Optimizer::new(&OptimConfig::default(), vm.sorted_vars())?;
         let mut rng = Seed(2).rng();
-        let fwd = time(a.reps, || Ok(model.forward(&batch, true, &mut rng)?.total_loss()?.to_scalar::<f32>()?))?;
-        let fb = time(a.reps, || Ok(model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?))?;
-        let grads = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
+        let fwd = time(a.reps, || Ok(model.forward(&batch, Mode::train(0.0), &mut rng)?.total_loss()?.to_scalar::<f32>()?))?;
+        let fb = time(a.reps, || Ok(model.forward(&batch, Mode::train(0.0), &mut rng)?.total_loss()?.backward()?))?;
+        let grads = model.forward(&batch, Mode::train(0.0), &mut rng)?.total_loss()?.backward()?;
         let optm = time(a.reps, || Ok(opt.step(&grads)?))?;
         let step = if a.shards > 1 {
             let parts: Vec<Batch> = gaze_train::shard::parts(&idx, a.shards)
@@ -92,17 +92,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             time(a.reps, || {
                 s += 1;
                 let rngs = (0..parts.len()).map(|j| Seed(2).index(s).index(j as u64).rng()).collect();
-                let passes = gaze_train::shard::passes(model.as_ref(), &parts, rngs, s, false)?;
+                let passes = gaze_train::shard::passes(model.as_ref(), &parts, rngs, Mode::train(0.0), s, false)?;
                 let grads = gaze_train::shard::combined_grads(opt.vars(), &passes)?;
                 Ok(opt.step_grads(grads)?)
             })?
         } else {
             time(a.reps, || {
-                let g = model.forward(&batch, true, &mut rng)?.total_loss()?.backward()?;
+                let g = model.forward(&batch, Mode::train(0.0), &mut rng)?.total_loss()?.backward()?;
                 Ok(opt.step(&g)?)
             })?
         };
-        let infer = time(a.reps, || Ok(model.forward(&batch, false, &mut rng)?.logits.argmax(1)?.to_vec1::<u32>()?))?;
+        let infer = time(a.reps, || Ok(model.forward(&batch, Mode::eval(), &mut rng)?.scores.tensor().argmax(1)?.flatten_all()?.to_vec1::<u32>()?))?;
         let sps = b as f64 / (step / 1000.0);
         let isps = b as f64 / (infer / 1000.0);
         println!(

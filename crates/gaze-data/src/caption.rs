@@ -4,6 +4,16 @@
 //! with records `{"image": "images/000000.png", "caption": "a red circle"}`. Optional fields:
 //! `boxes` (the image's objects) and `word_boxes` (for each word, the index of the box it names,
 //! or null). Several records may share an image (several captions per image).
+//!
+//! The JSON layout captioning code commonly uses for Flickr8k, Flickr30k and COCO (the
+//! "Karpathy splits") is read too: `DIR/dataset.json` (or `DIR/dataset_*.json`) holding
+//! `{"images": [{"filename", "filepath", "split", "sentences": [{"tokens": [...], "raw"}]}]}`,
+//! each image at `DIR/images/[filepath/]filename`, each sentence a reference caption (its tokens
+//! joined by spaces, else its raw text).
+//!
+//! Splits: subfolders `DIR/train/`, `DIR/val/`, `DIR/test/` in the folder format, or a `split`
+//! field on every record (the Karpathy layout always has one; `restval` counts as training).
+//! Without either, [`CaptionSet::splits`] is all None.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DataError, Result};
 use crate::generate::captions::CaptionSample;
 use crate::image::{Image, LabeledBox};
+use crate::split::{self, SplitName};
 use crate::vqa::{load_image, read_records};
 
 /// A caption of an image of a [`CaptionSet`].
@@ -35,6 +46,8 @@ pub struct CaptionSet {
     pub boxes: Vec<Vec<LabeledBox>>,
     /// One record per caption.
     pub records: Vec<CaptionRecord>,
+    /// The split the data set puts each image in (None for all: it ships no splits).
+    pub splits: Vec<Option<SplitName>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +58,30 @@ struct FolderRecord {
     boxes: Vec<LabeledBox>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     word_boxes: Vec<Option<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    split: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KarpathyFile {
+    images: Vec<KarpathyImage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KarpathyImage {
+    filename: Option<String>,
+    #[serde(default)]
+    filepath: String,
+    split: Option<String>,
+    #[serde(default)]
+    sentences: Vec<KarpathySentence>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KarpathySentence {
+    #[serde(default)]
+    tokens: Vec<String>,
+    raw: Option<String>,
 }
 
 impl CaptionSet {
@@ -54,6 +91,7 @@ impl CaptionSet {
         for (i, s) in samples.into_iter().enumerate() {
             set.images.push(s.image);
             set.boxes.push(s.boxes);
+            set.splits.push(None);
             set.records.push(CaptionRecord { image: i, caption: s.caption, word_boxes: s.word_boxes });
         }
         set
@@ -84,6 +122,7 @@ impl CaptionSet {
                 caption: Some(r.caption.clone()),
                 boxes: self.boxes.get(r.image).cloned().unwrap_or_default(),
                 word_boxes: r.word_boxes.clone(),
+                split: self.splits.get(r.image).copied().flatten().map(|s| s.as_str().to_string()),
             };
             let line = serde_json::to_string(&rec).map_err(|e| DataError::Record {
                 path: path.clone(),
@@ -98,9 +137,77 @@ impl CaptionSet {
 
     /// Reads a caption folder, resizing images to `size` (height, width) when given, their boxes
     /// scaled with them.
+    /// The Karpathy JSON layout is read when there is no `captions.jsonl` / `captions.json`, and
+    /// the data set's own splits from subfolders or `split` fields (see the module docs).
     pub fn read_folder(dir: &Path, size: Option<(usize, usize)>) -> Result<Self> {
+        if let Some(parts) = split::subfolders(dir) {
+            let mut set = CaptionSet::default();
+            for (name, sub) in parts {
+                let part = Self::read_flat(&sub, size)?;
+                let offset = set.images.len();
+                set.images.extend(part.images);
+                set.boxes.extend(part.boxes);
+                set.splits.extend(std::iter::repeat_n(Some(name), part.splits.len()));
+                set.records.extend(part.records.into_iter().map(|r| CaptionRecord { image: r.image + offset, ..r }));
+            }
+            return Ok(set);
+        }
+        let plain = ["captions.jsonl", "captions.json"].iter().any(|n| dir.join(n).is_file());
+        match karpathy_file(dir) {
+            Some(path) if !plain => Self::read_karpathy(dir, &path, size),
+            _ => Self::read_flat(dir, size),
+        }
+    }
+
+    /// Reads the Karpathy JSON layout from `path`, images under `dir/images/`.
+    fn read_karpathy(dir: &Path, path: &Path, size: Option<(usize, usize)>) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let file: KarpathyFile = serde_json::from_slice(&bytes).map_err(|e| DataError::Record {
+            path: path.into(),
+            record: 0,
+            reason: format!("not a Karpathy-split JSON file (`{{\"images\": [...]}}`): {e}"),
+        })?;
+        if file.images.is_empty() {
+            return Err(DataError::Empty { path: path.into() });
+        }
+        let mut set = CaptionSet::default();
+        let mut per = Vec::with_capacity(file.images.len());
+        for (n, im) in file.images.iter().enumerate() {
+            let bad = |reason: String| DataError::Record { path: path.into(), record: n + 1, reason };
+            let name = im.filename.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| bad("no `filename`".into()))?;
+            let rel = if im.filepath.is_empty() {
+                format!("images/{name}")
+            } else {
+                format!("images/{}/{name}", im.filepath)
+            };
+            let captions: Vec<String> = im
+                .sentences
+                .iter()
+                .map(|s| if s.tokens.is_empty() { s.raw.clone().unwrap_or_default() } else { s.tokens.join(" ") })
+                .filter(|c| !c.trim().is_empty())
+                .collect();
+            if captions.is_empty() {
+                return Err(bad("no caption (`sentences` with `tokens` or `raw`)".into()));
+            }
+            let (img, boxes) = load_image(dir, &rel, size, &[]).map_err(|e| bad(e.to_string()))?;
+            let idx = set.images.len();
+            set.images.push(img);
+            set.boxes.push(boxes);
+            per.push((idx, im.split.as_deref()));
+            set.records.extend(captions.into_iter().map(|caption| CaptionRecord { image: idx, caption, word_boxes: vec![] }));
+        }
+        set.splits = split::from_records(set.images.len(), &per, |r, reason| DataError::Record {
+            path: path.into(),
+            record: r + 1,
+            reason,
+        })?;
+        Ok(set)
+    }
+
+    fn read_flat(dir: &Path, size: Option<(usize, usize)>) -> Result<Self> {
         let (path, records) = read_records::<FolderRecord>(dir, &["captions.jsonl", "captions.json"])?;
         let mut set = CaptionSet::default();
+        let mut fields: Vec<(usize, Option<String>)> = Vec::with_capacity(records.len());
         let mut by_name: HashMap<String, usize> = HashMap::new();
         for (n, rec) in records.into_iter().enumerate() {
             let bad = |reason: String| DataError::Record { path: path.clone(), record: n + 1, reason };
@@ -123,10 +230,35 @@ impl CaptionSet {
                     set.images.len() - 1
                 }
             };
+            fields.push((idx, rec.split));
             set.records.push(CaptionRecord { image: idx, caption, word_boxes: rec.word_boxes });
         }
+        let per: Vec<(usize, Option<&str>)> = fields.iter().map(|(i, s)| (*i, s.as_deref())).collect();
+        set.splits = split::from_records(set.images.len(), &per, |r, reason| DataError::Record {
+            path: path.clone(),
+            record: r + 1,
+            reason,
+        })?;
         Ok(set)
     }
+}
+
+/// `dir/dataset.json`, else the first `dir/dataset_*.json` by name.
+fn karpathy_file(dir: &Path) -> Option<std::path::PathBuf> {
+    let plain = dir.join("dataset.json");
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let mut named: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("dataset_") && n.ends_with(".json"))
+        })
+        .collect();
+    named.sort();
+    named.into_iter().next()
 }
 
 #[cfg(test)]

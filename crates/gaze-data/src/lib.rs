@@ -4,7 +4,8 @@
 //!   the embedded fixture, or the Hugging Face hub.
 //! - [`generate`]: seeded generators — translated and cluttered MNIST, MNIST pairs, barn-scene
 //!   VQA, Sort-of-CLEVR, shape captions — every sample with the boxes of its objects.
-//! - [`vqa`], [`caption`]: VQA and caption sets in memory and as folders (bring your own data).
+//! - [`vqa`], [`caption`]: VQA and caption sets in memory and as folders (bring your own data),
+//!   with the data set's own splits ([`split`]) when it ships them.
 //! - [`dataset`], [`vocab`]: splits, shuffles, vocabularies and batches as candle tensors.
 //! - [`preview`], [`catalog`]: pictures of samples and the data sets by name.
 //!
@@ -20,6 +21,7 @@ pub mod idx;
 pub mod image;
 pub mod mnist;
 pub mod preview;
+pub mod split;
 pub mod vocab;
 pub mod vqa;
 
@@ -27,6 +29,7 @@ pub use dataset::{Batcher, Dataset, ImageBatch, Split};
 pub use error::{DataError, Result};
 pub use image::{BBox, Image, LabeledBox};
 pub use mnist::{LabeledImages, Mnist, MnistSource};
+pub use split::SplitName;
 
 use std::path::Path;
 

@@ -218,8 +218,10 @@ impl Mnist {
     #[cfg(not(feature = "hub"))]
     pub fn from_hub() -> Result<Self> {
         Err(DataError::Hub(format!(
-            "gaze-data was built without the `hub` feature; put the four IDX files in a folder \
-             and pass --data-dir DIR or set {DATA_DIR_ENV}=DIR"
+            "the Hugging Face hub is an opt-in feature and this build does not have it: put the four IDX \
+             files in a folder and pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, or rebuild with the hub \
+             (`cargo run --release -p xtask --features hub -- experiment NAME`, \
+             `cargo run --release -p gaze-train --features hub --bin gaze -- ...`)"
         )))
     }
 

@@ -11,6 +11,11 @@
 //! `relational` (bool), `code` (a numeric question encoding, as Sort-of-CLEVR's), `boxes`
 //! (`[{"label", "x", "y", "w", "h"}]`, the image's objects) and `focus` (indices into `boxes` of
 //! the objects the question is about). Other fields are ignored.
+//!
+//! A data set that ships its splits gives them as subfolders `DIR/train/`, `DIR/val/`, `DIR/test/`
+//! (each in the format above; `val/` may be missing), or as a `split` field (`train`, `val`,
+//! `test`) on every record. Without either, [`VqaSet::splits`] is all None and the loader splits
+//! by seeded fractions.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::image::{Image, LabeledBox};
+use crate::split::{self, SplitName};
 
 /// One question about an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +76,8 @@ pub struct VqaSet {
     pub boxes: Vec<Vec<LabeledBox>>,
     /// One record per question.
     pub records: Vec<VqaRecord>,
+    /// The split the data set puts each image in (None for all: it ships no splits).
+    pub splits: Vec<Option<SplitName>>,
 }
 
 impl VqaSet {
@@ -80,6 +88,7 @@ impl VqaSet {
             let image = set.images.len();
             set.images.push(s.image);
             set.boxes.push(s.boxes);
+            set.splits.push(None);
             set.records.extend(s.questions.into_iter().map(|q| VqaRecord { image, q }));
         }
         set
@@ -113,6 +122,7 @@ impl VqaSet {
                 code: r.q.code.clone(),
                 boxes: self.boxes.get(r.image).cloned().unwrap_or_default(),
                 focus: r.q.focus.clone(),
+                split: self.splits.get(r.image).copied().flatten().map(|s| s.as_str().to_string()),
             };
             let line = serde_json::to_string(&rec).map_err(|e| DataError::Record {
                 path: dir.join("questions.jsonl"),
@@ -128,9 +138,26 @@ impl VqaSet {
     /// Reads a VQA folder. Each image is loaded once (RGB) and, when `size` is given, resized to
     /// `size` (height, width), its boxes scaled with it. A missing image, a record without a
     /// question or answer, or a file with no records is an error naming the file and record.
+    /// The data set's own splits are read from `train/` / `val/` / `test/` subfolders or from
+    /// the records' `split` fields (see the module docs).
     pub fn read_folder(dir: &Path, size: Option<(usize, usize)>) -> Result<Self> {
+        let Some(parts) = split::subfolders(dir) else { return Self::read_flat(dir, size) };
+        let mut set = VqaSet::default();
+        for (name, sub) in parts {
+            let part = Self::read_flat(&sub, size)?;
+            let offset = set.images.len();
+            set.images.extend(part.images);
+            set.boxes.extend(part.boxes);
+            set.splits.extend(std::iter::repeat_n(Some(name), part.splits.len()));
+            set.records.extend(part.records.into_iter().map(|r| VqaRecord { image: r.image + offset, q: r.q }));
+        }
+        Ok(set)
+    }
+
+    fn read_flat(dir: &Path, size: Option<(usize, usize)>) -> Result<Self> {
         let (path, records) = read_records::<FolderRecord>(dir, &["questions.jsonl", "questions.json"])?;
         let mut set = VqaSet::default();
+        let mut fields: Vec<(usize, Option<String>)> = Vec::with_capacity(records.len());
         let mut by_name: HashMap<String, usize> = HashMap::new();
         for (n, rec) in records.into_iter().enumerate() {
             let bad = |reason: String| DataError::Record { path: path.clone(), record: n + 1, reason };
@@ -158,8 +185,15 @@ impl VqaSet {
                 code: rec.code,
                 focus: rec.focus,
             };
+            fields.push((idx, rec.split));
             set.records.push(VqaRecord { image: idx, q });
         }
+        let per: Vec<(usize, Option<&str>)> = fields.iter().map(|(i, s)| (*i, s.as_deref())).collect();
+        set.splits = split::from_records(set.images.len(), &per, |r, reason| DataError::Record {
+            path: path.clone(),
+            record: r + 1,
+            reason,
+        })?;
         Ok(set)
     }
 }
@@ -181,6 +215,8 @@ struct FolderRecord {
     boxes: Vec<LabeledBox>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     focus: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    split: Option<String>,
 }
 
 /// Loads `rel` under `dir` as RGB, resized when asked, with its `boxes` scaled to match; the

@@ -29,9 +29,11 @@ pub struct TrainState {
     pub opt_t: u64,
     /// The learning rate in force.
     pub lr: f64,
-    /// Best validation accuracy so far (percent; -1 before the first validation, since JSON has
-    /// no infinities).
-    pub best_val_acc: f64,
+    /// The best value so far of the metric the `best` checkpoint follows (`train.select`); None
+    /// before the first validation. (Checkpoints written before the metric was configurable
+    /// recorded validation accuracy as `best_val_acc`, -1 before the first validation.)
+    #[serde(alias = "best_val_acc")]
+    pub best_value: Option<f64>,
     /// Plateau schedule: epochs since the last improvement.
     pub plateau_bad: usize,
     /// Running sums of the epoch under way.

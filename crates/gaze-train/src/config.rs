@@ -9,9 +9,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use gaze_data::generate::{BarnConfig, CanvasConfig, SortOfClevrConfig};
+use gaze_data::generate::{BarnConfig, CanvasConfig, PairsConfig, SortOfClevrConfig};
 use gaze_data::MnistSource;
-use gaze_zoo::ModelConfig;
+use gaze_zoo::{ModelConfig, Search};
 
 use crate::error::{Result, TrainError};
 
@@ -47,6 +47,8 @@ pub enum DataConfig {
     Mnist(MnistData),
     /// Translated or cluttered MNIST generated from the digits (train from the training file).
     MnistCanvas(CanvasData),
+    /// Two digits on a canvas, to be read left to right as a sequence (MNIST pairs).
+    MnistPairs(PairsData),
     /// Generated barn-scene VQA.
     BarnVqa(BarnData),
     /// Generated Sort-of-CLEVR.
@@ -161,6 +163,16 @@ pub struct CanvasData {
     pub fresh_each_epoch: bool,
 }
 
+/// MNIST pairs settings: every digit of a split is paired with another of the same split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairsData {
+    /// The digits.
+    pub digits: MnistData,
+    /// The canvas.
+    pub pairs: PairsConfig,
+}
+
 /// Optimiser settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -265,6 +277,13 @@ pub struct TrainConfig {
     /// see `gaze_train::shard`). 1: one pass on the calling thread. With `threads = 1` each
     /// shard keeps to one core. Not for models with batch norm.
     pub shards: usize,
+    /// The validation metric the `best` checkpoint follows (`val_acc_pct`, `val_bleu4`,
+    /// `val_sequence_error_pct` ...; errors and losses count lower as better). Default: the
+    /// task's main metric (accuracy for classes and answers, sequence error, BLEU-4 for text).
+    pub select: Option<String>,
+    /// How sequence models decode in evaluation (`{ type = "greedy" }` or `{ type = "beam",
+    /// width = 3 }`).
+    pub decode: Search,
 }
 
 impl Default for TrainConfig {
@@ -279,6 +298,8 @@ impl Default for TrainConfig {
             pictures: 16,
             augment_shift: 0,
             shards: 1,
+            select: None,
+            decode: Search::Greedy,
         }
     }
 }
@@ -381,9 +402,21 @@ impl ExperimentConfig {
         if t.eval_batch_size == 0 {
             return Err(bad(path, "train.eval_batch_size", "must be at least 1"));
         }
+        if let Some(m) = t.select.as_deref().filter(|m| !m.starts_with("val_")) {
+            return Err(bad(path, "train.select", format!("`{m}` is not a validation metric (they start with `val_`)")));
+        }
+        if t.decode == (Search::Beam { width: 0 }) {
+            return Err(bad(path, "train.decode.width", "a beam keeps at least 1 hypothesis"));
+        }
         let digits = match &self.data {
             DataConfig::Mnist(m) => Some(m),
             DataConfig::MnistCanvas(c) => Some(&c.digits),
+            DataConfig::MnistPairs(p) => {
+                if t.augment_shift > 0 {
+                    return Err(bad(path, "train.augment_shift", "shifts are for single-digit images; pairs need 0"));
+                }
+                Some(&p.digits)
+            }
             DataConfig::BarnVqa(b) => {
                 if b.train_scenes == 0 || b.val_scenes == 0 || b.test_scenes == 0 {
                     return Err(bad(path, "data.train_scenes/val_scenes/test_scenes", "each must be at least 1"));

@@ -1,19 +1,23 @@
-//! Turns a [`DataConfig`] into train / validation / test examples: digit images, or VQA images
-//! with their questions (one example = one image and all its questions).
+//! Turns a [`DataConfig`] into train / validation / test examples: labelled images, VQA images
+//! with their questions (one example = one image and all its questions), or images with token
+//! sequences (the digits of an MNIST-pairs canvas in reading order). Each split knows its
+//! [`Task`], builds its batches, says what each row is for the metrics ([`RowInfo`]) and,
+//! for training, shifts its images ([`Examples::shifted_batch`]).
 
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use gaze_data::dataset::{images_to_tensor, VqaEncoder};
-use gaze_data::generate::{BarnVqa, CanvasConfig, MnistCanvas, SortOfClevr};
+use gaze_data::generate::{BarnVqa, CanvasConfig, MnistCanvas, MnistPairs, SortOfClevr};
 use gaze_data::vocab::AnswerSet;
 use gaze_data::vqa::VqaSet;
 use gaze_data::{Image, LabeledImages, Mnist};
 use gaze_tensor::Seed;
-use gaze_zoo::{Batch, DataShape, Questions};
+use gaze_zoo::{tokens, Batch, DataShape, Questions, Targets};
 
 use crate::config::{DataConfig, MnistData};
 use crate::error::{Result, TrainError};
+use crate::metrics::{FracBox, Row, Task, Truth};
 
 /// The examples of one split.
 #[derive(Debug, Clone)]
@@ -22,12 +26,65 @@ pub enum Examples {
     Images {
         /// The images and labels.
         set: LabeledImages,
-        /// The centre of each image's digit as fractions (x, y) of its width and height when the
-        /// data knows it (generated canvases), else empty.
-        centres: Vec<(f32, f32)>,
+        /// Each image's digit as a box and its centre, in fractions of the image's width and
+        /// height, when the data knows it (generated canvases), else empty.
+        objects: Vec<(FracBox, (f32, f32))>,
     },
     /// VQA (one example = one image with all its questions).
     Vqa(VqaSplit),
+    /// Images with token sequences (one example = one image and its reference sequences).
+    Sequences(SequenceSplit),
+}
+
+/// Images and the token sequences to read from them.
+#[derive(Debug, Clone)]
+pub struct SequenceSplit {
+    /// The images.
+    pub images: Vec<Image>,
+    /// Each image's reference sequences (token ids without `BOS` / `EOS`); training reads the first.
+    pub references: Vec<Vec<Vec<u32>>>,
+    /// Each image's objects (the digits of a pair), as boxes and centres in fractions.
+    pub objects: Vec<Vec<(FracBox, (f32, f32))>>,
+    /// The output vocabulary (the special tokens first), for reports.
+    pub words: Arc<Vec<String>>,
+    /// Natural-language references (scored with BLEU).
+    pub text: bool,
+}
+
+impl SequenceSplit {
+    /// The tokens of `seq` as words.
+    pub fn spell(&self, seq: &[u32]) -> String {
+        seq.iter().map(|&t| self.words.get(t as usize).map_or("?", String::as_str)).collect::<Vec<_>>().join(" ")
+    }
+
+    /// Examples `idx` as a batch: the first reference of each, `EOS` appended, padded with `PAD`.
+    pub fn batch(&self, idx: &[usize], device: &Device) -> Result<Batch> {
+        let bad = |i: usize| TrainError::Other(format!("example {i} of {}", self.images.len()));
+        let mut imgs = Vec::with_capacity(idx.len());
+        let mut seqs = Vec::with_capacity(idx.len());
+        for &i in idx {
+            imgs.push(self.images.get(i).ok_or_else(|| bad(i))?);
+            let first = self.references.get(i).and_then(|r| r.first()).ok_or_else(|| bad(i))?;
+            seqs.push(first);
+        }
+        let t = seqs.iter().map(|s| s.len() + 1).max().unwrap_or(1);
+        let mut toks = Vec::with_capacity(idx.len() * t);
+        let mut lens = Vec::with_capacity(idx.len());
+        for s in seqs {
+            toks.extend_from_slice(s);
+            toks.push(tokens::EOS);
+            toks.extend(std::iter::repeat_n(tokens::PAD, t - s.len() - 1));
+            lens.push(s.len() as u32 + 1);
+        }
+        Ok(Batch {
+            images: images_to_tensor(&imgs, device)?,
+            targets: Targets::Sequences {
+                tokens: Tensor::from_vec(toks, (idx.len(), t), device)?,
+                lengths: Tensor::from_vec(lens, idx.len(), device)?,
+            },
+            questions: None,
+        })
+    }
 }
 
 /// Images of a VQA set and their questions.
@@ -43,32 +100,52 @@ pub struct VqaSplit {
     pub encoder: Arc<VqaEncoder>,
 }
 
-/// What a row of a batch is (for per-kind accuracy and pictures).
+/// What a row of a batch is: for the metrics, and for pictures.
 #[derive(Debug, Clone)]
 pub struct RowInfo {
-    /// Question kind (`shape`, `closest` ...; empty for images).
-    pub kind: String,
-    /// Relational question.
-    pub relational: bool,
-    /// Whether the true answer is in the answer set (unknown answers always count as wrong).
-    pub known: bool,
-    /// The true class / answer, as text.
+    /// What the metrics read (truth, kind, the objects' boxes).
+    pub row: Row,
+    /// The true class / answer / sequence, as text.
     pub truth: String,
     /// The question (empty for images).
     pub question: String,
     /// Position in the batch's images.
     pub image: usize,
-    /// Centres of the objects the question is about (its `focus` boxes), as fractions (x, y) of
-    /// the image's width and height; empty when the data names none.
-    pub focus: Vec<(f32, f32)>,
+}
+
+/// A box in pixels as fractions of a `w` x `h` image, and its centre.
+fn frac(b: &gaze_data::BBox, w: usize, h: usize) -> (FracBox, (f32, f32)) {
+    let (w, h) = (w.max(1) as f32, h.max(1) as f32);
+    let (x, y) = b.centre();
+    ([b.x / w, b.y / h, (b.x + b.w) / w, (b.y + b.h) / h], (x / w, y / h))
+}
+
+fn row_of(truth: Truth, objects: &[(FracBox, (f32, f32))]) -> Row {
+    Row {
+        truth,
+        kind: String::new(),
+        relational: false,
+        boxes: objects.iter().map(|o| o.0).collect(),
+        centres: objects.iter().map(|o| o.1).collect(),
+    }
 }
 
 impl Examples {
+    /// What the examples ask of a model.
+    pub fn task(&self) -> Task {
+        match self {
+            Examples::Images { .. } => Task::Classify,
+            Examples::Vqa(_) => Task::Answer,
+            Examples::Sequences(s) => Task::Sequence { bleu: s.text },
+        }
+    }
+
     /// Number of examples (images).
     pub fn len(&self) -> usize {
         match self {
             Examples::Images { set: s, .. } => s.len(),
             Examples::Vqa(v) => v.images.len(),
+            Examples::Sequences(s) => s.images.len(),
         }
     }
 
@@ -82,6 +159,7 @@ impl Examples {
         match self {
             Examples::Images { set: s, .. } => s.len(),
             Examples::Vqa(v) => v.records.iter().map(Vec::len).sum(),
+            Examples::Sequences(s) => s.images.len(),
         }
     }
 
@@ -89,7 +167,7 @@ impl Examples {
     pub fn as_images(&self) -> Option<&LabeledImages> {
         match self {
             Examples::Images { set: s, .. } => Some(s),
-            Examples::Vqa(_) => None,
+            _ => None,
         }
     }
 
@@ -101,23 +179,49 @@ impl Examples {
                 Ok(Batch::images(b.images, b.labels))
             }
             Examples::Vqa(v) => v.batch(idx, device),
+            Examples::Sequences(s) => s.batch(idx, device),
+        }
+    }
+
+    /// Examples `idx` as a training batch whose images are shifted by up to `max` pixels each
+    /// way (uniform per image, drawn from `rng`), zeros filling in; other data as it is.
+    pub fn shifted_batch(
+        &self,
+        idx: &[usize],
+        max: usize,
+        rng: &mut gaze_tensor::seed::Rng,
+        device: &Device,
+    ) -> Result<Batch> {
+        match self {
+            Examples::Images { set, .. } if max > 0 => shifted_batch(set, idx, max, rng, device),
+            _ => self.batch(idx, device),
         }
     }
 
     /// What each row of `batch(idx)` is.
     pub fn row_info(&self, idx: &[usize]) -> Vec<RowInfo> {
         match self {
-            Examples::Images { set: s, centres } => idx
+            Examples::Images { set: s, objects } => idx
                 .iter()
                 .enumerate()
                 .map(|(k, &i)| RowInfo {
-                    kind: String::new(),
-                    relational: false,
-                    known: true,
+                    row: row_of(
+                        Truth::Class(s.labels.get(i).map(|&l| u32::from(l))),
+                        objects.get(i).map_or(&[][..], std::slice::from_ref),
+                    ),
                     truth: s.labels.get(i).map(|l| l.to_string()).unwrap_or_default(),
                     question: String::new(),
                     image: k,
-                    focus: centres.get(i).map(|&c| vec![c]).unwrap_or_default(),
+                })
+                .collect(),
+            Examples::Sequences(s) => idx
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let refs = s.references.get(i).cloned().unwrap_or_default();
+                    let truth = refs.first().map(|r| s.spell(r)).unwrap_or_default();
+                    let objects = s.objects.get(i).map_or(&[][..], Vec::as_slice);
+                    RowInfo { row: row_of(Truth::Tokens(refs), objects), truth, question: String::new(), image: k }
                 })
                 .collect(),
             Examples::Vqa(v) => {
@@ -127,18 +231,16 @@ impl Examples {
                         if let Some(rec) = v.set.records.get(r) {
                             let boxes = v.set.boxes.get(rec.image).map_or(&[][..], Vec::as_slice);
                             let (w, h) = v.set.images.get(rec.image).map_or((1, 1), |im| (im.width, im.height));
-                            let focus = rec.q.focus.iter().filter_map(|&f| boxes.get(f)).map(|b| {
-                                let (x, y) = b.bbox.centre();
-                                (x / w.max(1) as f32, y / h.max(1) as f32)
-                            });
+                            let focus: Vec<_> =
+                                rec.q.focus.iter().filter_map(|&f| boxes.get(f)).map(|b| frac(&b.bbox, w, h)).collect();
+                            let mut row = row_of(Truth::Class(v.encoder.answers.class(&rec.q.answer)), &focus);
+                            row.kind = rec.q.kind.clone();
+                            row.relational = rec.q.relational;
                             rows.push(RowInfo {
-                                kind: rec.q.kind.clone(),
-                                relational: rec.q.relational,
-                                known: v.encoder.answers.class(&rec.q.answer).is_some(),
+                                row,
                                 truth: rec.q.answer.clone(),
                                 question: rec.q.question.clone(),
                                 image: k,
-                                focus: focus.collect(),
                             });
                         }
                     }
@@ -159,8 +261,47 @@ impl Examples {
                 let j = *v.images.get(i).ok_or_else(missing)?;
                 v.set.images.get(j).cloned().ok_or_else(missing)
             }
+            Examples::Sequences(s) => s.images.get(i).cloned().ok_or_else(missing),
         }
     }
+}
+
+/// A training batch whose images are shifted by up to `max` pixels each way (uniform per image,
+/// drawn from `rng`), zeros filling in.
+pub fn shifted_batch(
+    set: &LabeledImages,
+    idx: &[usize],
+    max: usize,
+    rng: &mut gaze_tensor::seed::Rng,
+    device: &Device,
+) -> Result<Batch> {
+    use rand::Rng as _;
+    let (h, w) = (set.rows, set.cols);
+    let m = max as i64;
+    let mut shifted = LabeledImages {
+        rows: h,
+        cols: w,
+        pixels: Vec::with_capacity(idx.len() * h * w),
+        labels: Vec::with_capacity(idx.len()),
+    };
+    for &i in idx {
+        let src = set.image(i).ok_or_else(|| TrainError::Other(format!("image {i} of {}", set.len())))?;
+        let (dy, dx) = (rng.random_range(-m..=m), rng.random_range(-m..=m));
+        for y in 0..h as i64 {
+            for x in 0..w as i64 {
+                let (sy, sx) = (y - dy, x - dx);
+                let v = if sy < 0 || sx < 0 || sy >= h as i64 || sx >= w as i64 {
+                    0
+                } else {
+                    src[(sy as usize) * w + sx as usize]
+                };
+                shifted.pixels.push(v);
+            }
+        }
+        shifted.labels.push(set.labels[i]);
+    }
+    let b = shifted.batch(&(0..idx.len()).collect::<Vec<_>>(), device)?;
+    Ok(Batch::images(b.images, b.labels))
 }
 
 impl VqaSplit {
@@ -197,7 +338,7 @@ impl VqaSplit {
         };
         Ok(Batch {
             images: images_to_tensor(&imgs, device)?,
-            targets: Tensor::from_vec(answers, q, device)?,
+            targets: Targets::Answers(Tensor::from_vec(answers, q, device)?),
             questions: Some(Questions {
                 image: Tensor::from_vec(image, q, device)?,
                 tokens: Tensor::from_vec(tokens, (q, max), device)?,
@@ -225,6 +366,8 @@ pub struct Prepared {
     pub vocab: usize,
     /// Question code width (0: none).
     pub code_dim: usize,
+    /// Longest target sequence, `EOS` included (0: class targets).
+    pub max_steps: usize,
     /// Answer names (VQA), for pictures.
     pub answers: Option<AnswerSet>,
     /// Where the data came from, for reports.
@@ -239,8 +382,8 @@ impl Prepared {
     pub fn train_for_epoch(&self, epoch: usize, seed: Seed) -> Result<Option<Examples>> {
         match &self.fresh {
             Some((canvas, digits)) if epoch > 0 => {
-                let (set, centres) = canvases(canvas, digits, seed.stream("data/train").index(epoch as u64))?;
-                Ok(Some(Examples::Images { set, centres }))
+                let (set, objects) = canvases(canvas, digits, seed.stream("data/train").index(epoch as u64))?;
+                Ok(Some(Examples::Images { set, objects }))
             }
             _ => Ok(None),
         }
@@ -248,7 +391,13 @@ impl Prepared {
 
     /// What a model is built for.
     pub fn shape(&self) -> DataShape {
-        DataShape { input: self.input, classes: self.classes, vocab: self.vocab, code_dim: self.code_dim }
+        DataShape {
+            input: self.input,
+            classes: self.classes,
+            vocab: self.vocab,
+            code_dim: self.code_dim,
+            max_steps: self.max_steps,
+        }
     }
 
     fn images(
@@ -266,6 +415,7 @@ impl Prepared {
             classes: 10,
             vocab: 0,
             code_dim: 0,
+            max_steps: 0,
             answers: None,
             description,
             fresh: None,
@@ -273,9 +423,11 @@ impl Prepared {
     }
 }
 
-/// Every digit of `set` placed on its own canvas, with the centre of each digit's ink box as
+/// Every digit of `set` placed on its own canvas, with each digit's ink box (and its centre) as
 /// fractions of the canvas side.
-fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<(LabeledImages, Vec<(f32, f32)>)> {
+type Objects = Vec<(FracBox, (f32, f32))>;
+
+fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<(LabeledImages, Objects)> {
     let g = MnistCanvas::new(cfg.clone(), set, seed)?;
     let mut out = LabeledImages {
         rows: cfg.canvas,
@@ -284,14 +436,12 @@ fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<(Labe
         labels: Vec::with_capacity(g.len()),
     };
     let mut centres = Vec::with_capacity(g.len());
-    let side = cfg.canvas.max(1) as f32;
     for i in 0..g.len() {
         let s = g.sample(i)?;
         out.pixels.extend_from_slice(&s.image.data);
         out.labels.push(s.label);
         if let Some(d) = s.boxes.iter().find(|b| b.label == "digit") {
-            let (x, y) = d.bbox.centre();
-            centres.push((x / side, y / side));
+            centres.push(frac(&d.bbox, cfg.canvas, cfg.canvas));
         }
     }
     if centres.len() != out.len() {
@@ -318,7 +468,7 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
         DataConfig::Mnist(m) => {
             let (train, val, test, description) = digits(m)?;
             let input = (1, train.rows, train.cols);
-            let plain = |set| Examples::Images { set, centres: vec![] };
+            let plain = |set| Examples::Images { set, objects: vec![] };
             Ok(Prepared::images(plain(train), plain(val), plain(test), input, description))
         }
         DataConfig::MnistCanvas(c) => {
@@ -335,10 +485,49 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 if c.fresh_each_epoch { ", training canvases redrawn every epoch" } else { "" }
             );
             let [train_canvases, val, test] =
-                [train_canvases, val, test].map(|(set, centres)| Examples::Images { set, centres });
+                [train_canvases, val, test].map(|(set, objects)| Examples::Images { set, objects });
             let mut p = Prepared::images(train_canvases, val, test, input, description);
             p.fresh = c.fresh_each_epoch.then(|| (c.canvas.clone(), train));
             Ok(p)
+        }
+        DataConfig::MnistPairs(p) => {
+            let (train, val, test, desc) = digits(&p.digits)?;
+            let words: Arc<Vec<String>> = Arc::new(
+                ["<pad>", "<unk>", "<bos>", "<eos>"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain((0..10).map(|d| d.to_string()))
+                    .collect(),
+            );
+            let gen = |set: &LabeledImages, split: &str| -> Result<Examples> {
+                let g = MnistPairs::new(p.pairs.clone(), set, seed.stream(&format!("data/{split}")))?;
+                let n = p.pairs.canvas;
+                let mut out = SequenceSplit {
+                    images: Vec::with_capacity(g.len()),
+                    references: Vec::with_capacity(g.len()),
+                    objects: Vec::with_capacity(g.len()),
+                    words: words.clone(),
+                    text: false,
+                };
+                for i in 0..g.len() {
+                    let s = g.sample(i)?;
+                    out.references.push(vec![s.digits.iter().map(|&d| 4 + u32::from(d)).collect()]);
+                    out.objects.push(s.boxes.iter().map(|b| frac(&b.bbox, n, n)).collect());
+                    out.images.push(s.image);
+                }
+                Ok(Examples::Sequences(out))
+            };
+            let description = format!("MNIST pairs on a {0}x{0} canvas, read left to right, from {desc}", p.pairs.canvas);
+            let mut prepared = Prepared::images(
+                gen(&train, "train")?,
+                gen(&val, "val")?,
+                gen(&test, "test")?,
+                (1, p.pairs.canvas, p.pairs.canvas),
+                description,
+            );
+            prepared.classes = words.len();
+            prepared.max_steps = 3;
+            Ok(prepared)
         }
         DataConfig::BarnVqa(b) => generated(
             |s| BarnVqa::new(b.barn.clone(), s),
@@ -358,26 +547,55 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
         ),
         DataConfig::VqaFolder(f) => {
             let set = VqaSet::read_folder(&f.path, Some((f.size[0], f.size[1])))?;
-            let n = set.images.len();
-            let val = ((n as f64) * f.val_fraction).round().max(1.0) as usize;
-            let test = ((n as f64) * f.test_fraction).round().max(1.0) as usize;
-            let split = gaze_data::dataset::split(n, val, test, seed.stream("data/split"))
+            let (parts, how) = folder_splits(&set.splits, f.val_fraction, f.test_fraction, seed)
                 .map_err(|e| TrainError::Other(format!("{}: {e}", f.path.display())))?;
             let desc = format!(
-                "VQA folder {} ({} images: {}/{}/{}, resized to {}x{})",
+                "VQA folder {} ({} images: {}/{}/{} by {how}, resized to {}x{})",
                 f.path.display(),
-                n,
-                split.train.len(),
-                split.val.len(),
-                split.test.len(),
+                set.images.len(),
+                parts[0].len(),
+                parts[1].len(),
+                parts[2].len(),
                 f.size[0],
                 f.size[1]
             );
             let set = Arc::new(set);
-            let parts = [split.train, split.val, split.test];
             vqa_views(set.clone(), parts, f.max_words, desc)
         }
     }
+}
+
+/// Train / val / test image indices of a folder's images: the data set's own splits when every
+/// image has one (validation carved from training by `val_fraction`, seeded, when it ships none),
+/// else seeded fractions of all images. Also says which it was, for the description.
+pub fn folder_splits(
+    own: &[Option<gaze_data::SplitName>],
+    val_fraction: f64,
+    test_fraction: f64,
+    seed: Seed,
+) -> std::result::Result<([Vec<usize>; 3], &'static str), String> {
+    use gaze_data::SplitName;
+    let n = own.len();
+    if n > 0 && own.iter().all(Option::is_some) {
+        let of = |s: SplitName| (0..n).filter(|&i| own[i] == Some(s)).collect::<Vec<_>>();
+        let (mut train, mut val, test) = (of(SplitName::Train), of(SplitName::Val), of(SplitName::Test));
+        if train.is_empty() || test.is_empty() {
+            return Err(format!("its own splits have {} training and {} test images; both are needed", train.len(), test.len()));
+        }
+        let mut how = "its own splits";
+        if val.is_empty() {
+            let k = ((train.len() as f64) * val_fraction).round().max(1.0) as usize;
+            let s = gaze_data::dataset::split(train.len(), k, 0, seed.stream("data/split")).map_err(|e| e.to_string())?;
+            val = s.val.iter().map(|&i| train[i]).collect();
+            train = s.train.iter().map(|&i| train[i]).collect();
+            how = "its own train / test splits, validation drawn from training";
+        }
+        return Ok(([train, val, test], how));
+    }
+    let val = ((n as f64) * val_fraction).round().max(1.0) as usize;
+    let test = ((n as f64) * test_fraction).round().max(1.0) as usize;
+    let split = gaze_data::dataset::split(n, val, test, seed.stream("data/split")).map_err(|e| e.to_string())?;
+    Ok(([split.train, split.val, split.test], "seeded fractions"))
 }
 
 /// Scenes from a generator per split (`seed.stream("data/<split>")`), `counts` = train / val / test.
@@ -456,6 +674,7 @@ fn vqa_prepared(splits: [Examples; 3], encoder: Arc<VqaEncoder>, description: St
             (input, code.map_or(0, |r| r.q.code.len()))
         }
         Examples::Images { set: s, .. } => ((1, s.rows, s.cols), 0),
+        Examples::Sequences(s) => (s.images.first().map_or((1, 0, 0), |im| (im.channels, im.height, im.width)), 0),
     };
     let description = format!(
         "{description}; {} / {} / {} questions, {} words, {} answers",
@@ -473,8 +692,37 @@ fn vqa_prepared(splits: [Examples; 3], encoder: Arc<VqaEncoder>, description: St
         classes: encoder.answers.len(),
         vocab: encoder.vocab.len(),
         code_dim,
+        max_steps: 0,
         answers: Some(encoder.answers.clone()),
         description,
         fresh: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifts_move_the_digit_and_keep_its_ink() -> Result<()> {
+        let set = LabeledImages {
+            rows: 4,
+            cols: 4,
+            pixels: (0..16).map(|i| if i == 5 { 200 } else { 0 }).collect(),
+            labels: vec![3],
+        };
+        let mut seen = std::collections::HashSet::new();
+        for s in 0..40 {
+            let b = shifted_batch(&set, &[0], 1, &mut Seed(s).rng(), &Device::Cpu)?;
+            let px = b.images.flatten_all()?.to_vec1::<f32>()?;
+            let on: Vec<usize> = (0..16).filter(|&i| px[i] > 0.0).collect();
+            assert_eq!(on.len(), 1, "the one pixel stays inside a 1-pixel shift");
+            let (y, x) = (on[0] / 4, on[0] % 4);
+            assert!(y.abs_diff(1) <= 1 && x.abs_diff(1) <= 1);
+            seen.insert(on[0]);
+            assert_eq!(b.targets.classes("test")?.to_vec1::<u32>()?, vec![3]);
+        }
+        assert!(seen.len() >= 7, "shifts vary: {seen:?}");
+        Ok(())
     }
 }

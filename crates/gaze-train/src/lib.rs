@@ -1,17 +1,23 @@
 //! Training for gaze.
 //!
 //! - [`config`]: experiment files (`{ name, seed, model, data, optim, train, targets }`).
-//! - [`trainer`]: the loop — seeded shuffles, named loss terms, NaN guard, checkpoints and exact
-//!   resume, evaluation — and the run folder `runs/<name>/<timestamp>-s<seed>/`.
+//! - [`data`]: the splits, their task, batches and augmentation.
+//! - [`trainer`]: the run loop — seeded shuffles, named loss terms, NaN guard, checkpoints and
+//!   exact resume — and the run folder `runs/<name>/<timestamp>-s<seed>/`.
+//! - [`evaluate`]: a model over a split, measured by the [`metrics`] its task asks for.
+//! - [`record`]: what a run says of itself (`summary.json`: revision, command, metrics).
 //! - [`optim`]: AdamW and SGD whose state is saved, clipping, schedules.
-//! - [`checkpoint`]: atomic safetensors checkpoints.
+//! - [`checkpoint`]: atomic safetensors checkpoints; [`shard`]: data-parallel steps.
 //! - [`report`]: attention pictures, curves and `report.md`; [`results`]: `experiments/RESULTS.md`.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod evaluate;
+pub mod metrics;
 pub mod optim;
+pub mod record;
 pub mod report;
 pub mod results;
 pub mod shard;
@@ -19,7 +25,8 @@ pub mod trainer;
 
 pub use config::ExperimentConfig;
 pub use error::{Result, TrainError};
-pub use trainer::{run, RunOptions, RunSummary};
+pub use record::RunSummary;
+pub use trainer::{run, RunOptions};
 
 impl ExperimentConfig {
     /// The `--quick` version of an experiment: one epoch on a few hundred digits of the embedded
@@ -33,6 +40,7 @@ impl ExperimentConfig {
         match &mut self.data {
             config::DataConfig::Mnist(m) => shrink(m),
             config::DataConfig::MnistCanvas(c) => shrink(&mut c.digits),
+            config::DataConfig::MnistPairs(p) => shrink(&mut p.digits),
             config::DataConfig::BarnVqa(b) => {
                 (b.train_scenes, b.val_scenes, b.test_scenes) = (96, 16, 16);
             }

@@ -10,12 +10,14 @@ use plotters::prelude::*;
 use gaze_data::preview::{grid, Tile};
 use gaze_data::{Image, LabeledImages};
 use gaze_tensor::Seed;
-use gaze_zoo::{AttentionMap, Model};
+use gaze_zoo::{AttentionMap, Mode, Model, Search};
 
 use crate::config::ExperimentConfig;
 use crate::data::{Examples, Prepared};
 use crate::error::{Result, TrainError};
-use crate::trainer::{Evaluation, RunSummary};
+use crate::evaluate::{predict, Evaluation};
+use crate::metrics::Predicted;
+use crate::record::RunSummary;
 
 /// The heat colour of `v` in [0, 1]: black-red-yellow-white.
 fn heat(v: f32) -> [f32; 3] {
@@ -146,14 +148,14 @@ pub fn attention_tiles(
     model: &dyn Model,
     set: &LabeledImages,
     indices: &[usize],
-    predictions: &[u32],
+    predictions: &[Predicted],
     device: &Device,
 ) -> Result<(Vec<Tile>, String)> {
     if indices.is_empty() {
         return Ok((vec![], String::new()));
     }
     let b = set.batch(indices, device)?;
-    let (_, out) = crate::trainer::predict(model, &b.images, Seed(0))?;
+    let (_, out) = predict(model, &b.images, Seed(0))?;
     let mut tiles = Vec::with_capacity(indices.len());
     let mut title = String::from("inputs");
     for (k, &i) in indices.iter().enumerate() {
@@ -162,7 +164,10 @@ pub fn attention_tiles(
         if let Some(t) = t {
             title = t;
         }
-        let pred = predictions.get(i).copied().unwrap_or(u32::MAX);
+        let pred = match predictions.get(i) {
+            Some(Predicted::Class(p)) => *p,
+            _ => u32::MAX,
+        };
         let truth = set.labels[i];
         let mark = if pred == u32::from(truth) { "right" } else { "WRONG" };
         tiles.push(Tile { image: shown, boxes: vec![], lines: vec![format!("pred {pred} true {truth} {mark}")] });
@@ -187,14 +192,11 @@ pub fn pictures(
     }
     let pages = match &data.test {
         Examples::Images { set, .. } => {
-            let right: Vec<usize> = (0..set.len())
-                .filter(|&i| test.predictions.get(i).is_some_and(|&p| p == u32::from(set.labels[i])))
-                .take(n)
-                .collect();
-            let wrong: Vec<usize> = (0..set.len())
-                .filter(|&i| test.predictions.get(i).is_some_and(|&p| p != u32::from(set.labels[i])))
-                .take(n)
-                .collect();
+            let is = |i: usize, right: bool| {
+                matches!(test.predictions.get(i), Some(Predicted::Class(p)) if (*p == u32::from(set.labels[i])) == right)
+            };
+            let right: Vec<usize> = (0..set.len()).filter(|&i| is(i, true)).take(n).collect();
+            let wrong: Vec<usize> = (0..set.len()).filter(|&i| is(i, false)).take(n).collect();
             let mut pages = vec![];
             for (name, idx) in [("test_right", right), ("test_wrong", wrong)] {
                 pages.push((name, attention_tiles(model, set, &idx, &test.predictions, device)?));
@@ -202,6 +204,7 @@ pub fn pictures(
             pages
         }
         Examples::Vqa(_) => vqa_tiles(model, data, n, device)?,
+        Examples::Sequences(s) => sequence_tiles(model, s, test, n, cfg.train.decode, data.max_steps, device)?,
     };
     for (name, (tiles, title)) in pages {
         if tiles.is_empty() {
@@ -223,6 +226,50 @@ pub fn pictures(
 
 type Page = (&'static str, (Vec<Tile>, String));
 
+/// Test images read right and wrong: each image with its attention at every decoded step (and
+/// their sum), what was read and the truth.
+fn sequence_tiles(
+    model: &dyn Model,
+    set: &crate::data::SequenceSplit,
+    test: &Evaluation,
+    n: usize,
+    search: Search,
+    max_steps: usize,
+    device: &Device,
+) -> Result<Vec<Page>> {
+    let read = |i: usize| match test.predictions.get(i) {
+        Some(Predicted::Tokens(t)) => Some(t),
+        _ => None,
+    };
+    let truth = |i: usize| set.references.get(i).and_then(|r| r.first());
+    let ok = |i: usize| read(i).is_some_and(|t| Some(t) == truth(i));
+    let mut pages = vec![];
+    for (name, right) in [("test_right", true), ("test_wrong", false)] {
+        let idx: Vec<usize> = (0..set.images.len()).filter(|&i| ok(i) == right).take(n).collect();
+        if idx.is_empty() {
+            pages.push((name, (vec![], String::new())));
+            continue;
+        }
+        let b = set.batch(&idx, device)?;
+        let d = model.decode(&b, search, max_steps.max(1), &mut Seed(0).rng())?;
+        let mut title = String::from("inputs");
+        let mut tiles = vec![];
+        for (k, &i) in idx.iter().enumerate() {
+            let img = set.images.get(i).cloned().unwrap_or_else(|| Image::filled(1, 1, 1, 0));
+            let (shown, t) = render_attention(&img, d.attention.as_ref(), k)?;
+            if let Some(t) = t {
+                title = t;
+            }
+            let got = d.tokens.get(k).map(|t| set.spell(t)).unwrap_or_default();
+            let want = truth(i).map(|t| set.spell(t)).unwrap_or_default();
+            let mark = if right { "right" } else { "WRONG" };
+            tiles.push(Tile { image: shown, boxes: vec![], lines: vec![format!("read {got} | true {want} {mark}")] });
+        }
+        pages.push((name, (tiles, title)));
+    }
+    Ok(pages)
+}
+
 /// Test questions answered right and wrong: the image with what the model kept (or weighed),
 /// the question, its answer and the truth.
 fn vqa_tiles(model: &dyn Model, data: &Prepared, n: usize, device: &Device) -> Result<Vec<Page>> {
@@ -235,10 +282,11 @@ fn vqa_tiles(model: &dyn Model, data: &Prepared, n: usize, device: &Device) -> R
         let idx: Vec<usize> = (i..(i + 8).min(set.len())).collect();
         i += idx.len();
         let b = set.batch(&idx, device)?;
-        let out = model.forward(&b, false, &mut Seed(0).rng())?;
-        let preds = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let out = model.forward(&b, Mode::eval(), &mut Seed(0).rng())?;
+        let preds = out.scores.classes()?.argmax(D::Minus1)?.to_vec1::<u32>()?;
         for (r, info) in set.row_info(&idx).iter().enumerate() {
-            let ok = info.known && preds.get(r).is_some_and(|&p| name(p) == info.truth);
+            let known = !matches!(info.row.truth, crate::metrics::Truth::Class(None));
+            let ok = known && preds.get(r).is_some_and(|&p| name(p) == info.truth);
             let bucket = if ok { &mut right } else { &mut wrong };
             if bucket.len() >= n {
                 continue;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Result, TrainError};
-use crate::trainer::RunSummary;
+use crate::record::RunSummary;
 
 /// The table's header row.
 pub const HEADER: &str = "| experiment | metric | value | target | wall_s | samples_per_s | git_rev | date | command |";

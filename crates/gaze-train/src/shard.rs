@@ -17,7 +17,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use gaze_tensor::seed::Rng;
-use gaze_zoo::{Batch, Model, Output};
+use gaze_zoo::{Batch, Mode, Model, Output};
 
 use crate::error::{Result, TrainError};
 
@@ -61,8 +61,8 @@ pub struct Pass {
 
 /// Forward and backward on one shard. `poison` makes the `classify` term NaN (the trainer's fault
 /// injection); a non-finite term is an error naming `step` and the term, before any backward.
-fn pass(model: &dyn Model, batch: &Batch, rng: &mut Rng, step: u64, poison: bool) -> Result<Pass> {
-    let mut output = model.forward(batch, true, rng)?;
+fn pass(model: &dyn Model, batch: &Batch, rng: &mut Rng, mode: Mode, step: u64, poison: bool) -> Result<Pass> {
+    let mut output = model.forward(batch, mode, rng)?;
     if poison {
         for (name, t) in output.losses.iter_mut() {
             if name == "classify" {
@@ -86,7 +86,14 @@ fn pass(model: &dyn Model, batch: &Batch, rng: &mut Rng, step: u64, poison: bool
 /// batch on the calling thread. `step` (1-based) names the step in errors; `poison` the first
 /// shard's `classify` term (fault injection). Passes come back in batch order, weighted by their
 /// shares of the targets.
-pub fn passes(model: &dyn Model, batches: &[Batch], rngs: Vec<Rng>, step: u64, poison: bool) -> Result<Vec<Pass>> {
+pub fn passes(
+    model: &dyn Model,
+    batches: &[Batch],
+    rngs: Vec<Rng>,
+    mode: Mode,
+    step: u64,
+    poison: bool,
+) -> Result<Vec<Pass>> {
     if batches.len() != rngs.len() || batches.is_empty() {
         return Err(TrainError::Other(format!(
             "shards: {} batches and {} random streams (need as many, at least one)",
@@ -96,14 +103,14 @@ pub fn passes(model: &dyn Model, batches: &[Batch], rngs: Vec<Rng>, step: u64, p
     }
     let mut out = if batches.len() == 1 {
         let mut rng = rngs.into_iter().next().ok_or_else(|| TrainError::Other("shards: no stream".into()))?;
-        vec![pass(model, &batches[0], &mut rng, step, poison)?]
+        vec![pass(model, &batches[0], &mut rng, mode, step, poison)?]
     } else {
         std::thread::scope(|s| {
             let handles: Vec<_> = batches
                 .iter()
                 .zip(rngs)
                 .enumerate()
-                .map(|(j, (b, mut rng))| s.spawn(move || pass(model, b, &mut rng, step, poison && j == 0)))
+                .map(|(j, (b, mut rng))| s.spawn(move || pass(model, b, &mut rng, mode, step, poison && j == 0)))
                 .collect();
             handles
                 .into_iter()
@@ -111,7 +118,7 @@ pub fn passes(model: &dyn Model, batches: &[Batch], rngs: Vec<Rng>, step: u64, p
                 .collect::<Result<Vec<_>>>()
         })?
     };
-    let counts = batches.iter().map(|b| b.targets.elem_count()).collect::<Vec<_>>();
+    let counts = batches.iter().map(|b| b.targets.rows()).collect::<candle_core::Result<Vec<_>>>()?;
     let total = counts.iter().sum::<usize>().max(1) as f64;
     for (p, n) in out.iter_mut().zip(counts) {
         p.weight = n as f64 / total;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use gaze_encoders::{ConvNet, ConvNetConfig};
 use gaze_tensor::seed::Rng;
 
-use crate::model::{AttentionMap, Batch, Model, Output};
+use crate::model::{AttentionMap, Batch, DataShape, Mode, Model, Output, Scores};
 
 /// Settings of [`ConvNetClassifier`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,13 +61,9 @@ pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
 }
 
 impl ConvNetClassifier {
-    /// Builds the classifier for (channels, height, width) inputs and `classes` outputs.
-    pub fn new(
-        cfg: &ConvNetClassifierConfig,
-        input: (usize, usize, usize),
-        classes: usize,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    /// Builds the classifier for the images and classes of `shape`.
+    pub fn new(cfg: &ConvNetClassifierConfig, shape: &DataShape, vb: VarBuilder) -> Result<Self> {
+        let (input, classes) = (shape.input, shape.classes);
         if !(0.0..1.0).contains(&cfg.dropout) {
             return Err(candle_core::Error::Msg(format!("convnet: dropout {} is not in [0, 1)", cfg.dropout)));
         }
@@ -91,7 +87,8 @@ impl ConvNetClassifier {
 impl Model for ConvNetClassifier {
     /// Shapes: images (b, c, h, w), targets (b,) -> logits (b, classes), loss `classify`,
     /// feature-norm map (b, h', w').
-    fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output> {
+    fn forward(&self, batch: &Batch, mode: Mode, rng: &mut Rng) -> Result<Output> {
+        let train = mode.train;
         let feats = self.net.forward(&batch.images, train)?;
         let norm = feats.sqr()?.sum(1)?.sqrt()?; // (b, h', w')
         let total = (norm.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)? + 1e-12)?;
@@ -101,9 +98,9 @@ impl Model for ConvNetClassifier {
             x = dropout(&x, self.dropout, rng)?;
         }
         let logits = self.out.forward(&x)?;
-        let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let classify = candle_nn::loss::cross_entropy(&logits, batch.targets.classes("convnet")?)?;
         Ok(Output {
-            logits,
+            scores: Scores::Classes(logits),
             losses: vec![("classify".into(), classify)],
             attention: Some(AttentionMap::Grid { weights, title: "feature norm (no attention)".into() }),
             stats: vec![],
@@ -114,6 +111,7 @@ impl Model for ConvNetClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Targets;
     use crate::test_util::{fit_fixed_batch, total};
     use candle_core::{DType, Device};
     use gaze_tensor::{Seed, SeededVarMap};
@@ -122,22 +120,22 @@ mod tests {
     fn tiny_loss_falls_on_a_fixed_batch() -> Result<()> {
         let dev = Device::Cpu;
         let vm = SeededVarMap::new(Seed(0));
-        let model = ConvNetClassifier::new(&ConvNetClassifierConfig::tiny(), (1, 12, 12), 3, vm.builder(&dev))?;
+        let model = ConvNetClassifier::new(&ConvNetClassifierConfig::tiny(), &DataShape::images((1, 12, 12), 3), vm.builder(&dev))?;
         let mut r = Seed(1).rng();
         let imgs: Vec<f32> = (0..6 * 144).map(|_| r.random::<f32>()).collect();
         let batch = Batch {
             questions: None,
             images: Tensor::from_vec(imgs, (6, 1, 12, 12), &dev)?,
-            targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, &dev)?,
+            targets: Targets::Classes(Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, &dev)?),
         };
-        let (first, last) = fit_fixed_batch(&model, &vm, &batch, 30, 1e-2, false, &mut r)?;
+        let (first, last) = fit_fixed_batch(&model, &vm, &batch, 30, 1e-2, Mode::eval(), &mut r)?;
         let (first, last) = (total(&first)?, total(&last)?);
         assert!(last < first * 0.5, "{first} -> {last}");
-        let out = model.forward(&batch, false, &mut r)?;
+        let out = model.forward(&batch, Mode::eval(), &mut r)?;
         let Some(AttentionMap::Grid { weights, .. }) = out.attention else { panic!("a grid map") };
         let sums = weights.sum(D::Minus1)?.sum(D::Minus1)?.to_vec1::<f32>()?;
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4));
-        assert_eq!(out.logits.dtype(), DType::F32);
+        assert_eq!(out.scores.tensor().dtype(), DType::F32);
         Ok(())
     }
 }

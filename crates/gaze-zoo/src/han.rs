@@ -36,7 +36,7 @@ use gaze_encoders::{ConvNet, ConvNetConfig, TextEncoder, TextEncoderConfig};
 use gaze_tensor::seed::Rng;
 use gaze_tensor::{ops, relational};
 
-use crate::model::{AttentionMap, Batch, DataShape, Model, Output};
+use crate::model::{AttentionMap, Batch, DataShape, Mode, Model, Output, Scores};
 
 /// Which cells go on to the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,8 +270,6 @@ pub struct Han {
     grid: (usize, usize),
     cell_dim: usize,
     q_dim: usize,
-    /// Share of training done (from [`Model::set_progress`]), for `topk_warmup`.
-    progress: f64,
 }
 
 impl Han {
@@ -384,7 +382,6 @@ impl Han {
             grid: (gh, gw),
             cell_dim,
             q_dim,
-            progress: 0.0,
         })
     }
 
@@ -455,8 +452,8 @@ impl Han {
 
     /// The rule a pass uses: `topk_warmup` turns an adaptive model's training passes into
     /// top-k ones for the first share of training.
-    fn selection(&self, train: bool) -> Selection {
-        if train && self.cfg.selection == Selection::Adaptive && self.progress < self.cfg.topk_warmup {
+    fn selection(&self, mode: Mode) -> Selection {
+        if mode.train && self.cfg.selection == Selection::Adaptive && mode.progress < self.cfg.topk_warmup {
             Selection::HardTopk
         } else {
             self.cfg.selection
@@ -600,7 +597,8 @@ impl Model for Han {
     /// Shapes: images (b, c, h, w), questions for q rows -> logits (q, answers), loss `classify`;
     /// statistics `cells_kept_pct` and `head_mflops` (per example); the kept cells (or soft
     /// weights) over the grid.
-    fn forward(&self, batch: &Batch, train: bool, _rng: &mut Rng) -> Result<Output> {
+    fn forward(&self, batch: &Batch, mode: Mode, _rng: &mut Rng) -> Result<Output> {
+        let train = mode.train;
         let qs = batch.questions.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("han: the batch has no questions (a VQA data set is needed)".into())
         })?;
@@ -624,10 +622,10 @@ impl Model for Han {
             Some(sub) => Tensor::cat(&[x, sub.contiguous()?.index_select(&image, 0)?], 2)?,
             None => x,
         };
-        let selection = self.selection(train);
+        let selection = self.selection(mode);
         let sel = self.select_by(selection, &x, &scored)?;
         let logits = self.head(&sel, &q)?;
-        let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let classify = candle_nn::loss::cross_entropy(&logits, batch.targets.classes("han")?)?;
         let (nq, n) = (sel.counts.len(), self.grid.0 * self.grid.1);
         let kept = sel.counts.iter().sum::<usize>() as f64 / (nq.max(1) * n) as f64 * 100.0;
         let flops = sel.counts.iter().map(|&m| 2.0 * self.head_macs(m)).sum::<f64>() / nq.max(1) as f64 / 1e6;
@@ -652,11 +650,7 @@ impl Model for Han {
                 AttentionMap::Grid { weights: norm, title: "feature norm (no attention)".into() }
             }
         };
-        Ok(Output { logits, losses: vec![("classify".into(), classify)], attention: Some(attention), stats })
-    }
-
-    fn set_progress(&mut self, progress: f64) {
-        self.progress = progress;
+        Ok(Output { scores: Scores::Classes(logits), losses: vec![("classify".into(), classify)], attention: Some(attention), stats })
     }
 }
 
@@ -676,7 +670,7 @@ mod tests {
     use rand::Rng as _;
 
     fn shape() -> DataShape {
-        DataShape { input: (3, 16, 16), classes: 3, vocab: 6, code_dim: 4 }
+        DataShape { input: (3, 16, 16), classes: 3, vocab: 6, code_dim: 4, max_steps: 0 }
     }
 
     fn batch(dev: &Device) -> Result<Batch> {
@@ -686,7 +680,7 @@ mod tests {
         let tokens: Vec<u32> = (0..q * 4).map(|i| (i % 5 + 1) as u32).collect();
         Ok(Batch {
             images: Tensor::from_vec(imgs, (3, 3, 16, 16), dev)?,
-            targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], q, dev)?,
+            targets: crate::model::Targets::Answers(Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], q, dev)?),
             questions: Some(Questions {
                 image: Tensor::from_vec(vec![0u32, 0, 1, 1, 2, 2], q, dev)?,
                 tokens: Tensor::from_vec(tokens, (q, 4), dev)?,
@@ -723,7 +717,7 @@ mod tests {
             let vm = SeededVarMap::new(Seed(0));
             let model = Han::new(&cfg, &shape(), vm.builder(&dev))?;
             let b = batch(&dev)?;
-            let (first, last) = fit_fixed_batch(&model, &vm, &b, 40, 2e-2, true, &mut Seed(2).rng())?;
+            let (first, last) = fit_fixed_batch(&model, &vm, &b, 40, 2e-2, Mode::train(0.0), &mut Seed(2).rng())?;
             let (first, last) = (total(&first)?, total(&last)?);
             assert!(last < 0.5 * first, "{selection:?} {head:?} fuse {}: {first} -> {last}", cfg.fuse_layers);
         }
@@ -768,7 +762,7 @@ mod tests {
         assert_eq!(sub.cell_dim, plain.cell_dim + 4 * c);
         assert_eq!(sub.cells(&b.images, false)?.dims(), &[3, gh * gw, sub.cell_dim]);
         let mut rng = Seed(1).rng();
-        let (a, p) = (sub.forward(&b, false, &mut rng)?, plain.forward(&b, false, &mut rng)?);
+        let (a, p) = (sub.forward(&b, Mode::eval(), &mut rng)?, plain.forward(&b, Mode::eval(), &mut rng)?);
         let masks = [a, p].map(|o| match o.attention {
             Some(AttentionMap::Cells { mask, .. }) => f32s(&mask.flatten_from(1)?),
             _ => Err(candle_core::Error::Msg("no kept-cell mask".into())),
@@ -890,22 +884,20 @@ mod tests {
         let b = batch(&dev)?;
         let build = |cfg: HanConfig| Han::new(&cfg, &shape(), SeededVarMap::new(Seed(0)).builder(&dev));
         let adaptive = HanConfig::tiny(Selection::Adaptive, Head::Relational);
-        let mut warm = build(HanConfig { topk_warmup: 0.5, ..adaptive.clone() })?;
+        let warm = build(HanConfig { topk_warmup: 0.5, ..adaptive.clone() })?;
         let topk = build(HanConfig::tiny(Selection::HardTopk, Head::Relational))?;
         let plain = build(adaptive)?;
-        let mask = |m: &Han, train: bool| -> Result<Vec<Vec<f32>>> {
-            match m.forward(&b, train, &mut Seed(1).rng())?.attention {
+        let mask = |m: &Han, mode: Mode| -> Result<Vec<Vec<f32>>> {
+            match m.forward(&b, mode, &mut Seed(1).rng())?.attention {
                 Some(AttentionMap::Cells { mask, .. }) => f32s(&mask.flatten_from(1)?),
                 _ => Err(candle_core::Error::Msg("no kept-cells map".into())),
             }
         };
-        let (han, ada) = (mask(&topk, true)?, mask(&plain, true)?);
+        let (han, ada) = (mask(&topk, Mode::train(0.0))?, mask(&plain, Mode::train(0.0))?);
         assert_ne!(han, ada, "the two rules must differ on this batch for the test to mean anything");
-        warm.set_progress(0.25);
-        assert_eq!(mask(&warm, true)?, han, "training passes in the warm-up keep the top k");
-        assert_eq!(mask(&warm, false)?, mask(&plain, false)?, "evaluation is adaptive throughout");
-        warm.set_progress(0.5);
-        assert_eq!(mask(&warm, true)?, ada, "after the warm-up, training is adaptive");
+        assert_eq!(mask(&warm, Mode::train(0.25))?, han, "training passes in the warm-up keep the top k");
+        assert_eq!(mask(&warm, Mode::eval_at(0.25))?, mask(&plain, Mode::eval())?, "evaluation is adaptive throughout");
+        assert_eq!(mask(&warm, Mode::train(0.5))?, ada, "after the warm-up, training is adaptive");
         for bad in [
             HanConfig { topk_warmup: 1.0, ..HanConfig::tiny(Selection::Adaptive, Head::Pooled) },
             HanConfig { topk_warmup: 0.2, ..HanConfig::tiny(Selection::HardTopk, Head::Pooled) },
@@ -925,7 +917,7 @@ mod tests {
         // a low threshold passes most of the 16 cells
         let loose = HanConfig { threshold: Some(0.01), ..HanConfig::tiny(Selection::Adaptive, Head::Relational) };
         let stat = |m: &Han, key: &str| -> Result<Option<f32>> {
-            let out = m.forward(&b, false, &mut Seed(1).rng())?;
+            let out = m.forward(&b, Mode::eval(), &mut Seed(1).rng())?;
             out.stats.iter().find(|(k, _)| k == key).map(|(_, t)| t.to_scalar::<f32>()).transpose()
         };
         let free = build(loose.clone())?;

@@ -1,19 +1,28 @@
 //! gaze's models, one per file, and the interface the trainer drives them through.
 //!
-//! A model takes a [`Batch`] of tensors and returns an [`Output`]: logits, its loss terms by name
-//! (train and eval share one loss), and what it attended to, for the trainer to draw.
-//! Models are chosen by the tagged enum [`ModelConfig`].
+//! A model takes a [`Batch`] of tensors and returns an [`Output`]: scores (per class, or per step
+//! and token), its loss terms by name (train and eval share one loss), and what it attended to,
+//! for the trainer to draw. Sequence models also decode without teacher forcing
+//! ([`Model::decode`], greedy or beam search from [`decode`]). Models are chosen by the tagged
+//! enum [`ModelConfig`] in [`registry`].
 
+pub mod attention_decoder;
 pub mod convnet_classifier;
+pub mod decode;
 pub mod han;
 pub mod model;
 pub mod ram;
+pub mod registry;
 pub mod soft_attention_mnist;
 #[cfg(test)]
 mod test_util;
 
+pub use attention_decoder::{AttentionDecoder, AttentionDecoderConfig};
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 pub use han::{Han, HanConfig, Head, PairNorm, QuestionInput, Selection};
-pub use model::{build, AttentionMap, Batch, DataShape, Model, ModelConfig, Output, Questions};
+pub use model::{
+    tokens, AttentionMap, Batch, DataShape, Decoded, Mode, Model, Output, Questions, Scores, Search, Targets,
+};
 pub use ram::{Core, EvalPath, Ram, RamConfig, Start};
+pub use registry::{build, ModelConfig};
 pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};

@@ -1,31 +1,86 @@
-//! The model interface.
+//! The model interface: what a model is given ([`Batch`], with its [`Targets`] by task), what it
+//! gives back ([`Output`], with its [`Scores`] by kind), and the [`Model`] trait. The registry of
+//! model types is in [`crate::registry`].
 
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
-use serde::{Deserialize, Serialize};
 
 use gaze_tensor::seed::Rng;
-
-use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
-use crate::han::{Han, HanConfig};
-use crate::ram::{Ram, RamConfig};
-use crate::soft_attention_mnist::{SoftAttentionMnist, SoftAttentionMnistConfig};
 
 /// One batch, as tensors. Fields a model does not use may be absent.
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// Images (b, c, h, w) f32 in [0, 1].
     pub images: Tensor,
-    /// Class targets (b,) u32, or with questions, answer classes (q,) u32.
-    pub targets: Tensor,
+    /// What the model should predict, by task.
+    pub targets: Targets,
     /// Questions about the images (VQA), grouped by image.
     pub questions: Option<Questions>,
 }
 
 impl Batch {
-    /// An image classification batch.
-    pub fn images(images: Tensor, targets: Tensor) -> Self {
-        Self { images, targets, questions: None }
+    /// An image classification batch: `labels` (b,) u32.
+    pub fn images(images: Tensor, labels: Tensor) -> Self {
+        Self { images, targets: Targets::Classes(labels), questions: None }
+    }
+}
+
+/// A batch's targets, by task.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// One class per image, (b,) u32.
+    Classes(Tensor),
+    /// One answer class per question, (q,) u32, the questions in [`Batch::questions`].
+    Answers(Tensor),
+    /// One token sequence per image (a caption, the digits of a canvas in reading order).
+    Sequences {
+        /// (b, t) u32 token ids, each sequence ended by `EOS` (id 3) and padded with `PAD` (id 0).
+        tokens: Tensor,
+        /// (b,) u32 real tokens per sequence, its `EOS` included.
+        lengths: Tensor,
+    },
+}
+
+/// Token ids every sequence vocabulary of gaze starts with (as `gaze_data::vocab` numbers them).
+pub mod tokens {
+    /// Padding.
+    pub const PAD: u32 = 0;
+    /// Unknown word.
+    pub const UNK: u32 = 1;
+    /// Start of a sequence: the decoder's first input.
+    pub const BOS: u32 = 2;
+    /// End of a sequence.
+    pub const EOS: u32 = 3;
+}
+
+impl Targets {
+    /// The class (or answer) of each row, for a model that scores classes; an error naming the
+    /// model (`who`) for sequence targets.
+    pub fn classes(&self, who: &str) -> Result<&Tensor> {
+        match self {
+            Targets::Classes(t) | Targets::Answers(t) => Ok(t),
+            Targets::Sequences { .. } => Err(candle_core::Error::Msg(format!(
+                "{who} predicts one class per row, but this data asks for token sequences"
+            ))),
+        }
+    }
+
+    /// The token sequences and their lengths, for a sequence model; an error naming the model
+    /// (`who`) for class targets.
+    pub fn sequences(&self, who: &str) -> Result<(&Tensor, &Tensor)> {
+        match self {
+            Targets::Sequences { tokens, lengths } => Ok((tokens, lengths)),
+            _ => Err(candle_core::Error::Msg(format!(
+                "{who} predicts token sequences, but this data asks for one class per row"
+            ))),
+        }
+    }
+
+    /// Rows: images, questions or sequences.
+    pub fn rows(&self) -> Result<usize> {
+        match self {
+            Targets::Classes(t) | Targets::Answers(t) => t.dim(0),
+            Targets::Sequences { lengths, .. } => lengths.dim(0),
+        }
     }
 }
 
@@ -47,18 +102,25 @@ pub struct Questions {
 pub struct DataShape {
     /// (channels, height, width) of the images.
     pub input: (usize, usize, usize),
-    /// Classes (or answers).
+    /// Classes (or answers); for sequence targets, the output vocabulary (special tokens included).
     pub classes: usize,
     /// Question vocabulary size (0: no text).
     pub vocab: usize,
     /// Width of question codes (0: none).
     pub code_dim: usize,
+    /// Longest target sequence, its `EOS` included (0: the targets are classes).
+    pub max_steps: usize,
 }
 
 impl DataShape {
     /// Image classification of `classes` classes.
     pub fn images(input: (usize, usize, usize), classes: usize) -> Self {
-        Self { input, classes, vocab: 0, code_dim: 0 }
+        Self { input, classes, vocab: 0, code_dim: 0, max_steps: 0 }
+    }
+
+    /// Token sequences of at most `max_steps` tokens (`EOS` included) over `vocab` output tokens.
+    pub fn sequences(input: (usize, usize, usize), vocab: usize, max_steps: usize) -> Self {
+        Self { input, classes: vocab, vocab: 0, code_dim: 0, max_steps }
     }
 }
 
@@ -99,11 +161,41 @@ pub enum AttentionMap {
     },
 }
 
+/// A model's scores, by kind.
+#[derive(Debug, Clone)]
+pub enum Scores {
+    /// One score per class, (b, classes) (or (q, answers) for questions).
+    Classes(Tensor),
+    /// One score per output token at each step, (b, t, vocab), teacher-forced: step s read the
+    /// target's token s - 1 (`BOS` first). Sequences without teacher forcing come from
+    /// [`Model::decode`].
+    Steps(Tensor),
+}
+
+impl Scores {
+    /// The scores as a tensor, whatever their kind.
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Scores::Classes(t) | Scores::Steps(t) => t,
+        }
+    }
+
+    /// Class scores (b, classes); an error for per-step scores.
+    pub fn classes(&self) -> Result<&Tensor> {
+        match self {
+            Scores::Classes(t) => Ok(t),
+            Scores::Steps(t) => {
+                Err(candle_core::Error::Msg(format!("class scores asked of per-step scores {:?}", t.dims())))
+            }
+        }
+    }
+}
+
 /// What a forward pass gives.
 #[derive(Debug, Clone)]
 pub struct Output {
-    /// Class scores (b, classes).
-    pub logits: Tensor,
+    /// The scores: per class, or per step and token.
+    pub scores: Scores,
     /// Loss terms by name (`classify`, `baseline`, `reinforce` ...), each a scalar, already weighted.
     pub losses: Vec<(String, Tensor)>,
     /// What the model looked at, when it says.
@@ -123,41 +215,67 @@ impl Output {
     }
 }
 
-/// A trainable model.
-pub trait Model: Send + Sync {
-    /// Runs the model on `batch`. `train` selects training behaviour (dropout, sampling);
-    /// `rng` is this step's seeded stream for every random draw.
-    fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output>;
+/// How a forward pass runs: training behaviour (dropout, sampling) or not, and how far training
+/// has gone, for settings scheduled over training (RAM's `sigma_final`, HAN's `topk_warmup`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mode {
+    /// Training behaviour.
+    pub train: bool,
+    /// Share of the run's training steps already taken, in [0, 1].
+    pub progress: f64,
+}
 
-    /// Tells the model how far training has gone: `progress` is the share of the run's training
-    /// steps already taken, in [0, 1] (1 for a trained model read back from a run). Models with a
-    /// setting scheduled over training (RAM's `sigma_final`) follow it; the default ignores it.
-    fn set_progress(&mut self, progress: f64) {
-        let _ = progress;
+impl Mode {
+    /// A training step at `progress`.
+    pub fn train(progress: f64) -> Self {
+        Self { train: true, progress }
+    }
+
+    /// Evaluation during training, at `progress`.
+    pub fn eval_at(progress: f64) -> Self {
+        Self { train: false, progress }
+    }
+
+    /// Evaluation of a trained model (progress 1).
+    pub fn eval() -> Self {
+        Self::eval_at(1.0)
     }
 }
 
-/// Every model, by `type` in the experiment file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How a sequence is decoded without teacher forcing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ModelConfig {
-    /// A plain ConvNet classifier (no attention; the baseline).
-    Convnet(ConvNetClassifierConfig),
-    /// Elementary soft attention on MNIST (conv volume + LSTM key, three relations).
-    SoftAttentionMnist(SoftAttentionMnistConfig),
-    /// The recurrent attention model (glimpses, recurrent core, REINFORCE location policy).
-    Ram(RamConfig),
-    /// Hard-attention VQA (HAN / AdaHAN, soft and all-cells references).
-    Han(HanConfig),
+pub enum Search {
+    /// The most likely token at every step.
+    #[default]
+    Greedy,
+    /// Beam search keeping `width` hypotheses per example (width 1 is greedy).
+    Beam {
+        /// Hypotheses kept.
+        width: usize,
+    },
 }
 
-/// Builds the model of `cfg` for data of `shape`.
-pub fn build(cfg: &ModelConfig, shape: &DataShape, vb: VarBuilder) -> Result<Box<dyn Model>> {
-    let (input, classes) = (shape.input, shape.classes);
-    match cfg {
-        ModelConfig::Convnet(c) => Ok(Box::new(ConvNetClassifier::new(c, input, classes, vb)?)),
-        ModelConfig::SoftAttentionMnist(c) => Ok(Box::new(SoftAttentionMnist::new(c, input, classes, vb)?)),
-        ModelConfig::Ram(c) => Ok(Box::new(Ram::new(c, input, classes, vb)?)),
-        ModelConfig::Han(c) => Ok(Box::new(Han::new(c, shape, vb)?)),
+/// Sequences decoded by a model.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// Each example's tokens, without `BOS` and `EOS`.
+    pub tokens: Vec<Vec<u32>>,
+    /// What the model attended at each decoded step, when it says (a
+    /// [`AttentionMap::Steps`] over the longest sequence, zero past an example's end).
+    pub attention: Option<AttentionMap>,
+}
+
+/// A trainable model.
+pub trait Model: Send + Sync {
+    /// Runs the model on `batch`. `mode` selects training behaviour and says how far training
+    /// has gone; `rng` is this step's seeded stream for every random draw.
+    fn forward(&self, batch: &Batch, mode: Mode, rng: &mut Rng) -> Result<Output>;
+
+    /// Decodes a sequence for every image of `batch` without teacher forcing (the targets are not
+    /// read), at most `max_steps` tokens. Models that score classes do not decode.
+    fn decode(&self, batch: &Batch, search: Search, max_steps: usize, rng: &mut Rng) -> Result<Decoded> {
+        let _ = (batch, search, max_steps, rng);
+        Err(candle_core::Error::Msg("this model scores classes; it has no sequence decoder".into()))
     }
 }

@@ -38,7 +38,7 @@ use gaze_tensor::ops::{linear, linear_relu, relu};
 use gaze_tensor::sample::{gaussian_log_prob, gaussian_sample};
 use gaze_tensor::seed::Rng;
 
-use crate::model::{AttentionMap, Batch, Model, Output};
+use crate::model::{AttentionMap, Batch, DataShape, Mode, Model, Output, Scores};
 
 /// The recurrent core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,8 +210,6 @@ struct Path {
 #[derive(Debug, Clone)]
 pub struct Ram {
     cfg: RamConfig,
-    /// The policy's standard deviation now (see [`RamConfig::sigma_final`]).
-    sigma: f64,
     retina: Retina,
     what: Linear,
     where_: Linear,
@@ -226,7 +224,8 @@ pub struct Ram {
 impl Ram {
     /// Builds the model for (channels, height, width) images. Errors name the impossible setting
     /// (a glimpse larger than the canvas, zero glimpses, a non-positive sigma).
-    pub fn new(cfg: &RamConfig, input: (usize, usize, usize), classes: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &RamConfig, shape: &DataShape, vb: VarBuilder) -> Result<Self> {
+        let (input, classes) = (shape.input, shape.classes);
         let msg = |m: String| candle_core::Error::Msg(format!("ram: {m}"));
         GlimpseSpec { patch: cfg.patch, scales: cfg.scales, factor: cfg.factor }
             .check(input.1, input.2)
@@ -265,7 +264,6 @@ impl Ram {
         };
         Ok(Self {
             cfg: cfg.clone(),
-            sigma: cfg.sigma,
             retina: Retina::new(&rcfg),
             what: candle_nn::linear(rcfg.output_len(input.0), gh, vb.pp("glimpse.what"))?,
             where_: candle_nn::linear(2, gh, vb.pp("glimpse.where"))?,
@@ -292,11 +290,6 @@ impl Ram {
             None => self.cfg.sigma,
             Some(end) => gaze_tensor::ops::half_cosine(self.cfg.sigma, end, p),
         }
-    }
-
-    /// The location policy's standard deviation now.
-    pub fn sigma(&self) -> f64 {
-        self.sigma
     }
 
     /// The glimpse vector g for images at locations l. Shapes: (b, c, h, w), (b, 2) -> (b, glimpse_out).
@@ -344,7 +337,7 @@ impl Ram {
     }
 
     /// One path through the batch: sampled, or (`mean`) every location at its distribution's mean.
-    fn path(&self, images: &Tensor, mean_path: bool, rng: &mut Rng) -> Result<Path> {
+    fn path(&self, images: &Tensor, mean_path: bool, sigma: f64, rng: &mut Rng) -> Result<Path> {
         let (b, dev) = (images.dim(0)?, images.device());
         let uniform = |rng: &mut Rng| -> Result<Tensor> {
             let xy: Vec<f32> = (0..b * 2).map(|_| rng.random_range(-1.0f32..=1.0)).collect();
@@ -367,8 +360,8 @@ impl Ram {
                     uniform(rng)?
                 } else {
                     let mean = self.location_mean(h)?;
-                    let sample = if mean_path { mean.detach() } else { gaussian_sample(&mean, self.sigma, rng)? };
-                    log_pi.push(gaussian_log_prob(&mean, self.sigma, &sample)?);
+                    let sample = if mean_path { mean.detach() } else { gaussian_sample(&mean, sigma, rng)? };
+                    log_pi.push(gaussian_log_prob(&mean, sigma, &sample)?);
                     baselines.push(linear(&self.baseline, &h.detach())?.squeeze(1)?);
                     sample.clamp(-1f32, 1f32)?
                 };
@@ -393,11 +386,13 @@ impl Model for Ram {
     /// Shapes: images (b, c, h, w) -> logits (b, classes); losses `classify`, `baseline`,
     /// `reinforce`; glimpse centres per step; statistics `reward` (mean R), `baseline` (mean b_t)
     /// and `sigma` (the policy's standard deviation at this point of training).
-    fn forward(&self, batch: &Batch, train: bool, rng: &mut Rng) -> Result<Output> {
+    fn forward(&self, batch: &Batch, mode: Mode, rng: &mut Rng) -> Result<Output> {
+        let (train, sigma) = (mode.train, self.sigma_at(mode.progress));
+        let targets = batch.targets.classes("ram")?;
         let mean_path = !train && self.cfg.eval_path == EvalPath::Mean;
-        let path = self.path(&batch.images, mean_path, rng)?;
-        let classify = candle_nn::loss::cross_entropy(&path.logits, &batch.targets)?;
-        let reward = path.logits.argmax(D::Minus1)?.eq(&batch.targets)?.to_dtype(path.logits.dtype())?;
+        let path = self.path(&batch.images, mean_path, sigma, rng)?;
+        let classify = candle_nn::loss::cross_entropy(&path.logits, targets)?;
+        let reward = path.logits.argmax(D::Minus1)?.eq(targets)?.to_dtype(path.logits.dtype())?;
         let mut losses = vec![("classify".to_string(), classify)];
         let mut stats = vec![("reward".to_string(), reward.mean_all()?)];
         if let (Some(log_pi), Some(baselines)) = (&path.log_pi, &path.baselines) {
@@ -407,12 +402,12 @@ impl Model for Ram {
             let reinforce = (log_pi * advantage)?.sum(1)?.mean_all()?.neg()?;
             losses.push(("reinforce".into(), (reinforce * self.cfg.reinforce_weight)?));
             stats.push(("baseline".into(), baselines.mean_all()?));
-            stats.push(("sigma".into(), Tensor::new(self.sigma as f32, baselines.device())?));
+            stats.push(("sigma".into(), Tensor::new(sigma as f32, baselines.device())?));
         }
         let logits = if !train && self.cfg.mc_samples > 1 {
             let mut probs = candle_nn::ops::softmax(&path.logits, D::Minus1)?;
             for _ in 1..self.cfg.mc_samples {
-                probs = (probs + candle_nn::ops::softmax(&self.path(&batch.images, false, rng)?.logits, D::Minus1)?)?;
+                probs = (probs + candle_nn::ops::softmax(&self.path(&batch.images, false, sigma, rng)?.logits, D::Minus1)?)?;
             }
             (probs / self.cfg.mc_samples as f64)?.clamp(1e-30, 1.0)?.log()?
         } else {
@@ -426,21 +421,18 @@ impl Model for Ram {
             (false, false) => "glimpse path",
         };
         Ok(Output {
-            logits,
+            scores: Scores::Classes(logits),
             losses,
             attention: Some(AttentionMap::Glimpses { centres, sizes: self.cfg.sizes(), title: title.into() }),
             stats,
         })
-    }
-
-    fn set_progress(&mut self, progress: f64) {
-        self.sigma = self.sigma_at(progress);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Targets;
     use crate::test_util::fit_fixed_batch;
     use candle_core::{Device, Var};
     use gaze_tensor::{Seed, SeededVarMap};
@@ -451,8 +443,12 @@ mod tests {
         Ok(Batch {
             questions: None,
             images: Tensor::from_vec(imgs, (n, 1, 8, 8), dev)?,
-            targets: Tensor::from_vec((0..n).map(|i| (i % 3) as u32).collect::<Vec<_>>(), n, dev)?,
+            targets: Targets::Classes(Tensor::from_vec((0..n).map(|i| (i % 3) as u32).collect::<Vec<_>>(), n, dev)?),
         })
+    }
+
+    fn shape() -> DataShape {
+        DataShape::images((1, 8, 8), 3)
     }
 
     fn loss_of(out: &Output, name: &str) -> Tensor {
@@ -464,8 +460,8 @@ mod tests {
         let dev = Device::Cpu;
         for core in [Core::Rnn, Core::Lstm] {
             let vm = SeededVarMap::new(Seed(0));
-            let model = Ram::new(&RamConfig { core, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
-            let (out, last) = fit_fixed_batch(&model, &vm, &batch(&dev, 12)?, 50, 2e-2, true, &mut Seed(2).rng())?;
+            let model = Ram::new(&RamConfig { core, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
+            let (out, last) = fit_fixed_batch(&model, &vm, &batch(&dev, 12)?, 50, 2e-2, Mode::train(0.0), &mut Seed(2).rng())?;
             let names: Vec<_> = out.losses.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(names, ["classify", "baseline", "reinforce"]);
             let first = loss_of(&out, "classify").to_scalar::<f32>()?;
@@ -479,8 +475,8 @@ mod tests {
     fn gradients_flow_only_where_the_paper_says() -> Result<()> {
         let dev = Device::Cpu;
         let vm = SeededVarMap::new(Seed(3));
-        let model = Ram::new(&RamConfig::tiny(), (1, 8, 8), 3, vm.builder(&dev))?;
-        let out = model.forward(&batch(&dev, 6)?, true, &mut Seed(4).rng())?;
+        let model = Ram::new(&RamConfig::tiny(), &shape(), vm.builder(&dev))?;
+        let out = model.forward(&batch(&dev, 6)?, Mode::train(0.0), &mut Seed(4).rng())?;
         let vars = vm.sorted_vars();
         let touched = |loss: &Tensor| -> Result<Vec<String>> {
             let grads = loss.backward()?;
@@ -513,21 +509,21 @@ mod tests {
         let dev = Device::Cpu;
         let cfg = RamConfig { glimpses: 2, sigma: 0.3, reinforce_weight: 1.0, ..RamConfig::tiny() };
         let vm = SeededVarMap::new(Seed(5));
-        let model = Ram::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
+        let model = Ram::new(&cfg, &shape(), vm.builder(&dev))?;
         let b = batch(&dev, 64)?;
         let locator: Vec<Var> =
             vm.sorted_vars().into_iter().filter(|(n, _)| n.starts_with("locator.")).map(|(_, v)| v).collect();
         assert_eq!(locator.len(), 2);
         let mut opt = <candle_nn::optim::SGD as candle_nn::Optimizer>::new(locator, 0.5)?;
         let mean_x = |rng: &mut Rng| -> Result<f32> {
-            let p = model.path(&b.images, false, rng)?;
+            let p = model.path(&b.images, false, model.sigma_at(0.0), rng)?;
             let h0 = model.step(&model.glimpse(&b.images, &p.locations.narrow(1, 0, 1)?.squeeze(1)?)?, None)?;
             model.location_mean(h0.h())?.narrow(1, 0, 1)?.mean_all()?.to_scalar::<f32>()
         };
         let mut rng = Seed(6).rng();
         let before = mean_x(&mut rng)?;
         for _ in 0..60 {
-            let p = model.path(&b.images, false, &mut rng)?;
+            let p = model.path(&b.images, false, model.sigma_at(0.0), &mut rng)?;
             let (Some(log_pi), Some(_)) = (&p.log_pi, &p.baselines) else { panic!("sampled path") };
             // toy reward from where the second glimpse went, fixed baseline 0.5
             let x = p.locations.narrow(1, 1, 1)?.squeeze(1)?.narrow(1, 0, 1)?.squeeze(1)?;
@@ -546,20 +542,20 @@ mod tests {
         let dev = Device::Cpu;
         let run = || -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
             let vm = SeededVarMap::new(Seed(7));
-            let model = Ram::new(&RamConfig { mc_samples: 3, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
-            let out = model.forward(&batch(&dev, 4)?, false, &mut Seed(8).rng())?;
+            let model = Ram::new(&RamConfig { mc_samples: 3, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
+            let out = model.forward(&batch(&dev, 4)?, Mode::eval(), &mut Seed(8).rng())?;
             let Some(AttentionMap::Glimpses { centres, sizes, .. }) = &out.attention else { panic!("glimpses") };
             assert_eq!(sizes, &[2, 4]);
             assert_eq!(centres[0][0], (0.0, 0.0), "first glimpse at the centre");
             let c = centres.iter().map(|s| s.iter().flat_map(|&(x, y)| [x, y]).collect()).collect();
-            Ok((out.logits.flatten_all()?.to_vec1::<f32>()?, c))
+            Ok((out.scores.tensor().flatten_all()?.to_vec1::<f32>()?, c))
         };
         assert_eq!(run()?, run()?);
         let vb = || SeededVarMap::new(Seed(0)).builder(&dev);
         let big = RamConfig { patch: 6, scales: 2, ..RamConfig::tiny() };
-        let e = Ram::new(&big, (1, 8, 8), 3, vb()).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = Ram::new(&big, &shape(), vb()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("larger than the 8x8 canvas"), "{e}");
-        let e = Ram::new(&RamConfig { sigma: 0.0, ..RamConfig::tiny() }, (1, 8, 8), 3, vb())
+        let e = Ram::new(&RamConfig { sigma: 0.0, ..RamConfig::tiny() }, &shape(), vb())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -572,16 +568,16 @@ mod tests {
         let dev = Device::Cpu;
         let cfg = RamConfig { eval_path: EvalPath::Mean, start: Start::Random, sigma: 0.3, ..RamConfig::tiny() };
         let vm = SeededVarMap::new(Seed(5));
-        let model = Ram::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
+        let model = Ram::new(&cfg, &shape(), vm.builder(&dev))?;
         let b = batch(&dev, 4)?;
         let centres = |train: bool, seed: u64| -> Result<Vec<Vec<(f32, f32)>>> {
-            match model.forward(&b, train, &mut Seed(seed).rng())?.attention {
+            match model.forward(&b, if train { Mode::train(0.0) } else { Mode::eval() }, &mut Seed(seed).rng())?.attention {
                 Some(AttentionMap::Glimpses { centres, .. }) => Ok(centres),
                 _ => Err(candle_core::Error::Msg("no glimpses".into())),
             }
         };
         let eval = centres(false, 1)?;
-        let title = match model.forward(&b, false, &mut Seed(1).rng())?.attention {
+        let title = match model.forward(&b, Mode::eval(), &mut Seed(1).rng())?.attention {
             Some(AttentionMap::Glimpses { title, .. }) => title,
             _ => String::new(),
         };
@@ -596,7 +592,7 @@ mod tests {
         }
         assert_ne!(centres(true, 1)?, centres(true, 2)?, "training samples its path");
         let both = RamConfig { mc_samples: 2, ..cfg };
-        let e = Ram::new(&both, (1, 8, 8), 3, vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = Ram::new(&both, &shape(), vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("eval_path") && e.contains("mc_samples = 2"), "{e}");
         Ok(())
     }
@@ -606,31 +602,28 @@ mod tests {
         let dev = Device::Cpu;
         let cfg = RamConfig { sigma: 0.4, sigma_final: Some(1e-4), ..RamConfig::tiny() };
         let vm = SeededVarMap::new(Seed(5));
-        let mut model = Ram::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
-        assert_eq!(model.sigma(), 0.4, "training starts at sigma");
+        let model = Ram::new(&cfg, &shape(), vm.builder(&dev))?;
+        assert_eq!(model.sigma_at(0.0), 0.4, "training starts at sigma");
         assert!((model.sigma_at(0.5) - (0.4 + 1e-4) / 2.0).abs() < 1e-12);
         assert!((model.sigma_at(1.0) - 1e-4).abs() < 1e-12 && (model.sigma_at(2.0) - 1e-4).abs() < 1e-12);
         let b = batch(&dev, 8)?;
         // How far a sampled path strays from the deterministic one (both start at the centre).
-        let stray = |model: &Ram| -> Result<f32> {
-            let sampled = model.path(&b.images, false, &mut Seed(1).rng())?.locations;
-            let mean = model.path(&b.images, true, &mut Seed(1).rng())?.locations;
+        let stray = |model: &Ram, p: f64| -> Result<f32> {
+            let sampled = model.path(&b.images, false, model.sigma_at(p), &mut Seed(1).rng())?.locations;
+            let mean = model.path(&b.images, true, model.sigma_at(p), &mut Seed(1).rng())?.locations;
             (sampled - mean)?.abs()?.max_all()?.to_scalar::<f32>()
         };
-        let wide = stray(&model)?;
-        model.set_progress(1.0);
-        assert!((model.sigma() - 1e-4).abs() < 1e-12);
-        let narrow = stray(&model)?;
+        let wide = stray(&model, 0.0)?;
+        let narrow = stray(&model, 1.0)?;
         assert!(wide > 0.1 && narrow < 1e-2, "stray at sigma 0.4: {wide}, at 1e-4: {narrow}");
-        let out = model.forward(&b, true, &mut Seed(2).rng())?;
+        let out = model.forward(&b, Mode::train(1.0), &mut Seed(2).rng())?;
         let logged = out.stats.iter().find(|(n, _)| n == "sigma").map(|(_, t)| t.to_scalar::<f32>()).transpose()?;
         assert_eq!(logged, Some(1e-4), "the statistics log the sigma in force");
         // Without a schedule, progress changes nothing.
-        let mut fixed = Ram::new(&RamConfig { sigma: 0.4, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
-        fixed.set_progress(1.0);
-        assert_eq!(fixed.sigma(), 0.4);
+        let fixed = Ram::new(&RamConfig { sigma: 0.4, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
+        assert_eq!(fixed.sigma_at(1.0), 0.4);
         let bad = RamConfig { sigma_final: Some(0.0), ..RamConfig::tiny() };
-        let e = Ram::new(&bad, (1, 8, 8), 3, vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = Ram::new(&bad, &shape(), vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("sigma_final = 0"), "{e}");
         Ok(())
     }
@@ -640,8 +633,8 @@ mod tests {
         let dev = Device::Cpu;
         let vm = SeededVarMap::new(Seed(9));
         let model =
-            Ram::new(&RamConfig { random_glimpses: true, ..RamConfig::tiny() }, (1, 8, 8), 3, vm.builder(&dev))?;
-        let out = model.forward(&batch(&dev, 4)?, true, &mut Seed(1).rng())?;
+            Ram::new(&RamConfig { random_glimpses: true, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
+        let out = model.forward(&batch(&dev, 4)?, Mode::train(0.0), &mut Seed(1).rng())?;
         assert_eq!(out.losses.len(), 1);
         Ok(())
     }

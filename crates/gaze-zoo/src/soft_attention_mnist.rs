@@ -25,7 +25,7 @@ use gaze_attention::{
 };
 use gaze_tensor::seed::Rng;
 
-use crate::model::{AttentionMap, Batch, Model, Output};
+use crate::model::{AttentionMap, Batch, DataShape, Mode, Model, Output, Scores};
 
 /// How the LSTM's state is related to the activation volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,13 +124,9 @@ pub struct SoftAttentionMnist {
 }
 
 impl SoftAttentionMnist {
-    /// Builds the model for (channels, height, width) images (height and width even).
-    pub fn new(
-        cfg: &SoftAttentionMnistConfig,
-        input: (usize, usize, usize),
-        classes: usize,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    /// Builds the model for the images (height and width even) and classes of `shape`.
+    pub fn new(cfg: &SoftAttentionMnistConfig, shape: &DataShape, vb: VarBuilder) -> Result<Self> {
+        let (input, classes) = (shape.input, shape.classes);
         if cfg.kernel % 2 == 0 || cfg.steps == 0 || cfg.channels == 0 || cfg.hidden == 0 {
             return Err(candle_core::Error::Msg(format!(
                 "soft_attention_mnist: kernel {} must be odd and channels, hidden, steps >= 1",
@@ -195,7 +191,7 @@ impl SoftAttentionMnist {
 impl Model for SoftAttentionMnist {
     /// Shapes: images (b, c, h, w) -> logits (b, classes), loss `classify`, masks (b, t, h/2, w/2),
     /// statistics `entropy_tNN` (mean attention entropy at step NN, nats; ln 196 = 5.28 is uniform).
-    fn forward(&self, batch: &Batch, _train: bool, _rng: &mut Rng) -> Result<Output> {
+    fn forward(&self, batch: &Batch, _mode: Mode, _rng: &mut Rng) -> Result<Output> {
         let feats = self.volume(&batch.images)?;
         let b = feats.dim(0)?;
         let mut state: LSTMState = self.lstm.zero_state(b)?;
@@ -210,12 +206,12 @@ impl Model for SoftAttentionMnist {
             masks.push(w);
         }
         let logits = self.out.forward(state.h())?;
-        let classify = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let classify = candle_nn::loss::cross_entropy(&logits, batch.targets.classes("soft_attention_mnist")?)?;
         let (gh, gw) = self.grid;
         let weights = Tensor::stack(&masks, 1)?.reshape((b, self.cfg.steps, gh, gw))?;
         let title = format!("{:?} attention, steps 1..{} then their sum", self.cfg.relation, self.cfg.steps);
         Ok(Output {
-            logits,
+            scores: Scores::Classes(logits),
             losses: vec![("classify".into(), classify)],
             attention: Some(AttentionMap::Steps { weights, title }),
             stats,
@@ -243,7 +239,7 @@ mod tests {
         Ok(Batch {
             questions: None,
             images: Tensor::from_vec(imgs, (6, 1, 8, 8), dev)?,
-            targets: Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, dev)?,
+            targets: crate::model::Targets::Classes(Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], 6, dev)?),
         })
     }
 
@@ -264,9 +260,9 @@ mod tests {
         for cfg in cfgs {
             let relation = cfg.relation;
             let vm = SeededVarMap::new(Seed(0));
-            let model = SoftAttentionMnist::new(&cfg, (1, 8, 8), 3, vm.builder(&dev))?;
+            let model = SoftAttentionMnist::new(&cfg, &DataShape::images((1, 8, 8), 3), vm.builder(&dev))?;
             let b = batch(&dev)?;
-            let (out, last) = fit_fixed_batch(&model, &vm, &b, 40, 2e-2, false, &mut Seed(2).rng())?;
+            let (out, last) = fit_fixed_batch(&model, &vm, &b, 40, 2e-2, Mode::eval(), &mut Seed(2).rng())?;
             let Some(AttentionMap::Steps { weights, .. }) = &out.attention else { panic!("step masks") };
             assert_eq!(weights.dims(), &[6, 3, 4, 4]);
             for row in step_sums(weights)? {
@@ -284,7 +280,7 @@ mod tests {
         let dev = Device::Cpu;
         let vm = SeededVarMap::new(Seed(5));
         let cfg = SoftAttentionMnistConfig { hidden: 6, ..SoftAttentionMnistConfig::tiny(Relation::Gaussian) };
-        let model = SoftAttentionMnist::new(&cfg, (1, 16, 16), 3, vm.builder(&dev))?;
+        let model = SoftAttentionMnist::new(&cfg, &DataShape::images((1, 16, 16), 3), vm.builder(&dev))?;
         let Relator::Gaussian(g) = &model.relator else { panic!("gaussian relator") };
         let feats = model.volume(&batch(&dev)?.images.pad_with_zeros(2, 4, 4)?.pad_with_zeros(3, 4, 4)?)?;
         let mut r = Seed(9).rng();
@@ -327,8 +323,7 @@ mod tests {
             let vm = SeededVarMap::new(Seed(3));
             let model = SoftAttentionMnist::new(
                 &SoftAttentionMnistConfig { window_scale: ws, ..gaussian.clone() },
-                (1, 8, 8),
-                3,
+                &DataShape::images((1, 8, 8), 3),
                 vm.builder(&dev),
             )?;
             let Relator::Gaussian(g) = &model.relator else { panic!("gaussian relator") };
@@ -345,7 +340,7 @@ mod tests {
         for bad in [0.05, 0.0, -1.0, f64::NAN] {
             let vm = SeededVarMap::new(Seed(3));
             let cfg = SoftAttentionMnistConfig { window_scale: Some(bad), ..gaussian.clone() };
-            let e = SoftAttentionMnist::new(&cfg, (1, 8, 8), 3, vm.builder(&dev)).err().map(|e| e.to_string());
+            let e = SoftAttentionMnist::new(&cfg, &DataShape::images((1, 8, 8), 3), vm.builder(&dev)).err().map(|e| e.to_string());
             assert!(e.as_deref().is_some_and(|e| e.contains("window_scale")), "{bad}: {e:?}");
         }
         Ok(())

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand};
 use gaze_data::Image;
 use gaze_tensor::Seed;
+use gaze_train::evaluate::{evaluate, predict};
 use gaze_train::{report, trainer, ExperimentConfig, RunOptions};
 
 #[global_allocator]
@@ -81,54 +82,39 @@ fn main() -> anyhow::Result<()> {
         Cmd::Eval { run } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
             let (cfg, data, built) = trainer::load_run(&run, &device)?;
-            let e = trainer::evaluate(
-                built.model.as_ref(),
-                &data.test,
-                cfg.train.eval_batch_size,
-                Seed(cfg.seed).stream("eval"),
-                &device,
-            )?;
-            println!(
-                "{}: test accuracy {:.2}% (error {:.2}%), loss {:.4}, on {}",
-                cfg.name,
-                e.acc_pct,
-                100.0 - e.acc_pct,
-                e.loss,
-                data.description
-            );
-            let (rel, nonrel) = &e.relational;
-            if rel.total + nonrel.total > 0 {
-                println!("non-relational {:.2}%, relational {:.2}%", nonrel.pct(), rel.pct());
+            let how = (1.0, cfg.train.decode, data.max_steps.max(1));
+            let e = evaluate(built.model.as_ref(), &data.test, cfg.train.eval_batch_size, how, Seed(cfg.seed).stream("eval"), &device)?;
+            match (e.score("acc_pct"), e.score("sequence_error_pct")) {
+                (Some(acc), _) => println!(
+                    "{}: test accuracy {acc:.2}% (error {:.2}%), loss {:.4}, on {}",
+                    cfg.name,
+                    100.0 - acc,
+                    e.loss,
+                    data.description
+                ),
+                (None, Some(err)) => println!(
+                    "{}: test sequence error {err:.2}%, loss {:.4}, on {}",
+                    cfg.name, e.loss, data.description
+                ),
+                _ => println!("{}: test loss {:.4}, on {}", cfg.name, e.loss, data.description),
             }
-            let acc = |pct: Option<f64>| pct.map_or("-".into(), |p| format!("{p:.1}%"));
-            if let Some((share, on_acc, off_acc)) = trainer::split_pcts(&e.digit_glimpsed) {
-                let (on, off) = &e.digit_glimpsed;
-                println!(
-                    "a glimpse after the first covered the digit's centre in {} of {} images ({share:.1}%; {} right), not in the others ({} right)",
-                    on.total,
-                    on.total + off.total,
-                    acc(on_acc),
-                    acc(off_acc)
-                );
+            for (k, v) in e.named("test").iter().chain(&e.measured.facts) {
+                println!("  {k:<28} {v}");
             }
-            for (kind, t) in &e.by_kind {
-                let kept = e.kept_by_kind.get(kind).map_or(String::new(), |k| format!(", {k:.1}% of cells kept"));
-                let focus = e.focus_by_kind.get(kind).and_then(|split| {
-                    let (share, kept_acc, missed_acc) = trainer::split_pcts(split)?;
-                    let (kept, missed) = split;
-                    Some(format!(
-                        "; focus kept for {} of {} ({share:.1}%; {} right), missed ({} right)",
-                        kept.total,
-                        kept.total + missed.total,
-                        acc(kept_acc),
-                        acc(missed_acc)
-                    ))
-                });
-                let focus = focus.unwrap_or_default();
-                println!("  {kind}: {:.2}% of {}{kept}{focus}", t.pct(), t.total);
-            }
-            if e.unknown_answers > 0 {
-                println!("{} questions have answers outside the training set (counted wrong)", e.unknown_answers);
+            if !e.measured.per_kind.is_empty() {
+                println!("per question kind (accuracy %, questions, cells kept %, focus kept %, accuracy focus kept / missed %):");
+                let pct = |p: Option<f64>| p.map_or("-".into(), |p| format!("{p:.1}"));
+                for (kind, k) in &e.measured.per_kind {
+                    println!(
+                        "  {kind:<14} {:>6.2} {:>6} {:>6} {:>6} {:>6} / {}",
+                        k.acc_pct,
+                        k.questions,
+                        pct(k.kept_pct),
+                        pct(k.focus_kept_pct),
+                        pct(k.acc_focus_kept_pct),
+                        pct(k.acc_focus_missed_pct)
+                    );
+                }
             }
         }
         Cmd::Infer { run, image, out } => {
@@ -138,7 +124,7 @@ fn main() -> anyhow::Result<()> {
             let img = Image::load(&image, c == 1).with_context(|| format!("reading {}", image.display()))?.resize(h, w);
             let pixels: Vec<f32> = img.data.iter().map(|&v| f32::from(v) / 255.0).collect();
             let x = Tensor::from_vec(pixels, (1, h, w, c), &device)?.permute((0, 3, 1, 2))?.contiguous()?;
-            let (probs, out_) = trainer::predict(built.model.as_ref(), &x, Seed(0))?;
+            let (probs, out_) = predict(built.model.as_ref(), &x, Seed(0))?;
             let p = &probs[0];
             let (best, conf) = p.iter().enumerate().fold((0, 0f32), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
             println!("class {best} (p = {conf:.3})");

@@ -2,7 +2,7 @@
 //! folder written by the generator trained through `data.type = "vqa_folder"`, and broken folders
 //! named in the error.
 
-mod common;
+use crate::common;
 use common::{opts, quick_of};
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Trainer tests: exact resume, the NaN guard, and the quick experiment end to end.
 
-mod common;
+use crate::common;
 use common::{opts, quick_of};
 
 use std::path::{Path, PathBuf};
@@ -202,7 +202,7 @@ fn fresh_canvases_are_redrawn_per_epoch_and_reproducibly() -> anyhow::Result<()>
     let info = data.test.row_info(&(0..test.len()).collect::<Vec<_>>());
     assert_eq!(info.len(), test.len());
     for (i, row) in info.iter().enumerate() {
-        let [(x, y)] = row.focus[..] else { anyhow::bail!("canvas {i}: focus {:?}", row.focus) };
+        let [(x, y)] = row.row.centres[..] else { anyhow::bail!("canvas {i}: centres {:?}", row.row.centres) };
         let (cx, cy) = ((x * test.cols as f32) as i64, (y * test.rows as f32) as i64);
         let img = test.image(i).ok_or_else(|| anyhow::anyhow!("image {i}"))?;
         let ink = (cy - 4..=cy + 4)

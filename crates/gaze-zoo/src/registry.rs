@@ -1,0 +1,40 @@
+//! The registry of model types: one variant per model, chosen by `type` in the experiment file,
+//! and one `match` that builds it. Adding a model is one variant and one line here.
+
+use candle_core::Result;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::attention_decoder::{AttentionDecoder, AttentionDecoderConfig};
+use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
+use crate::han::{Han, HanConfig};
+use crate::model::{DataShape, Model};
+use crate::ram::{Ram, RamConfig};
+use crate::soft_attention_mnist::{SoftAttentionMnist, SoftAttentionMnistConfig};
+
+/// Every model, by `type` in the experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// A plain ConvNet classifier (no attention; the baseline).
+    Convnet(ConvNetClassifierConfig),
+    /// Elementary soft attention on MNIST (conv volume + LSTM key, three relations).
+    SoftAttentionMnist(SoftAttentionMnistConfig),
+    /// The recurrent attention model (glimpses, recurrent core, REINFORCE location policy).
+    Ram(RamConfig),
+    /// Hard-attention VQA (HAN / AdaHAN, soft and all-cells references).
+    Han(HanConfig),
+    /// A CNN grid read by an LSTM with additive attention, one token per step (sequence targets).
+    AttentionDecoder(AttentionDecoderConfig),
+}
+
+/// Builds the model of `cfg` for data of `shape`: every model is `new(config, shape, vb)`.
+pub fn build(cfg: &ModelConfig, shape: &DataShape, vb: VarBuilder) -> Result<Box<dyn Model>> {
+    Ok(match cfg {
+        ModelConfig::Convnet(c) => Box::new(ConvNetClassifier::new(c, shape, vb)?),
+        ModelConfig::SoftAttentionMnist(c) => Box::new(SoftAttentionMnist::new(c, shape, vb)?),
+        ModelConfig::Ram(c) => Box::new(Ram::new(c, shape, vb)?),
+        ModelConfig::Han(c) => Box::new(Han::new(c, shape, vb)?),
+        ModelConfig::AttentionDecoder(c) => Box::new(AttentionDecoder::new(c, shape, vb)?),
+    })
+}

@@ -1,0 +1,9 @@
+//! gaze's cross-crate tests, as one binary (one link against the whole stack instead of one per
+//! file): data generators and loaders, determinism, the trainer end to end, VQA.
+
+mod common;
+mod data;
+mod determinism;
+mod sequence;
+mod train;
+mod vqa;

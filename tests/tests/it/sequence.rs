@@ -1,0 +1,80 @@
+//! A sequence task through the same trainer as classes and answers: an attention decoder reads
+//! the two digits of MNIST-pairs canvases left to right, scored by sequence and token error,
+//! its best checkpoint chosen by validation sequence error.
+
+use crate::common::opts;
+
+use gaze_train::ExperimentConfig;
+
+const PAIRS: &str = r#"
+name = "tiny-pairs"
+seed = 3
+[model]
+type = "attention_decoder"
+embed = 8
+hidden = 32
+attention = 16
+[model.convnet]
+channels = [8, 16]
+coord_channels = true
+[data]
+type = "mnist_pairs"
+[data.digits]
+source = "fixture"
+train_limit = 192
+test_limit = 48
+val_fraction = 0.03
+[data.pairs]
+canvas = 56
+[optim]
+lr = 0.003
+[train]
+epochs = 2
+batch_size = 32
+log_every = 1
+pictures = 2
+[train.decode]
+type = "beam"
+width = 2
+"#;
+
+#[test]
+fn a_tiny_sequence_model_trains_and_reports_sequence_metrics() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = ExperimentConfig::from_toml(PAIRS, std::path::Path::new("tiny-pairs.toml"))?;
+    let s = gaze_train::run(&cfg, &opts(tmp.path()))?;
+    for key in ["test_sequence_error_pct", "test_token_error_pct", "val_sequence_error_pct", "test_loss"] {
+        let v = *s.metrics.get(key).ok_or_else(|| anyhow::anyhow!("no {key} in {:?}", s.metrics))?;
+        assert!(v.is_finite() && v >= 0.0, "{key} = {v}");
+    }
+    assert!(s.metrics["test_sequence_error_pct"] <= 100.0);
+    assert!(!s.metrics.contains_key("test_acc_pct"), "no class accuracy for sequences");
+    // The pairs name their digits' boxes: the decoder's attention is graded against them.
+    let inside = s.metrics.get("test_attention_in_box_pct").copied().unwrap_or(-1.0);
+    assert!((0.0..=100.0).contains(&inside), "{inside}");
+    // The training loss fell, and each epoch line carries the validation sequence metrics.
+    let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl"))?;
+    let lines: Vec<serde_json::Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let steps: Vec<f64> = lines.iter().filter(|v| v["kind"] == "step").filter_map(|v| v["loss"].as_f64()).collect();
+    let epochs: Vec<&serde_json::Value> = lines.iter().filter(|v| v["kind"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2);
+    assert!(epochs.iter().all(|e| e["val_sequence_error_pct"].is_number() && e["val_token_error_pct"].is_number()));
+    let first = steps.first().copied().unwrap_or(0.0);
+    let last = epochs.last().and_then(|e| e["train_loss"].as_f64()).unwrap_or(f64::MAX);
+    assert!(last < first, "training loss {first} -> {last}");
+    let report = std::fs::read_to_string(s.run_dir.join("report.md"))?;
+    assert!(report.contains("test_sequence_error_pct"), "{report}");
+    Ok(())
+}
+
+#[test]
+fn a_selection_metric_the_task_does_not_measure_is_named() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let text = PAIRS.replace("pictures = 2", "pictures = 0\nselect = \"val_bleu4\"").replace("epochs = 2", "epochs = 1");
+    let cfg = ExperimentConfig::from_toml(&text, std::path::Path::new("tiny-pairs.toml"))?;
+    let e = gaze_train::run(&cfg, &opts(tmp.path())).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("train.select") && e.contains("val_bleu4") && e.contains("val_sequence_error_pct"), "{e}");
+    let bad = ExperimentConfig::from_toml(&PAIRS.replace("pictures = 2", "select = \"test_bleu4\""), "x.toml".as_ref());
+    assert!(bad.err().map(|e| e.to_string()).unwrap_or_default().contains("train.select"));
+    Ok(())
+}
