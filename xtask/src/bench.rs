@@ -79,7 +79,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let b = batch.targets.rows()?;
         let mut opt = Optimizer::new(&OptimConfig::default(), vm.sorted_vars())?;
         let mut rng = Seed(2).rng();
-        let fwd = time(a.reps, || Ok(model.forward(&batch, Mode::train(0.0), &mut rng)?.total_loss()?.to_scalar::<f32>()?))?;
+        let fwd = time(a.reps, || {
+            Ok(model.forward(&batch, Mode::train(0.0), &mut rng)?.total_loss()?.to_scalar::<f32>()?)
+        })?;
         let fb = time(a.reps, || Ok(model.forward(&batch, Mode::train(0.0), &mut rng)?.total_loss()?.backward()?))?;
         let grads = model.forward(&batch, Mode::train(0.0), &mut rng)?.total_loss()?.backward()?;
         let optm = time(a.reps, || Ok(opt.step(&grads)?))?;
@@ -102,7 +104,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 Ok(opt.step(&g)?)
             })?
         };
-        let infer = time(a.reps, || Ok(model.forward(&batch, Mode::eval(), &mut rng)?.scores.tensor().argmax(1)?.flatten_all()?.to_vec1::<u32>()?))?;
+        let infer = time(a.reps, || {
+            Ok(model
+                .forward(&batch, Mode::eval(), &mut rng)?
+                .scores
+                .tensor()
+                .argmax(1)?
+                .flatten_all()?
+                .to_vec1::<u32>()?)
+        })?;
         let sps = b as f64 / (step / 1000.0);
         let isps = b as f64 / (infer / 1000.0);
         println!(

@@ -51,6 +51,35 @@ pub struct AdaptiveSelection {
     pub counts: Vec<usize>,
 }
 
+impl AdaptiveSelection {
+    /// The kept cells of each example gathered to the front, padded to the batch's largest count
+    /// (at least 1) with zeros, and which of them are real. Shapes: feats (b, n, d) -> cells
+    /// (b, m, d), valid (b, m) of 0/1; row r's real cells are its first `counts[r]`, in grid order.
+    pub fn gather(&self, feats: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, n, d) = feats.dims3()?;
+        let rows = self.mask.to_vec2::<f32>()?;
+        if rows.len() != b || rows.first().is_some_and(|r| r.len() != n) {
+            return Err(shape_err(
+                "AdaptiveSelection::gather",
+                format!("feats {:?} do not match the mask {:?}", feats.dims(), self.mask.dims()),
+            ));
+        }
+        let m = self.counts.iter().copied().max().unwrap_or(1).max(1);
+        let (mut idx, mut valid) = (Vec::with_capacity(b * m), Vec::with_capacity(b * m));
+        for row in &rows {
+            let kept: Vec<u32> = (0..n).filter(|&i| row[i] > 0.5).map(|i| i as u32).collect();
+            for j in 0..m {
+                idx.push(kept.get(j).copied().unwrap_or(0));
+                valid.push(if j < kept.len() { 1f32 } else { 0.0 });
+            }
+        }
+        let idx = Tensor::from_vec(idx, (b, m, 1), feats.device())?.broadcast_as((b, m, d))?.contiguous()?;
+        let valid = Tensor::from_vec(valid, (b, m), feats.device())?;
+        let cells = feats.gather(&idx, 1)?.broadcast_mul(&valid.unsqueeze(2)?)?;
+        Ok((cells, valid))
+    }
+}
+
 /// Adaptive hard attention (no parameters).
 #[derive(Debug, Clone)]
 pub struct AdaptiveHard {
@@ -121,6 +150,21 @@ impl AdaptiveHard {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn gather_moves_each_rows_kept_cells_to_the_front_and_pads_with_zeros() -> Result<()> {
+        let dev = Device::Cpu;
+        // Two rows of four 1-d cells; row 0 keeps cells 1 and 3, row 1 keeps cell 2.
+        let feats = Tensor::new(&[[[1f32], [2.0], [3.0], [4.0]], [[5.0], [6.0], [7.0], [8.0]]], &dev)?;
+        let mask = Tensor::new(&[[0f32, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]], &dev)?;
+        let sel = AdaptiveSelection { kept: feats.clone(), weights: mask.clone(), mask, counts: vec![2, 1] };
+        let (cells, valid) = sel.gather(&feats)?;
+        assert_eq!(cells.to_vec3::<f32>()?, vec![vec![vec![2.0], vec![4.0]], vec![vec![7.0], vec![0.0]]]);
+        assert_eq!(valid.to_vec2::<f32>()?, vec![vec![1.0, 1.0], vec![1.0, 0.0]]);
+        let e = sel.gather(&Tensor::zeros((2, 3, 1), candle_core::DType::F32, &dev)?).err();
+        assert!(e.map(|e| e.to_string()).unwrap_or_default().contains("gather"));
+        Ok(())
+    }
 
     #[test]
     fn keeps_exactly_the_cells_over_threshold() -> Result<()> {

@@ -194,7 +194,11 @@ impl CaptionSet {
             set.images.push(img);
             set.boxes.push(boxes);
             per.push((idx, im.split.as_deref()));
-            set.records.extend(captions.into_iter().map(|caption| CaptionRecord { image: idx, caption, word_boxes: vec![] }));
+            set.records.extend(captions.into_iter().map(|caption| CaptionRecord {
+                image: idx,
+                caption,
+                word_boxes: vec![],
+            }));
         }
         set.splits = split::from_records(set.images.len(), &per, |r, reason| DataError::Record {
             path: path.into(),
@@ -254,7 +258,9 @@ fn karpathy_file(dir: &Path) -> Option<std::path::PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("dataset_") && n.ends_with(".json"))
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("dataset_") && n.ends_with(".json"))
         })
         .collect();
     named.sort();

@@ -8,26 +8,11 @@ use rand::seq::SliceRandom;
 
 use gaze_tensor::Seed;
 
-use crate::caption::CaptionSet;
 use crate::error::{DataError, Result};
 use crate::image::Image;
 use crate::mnist::LabeledImages;
-use crate::vocab::{AnswerSet, Vocab, BOS, EOS, PAD};
+use crate::vocab::{AnswerSet, Vocab, PAD};
 use crate::vqa::VqaSet;
-
-/// Anything indexable that yields samples.
-pub trait Dataset {
-    /// One sample.
-    type Item;
-    /// Number of samples.
-    fn len(&self) -> usize;
-    /// Sample `i`; past the end is an error.
-    fn get(&self, i: usize) -> Result<Self::Item>;
-    /// Whether there are no samples.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// Indices of a train / validation / test split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,25 +142,9 @@ impl LabeledImages {
     }
 }
 
-/// A VQA batch.
-#[derive(Debug, Clone)]
-pub struct VqaBatch {
-    /// `(b, c, h, w)` f32 in [0, 1].
-    pub images: Tensor,
-    /// `(b, t)` u32 token ids, padded.
-    pub questions: Tensor,
-    /// `(b,)` u32 number of real tokens of each question.
-    pub lengths: Tensor,
-    /// `(b, q)` f32 question codes, when every record has one of the same width.
-    pub codes: Option<Tensor>,
-    /// `(b,)` u32 answer classes (0 where the answer is outside the answer set).
-    pub answers: Tensor,
-    /// Whether each answer is in the answer set (unknown answers always count as wrong).
-    pub known: Vec<bool>,
-}
-
-/// Turns VQA records into batches: a question vocabulary and an answer set built from the
-/// training records, unknown words as `<unk>`.
+/// How VQA records become token ids and answer classes: a question vocabulary and an answer set
+/// built from the training records, unknown words as `<unk>`. (Batches are built by the trainer's
+/// data module, the one path from records to tensors.)
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VqaEncoder {
     /// Question words.
@@ -213,96 +182,6 @@ impl VqaEncoder {
         let len = ids.len() as u32;
         ids.resize(self.max_len, PAD);
         (ids, len)
-    }
-
-    /// The records `indices` of `set` as a batch.
-    pub fn batch(&self, set: &VqaSet, indices: &[usize], device: &Device) -> Result<VqaBatch> {
-        let mut imgs = Vec::with_capacity(indices.len());
-        let mut tokens = Vec::with_capacity(indices.len() * self.max_len);
-        let (mut lengths, mut answers, mut known, mut codes) = (vec![], vec![], vec![], vec![]);
-        let code_width = indices.first().and_then(|&i| set.records.get(i)).map_or(0, |r| r.q.code.len());
-        let mut all_codes = code_width > 0;
-        for &i in indices {
-            let r =
-                set.records.get(i).ok_or_else(|| DataError::config("index", format!("record {i} of {}", set.len())))?;
-            imgs.push(
-                set.images
-                    .get(r.image)
-                    .ok_or_else(|| DataError::config("image", format!("record {i} names image {}", r.image)))?,
-            );
-            let (ids, len) = self.encode_question(&r.q.question);
-            lengths.push(len);
-            tokens.extend(ids);
-            let class = self.answers.class(&r.q.answer);
-            known.push(class.is_some());
-            answers.push(class.unwrap_or(0));
-            all_codes &= r.q.code.len() == code_width;
-            codes.extend_from_slice(&r.q.code);
-        }
-        let b = indices.len();
-        Ok(VqaBatch {
-            images: images_to_tensor(&imgs, device)?,
-            questions: Tensor::from_vec(tokens, (b, self.max_len), device)?,
-            lengths: Tensor::from_vec(lengths, b, device)?,
-            codes: if all_codes { Some(Tensor::from_vec(codes, (b, code_width), device)?) } else { None },
-            answers: Tensor::from_vec(answers, b, device)?,
-            known,
-        })
-    }
-}
-
-/// A caption batch: images and `<bos> words <eos>` token rows, padded.
-#[derive(Debug, Clone)]
-pub struct CaptionBatch {
-    /// `(b, c, h, w)` f32 in [0, 1].
-    pub images: Tensor,
-    /// `(b, t)` u32: `<bos>`, the words, `<eos>`, then `<pad>`.
-    pub tokens: Tensor,
-    /// `(b,)` u32 number of tokens including `<bos>` and `<eos>`.
-    pub lengths: Tensor,
-}
-
-/// Turns captions into batches.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct CaptionEncoder {
-    /// Caption words.
-    pub vocab: Vocab,
-    /// Longest caption kept, in words (cut beyond).
-    pub max_words: usize,
-}
-
-impl CaptionEncoder {
-    /// Builds the vocabulary from the records `train` of `set`.
-    pub fn fit(set: &CaptionSet, train: &[usize], max_words: usize) -> Self {
-        let texts = train.iter().filter_map(|&i| set.records.get(i)).map(|r| r.caption.as_str());
-        Self { vocab: Vocab::build(texts, 1), max_words: max_words.max(1) }
-    }
-
-    /// The records `indices` of `set` as a batch.
-    pub fn batch(&self, set: &CaptionSet, indices: &[usize], device: &Device) -> Result<CaptionBatch> {
-        let t = self.max_words + 2;
-        let (mut imgs, mut tokens, mut lengths) = (vec![], Vec::with_capacity(indices.len() * t), vec![]);
-        for &i in indices {
-            let r =
-                set.records.get(i).ok_or_else(|| DataError::config("index", format!("record {i} of {}", set.len())))?;
-            imgs.push(
-                set.images
-                    .get(r.image)
-                    .ok_or_else(|| DataError::config("image", format!("record {i} names image {}", r.image)))?,
-            );
-            let mut ids = vec![BOS];
-            ids.extend(self.vocab.encode(&r.caption).into_iter().take(self.max_words));
-            ids.push(EOS);
-            lengths.push(ids.len() as u32);
-            ids.resize(t, PAD);
-            tokens.extend(ids);
-        }
-        let b = indices.len();
-        Ok(CaptionBatch {
-            images: images_to_tensor(&imgs, device)?,
-            tokens: Tensor::from_vec(tokens, (b, t), device)?,
-            lengths: Tensor::from_vec(lengths, b, device)?,
-        })
     }
 }
 
@@ -355,23 +234,24 @@ mod tests {
     }
 
     #[test]
-    fn vqa_batch() -> Result<()> {
+    fn questions_are_cut_or_padded_and_images_go_channel_first() -> Result<()> {
         let g = SortOfClevr::new(SortOfClevrConfig::default(), Seed(0))?;
         let set = VqaSet::from_scenes((0..3).map(|i| g.scene(i)).collect::<Result<_>>()?);
         let enc = VqaEncoder::fit(&set, &(0..40).collect::<Vec<_>>(), 16)?;
-        let b = enc.batch(&set, &[0, 41, 59], &Device::Cpu)?;
-        assert_eq!(b.images.dims(), &[3, 3, 75, 75]);
-        assert_eq!(b.questions.dims(), &[3, 16]);
-        assert_eq!(b.codes.as_ref().map(|c| c.dims().to_vec()), Some(vec![3, 11]));
-        let lens = b.lengths.to_vec1::<u32>()?;
-        let q = b.questions.to_vec2::<u32>()?;
-        for (row, &l) in q.iter().zip(&lens) {
-            assert!(row[..l as usize].iter().all(|&t| t != PAD) && row[l as usize..].iter().all(|&t| t == PAD));
+        for r in [0, 41, 59] {
+            let (ids, len) = enc.encode_question(&set.records[r].q.question);
+            assert_eq!(ids.len(), 16);
+            let l = len as usize;
+            assert!(l >= 1 && ids[..l].iter().all(|&t| t != PAD) && ids[l..].iter().all(|&t| t == PAD));
         }
+        let (short, _) = VqaEncoder { max_len: 2, ..enc.clone() }.encode_question("what is the colour of it");
+        assert_eq!(short.len(), 2, "cut to max_len");
+        assert_eq!(enc.encode_question("").0[0], crate::vocab::UNK, "an empty question is one <unk>");
         // channel-first: the red channel of the first image equals the HWC data's channel 0
-        let img = &set.images[0];
-        let red = b.images.get(0)?.get(0)?.flatten_all()?.to_vec1::<f32>()?;
-        assert_eq!(red[5], f32::from(img.data[5 * 3]) / 255.0);
+        let t = images_to_tensor(&[&set.images[0], &set.images[1]], &Device::Cpu)?;
+        assert_eq!(t.dims(), &[2, 3, 75, 75]);
+        let red = t.get(0)?.get(0)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(red[5], f32::from(set.images[0].data[5 * 3]) / 255.0);
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //!   VQA, Sort-of-CLEVR, shape captions — every sample with the boxes of its objects.
 //! - [`vqa`], [`caption`]: VQA and caption sets in memory and as folders (bring your own data),
 //!   with the data set's own splits ([`split`]) when it ships them.
-//! - [`dataset`], [`vocab`]: splits, shuffles, vocabularies and batches as candle tensors.
+//! - [`dataset`], [`vocab`]: splits, shuffles, vocabularies, images and labels as candle tensors.
 //! - [`preview`], [`catalog`]: pictures of samples and the data sets by name.
 //!
 //! Errors are [`DataError`]s naming the file, record or setting at fault; nothing panics on bad
@@ -25,7 +25,7 @@ pub mod split;
 pub mod vocab;
 pub mod vqa;
 
-pub use dataset::{Batcher, Dataset, ImageBatch, Split};
+pub use dataset::{Batcher, ImageBatch, Split};
 pub use error::{DataError, Result};
 pub use image::{BBox, Image, LabeledBox};
 pub use mnist::{LabeledImages, Mnist, MnistSource};

@@ -55,12 +55,14 @@ pub(crate) fn from_records(
     for (r, &(image, field)) in per_record.iter().enumerate() {
         let Some(name) = field else {
             if let Some(w) = with {
-                return Err(bad(r, format!("no `split`, while record {} has one (give every record a split, or none)", w + 1)));
+                return Err(bad(
+                    r,
+                    format!("no `split`, while record {} has one (give every record a split, or none)", w + 1),
+                ));
             }
             continue;
         };
-        let s = SplitName::parse(name)
-            .ok_or_else(|| bad(r, format!("unknown split `{name}` (train, val or test)")))?;
+        let s = SplitName::parse(name).ok_or_else(|| bad(r, format!("unknown split `{name}` (train, val or test)")))?;
         match out.get(image).copied().flatten() {
             Some(prev) if prev != s => {
                 return Err(bad(r, format!("split `{name}` for an image an earlier record put in `{}`", prev.as_str())))
@@ -77,9 +79,9 @@ pub(crate) fn from_records(
 
 /// The split subfolders of `dir` that exist (`train/`, `val/`, `test/`), when `train/` does.
 pub(crate) fn subfolders(dir: &std::path::Path) -> Option<Vec<(SplitName, std::path::PathBuf)>> {
-    dir.join("train").is_dir().then(|| {
-        SplitName::ALL.iter().map(|&(s, n)| (s, dir.join(n))).filter(|(_, p)| p.is_dir()).collect()
-    })
+    dir.join("train")
+        .is_dir()
+        .then(|| SplitName::ALL.iter().map(|&(s, n)| (s, dir.join(n))).filter(|(_, p)| p.is_dir()).collect())
 }
 
 #[cfg(test)]
@@ -129,8 +131,13 @@ mod tests {
         for i in 0..3 {
             png(&flat.join(format!("images/{i}.png")))?;
         }
-        let rec = |i: usize, s: &str| format!("{{\"image\":\"images/{i}.png\",\"question\":\"q?\",\"answer\":\"a\",\"split\":\"{s}\"}}\n");
-        write(&flat.join("questions.jsonl"), &(rec(0, "train") + &rec(1, "validation") + &rec(2, "test") + &rec(0, "train")))?;
+        let rec = |i: usize, s: &str| {
+            format!("{{\"image\":\"images/{i}.png\",\"question\":\"q?\",\"answer\":\"a\",\"split\":\"{s}\"}}\n")
+        };
+        write(
+            &flat.join("questions.jsonl"),
+            &(rec(0, "train") + &rec(1, "validation") + &rec(2, "test") + &rec(0, "train")),
+        )?;
         let set = VqaSet::read_folder(&flat, None)?;
         assert_eq!(set.splits, vec![Some(SplitName::Train), Some(SplitName::Val), Some(SplitName::Test)]);
         // Errors name the file and record: an unknown split, two splits for one image, a record
@@ -141,7 +148,10 @@ mod tests {
         write(&flat.join("questions.jsonl"), &(rec(0, "train") + &rec(0, "test")))?;
         let e = err(VqaSet::read_folder(&flat, None));
         assert!(e.contains("record 2") && e.contains("earlier record put in `train`"), "{e}");
-        write(&flat.join("questions.jsonl"), &(rec(0, "train") + "{\"image\":\"images/1.png\",\"question\":\"q?\",\"answer\":\"a\"}\n"))?;
+        write(
+            &flat.join("questions.jsonl"),
+            &(rec(0, "train") + "{\"image\":\"images/1.png\",\"question\":\"q?\",\"answer\":\"a\"}\n"),
+        )?;
         let e = err(VqaSet::read_folder(&flat, None));
         assert!(e.contains("record 2") && e.contains("no `split`"), "{e}");
         write(&flat.join("questions.jsonl"), &rec(7, "train"))?;
@@ -188,7 +198,10 @@ mod tests {
         let sub = tmp.path().join("sub");
         for split in ["train", "val", "test"] {
             png(&sub.join(format!("{split}/images/0.png")))?;
-            write(&sub.join(format!("{split}/captions.jsonl")), "{\"image\":\"images/0.png\",\"caption\":\"a red circle\"}\n")?;
+            write(
+                &sub.join(format!("{split}/captions.jsonl")),
+                "{\"image\":\"images/0.png\",\"caption\":\"a red circle\"}\n",
+            )?;
         }
         let set = CaptionSet::read_folder(&sub, None)?;
         assert_eq!(set.splits, vec![Some(SplitName::Train), Some(SplitName::Val), Some(SplitName::Test)]);

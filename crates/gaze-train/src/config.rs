@@ -403,7 +403,11 @@ impl ExperimentConfig {
             return Err(bad(path, "train.eval_batch_size", "must be at least 1"));
         }
         if let Some(m) = t.select.as_deref().filter(|m| !m.starts_with("val_")) {
-            return Err(bad(path, "train.select", format!("`{m}` is not a validation metric (they start with `val_`)")));
+            return Err(bad(
+                path,
+                "train.select",
+                format!("`{m}` is not a validation metric (they start with `val_`)"),
+            ));
         }
         if t.decode == (Search::Beam { width: 0 }) {
             return Err(bad(path, "train.decode.width", "a beam keeps at least 1 hypothesis"));

@@ -517,7 +517,8 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 }
                 Ok(Examples::Sequences(out))
             };
-            let description = format!("MNIST pairs on a {0}x{0} canvas, read left to right, from {desc}", p.pairs.canvas);
+            let description =
+                format!("MNIST pairs on a {0}x{0} canvas, read left to right, from {desc}", p.pairs.canvas);
             let mut prepared = Prepared::images(
                 gen(&train, "train")?,
                 gen(&val, "val")?,
@@ -580,12 +581,17 @@ pub fn folder_splits(
         let of = |s: SplitName| (0..n).filter(|&i| own[i] == Some(s)).collect::<Vec<_>>();
         let (mut train, mut val, test) = (of(SplitName::Train), of(SplitName::Val), of(SplitName::Test));
         if train.is_empty() || test.is_empty() {
-            return Err(format!("its own splits have {} training and {} test images; both are needed", train.len(), test.len()));
+            return Err(format!(
+                "its own splits have {} training and {} test images; both are needed",
+                train.len(),
+                test.len()
+            ));
         }
         let mut how = "its own splits";
         if val.is_empty() {
             let k = ((train.len() as f64) * val_fraction).round().max(1.0) as usize;
-            let s = gaze_data::dataset::split(train.len(), k, 0, seed.stream("data/split")).map_err(|e| e.to_string())?;
+            let s =
+                gaze_data::dataset::split(train.len(), k, 0, seed.stream("data/split")).map_err(|e| e.to_string())?;
             val = s.val.iter().map(|&i| train[i]).collect();
             train = s.train.iter().map(|&i| train[i]).collect();
             how = "its own train / test splits, validation drawn from training";

@@ -192,9 +192,7 @@ pub fn pictures(
     }
     let pages = match &data.test {
         Examples::Images { set, .. } => {
-            let is = |i: usize, right: bool| {
-                matches!(test.predictions.get(i), Some(Predicted::Class(p)) if (*p == u32::from(set.labels[i])) == right)
-            };
+            let is = |i: usize, right: bool| matches!(test.predictions.get(i), Some(Predicted::Class(p)) if (*p == u32::from(set.labels[i])) == right);
             let right: Vec<usize> = (0..set.len()).filter(|&i| is(i, true)).take(n).collect();
             let wrong: Vec<usize> = (0..set.len()).filter(|&i| is(i, false)).take(n).collect();
             let mut pages = vec![];

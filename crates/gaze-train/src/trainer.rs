@@ -289,7 +289,8 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         bar.finish();
         // End of epoch: validate, schedule, record, checkpoint.
         let progress = st.step as f64 / total_steps.max(1) as f64;
-        let val = evaluate(model, &data.val, cfg.train.eval_batch_size, eval_how(progress), seed.stream("eval"), &device)?;
+        let val =
+            evaluate(model, &data.val, cfg.train.eval_batch_size, eval_how(progress), seed.stream("eval"), &device)?;
         let val_named = val.named("val");
         let value = *val_named.get(&select).ok_or_else(|| TrainError::Config {
             path: std::path::PathBuf::from(format!("experiments/{}.toml", cfg.name)),

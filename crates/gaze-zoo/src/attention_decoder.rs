@@ -110,7 +110,10 @@ impl AttentionDecoder {
             return Err(err("the data's targets are classes; this model reads token sequences".into()));
         }
         if shape.classes < 5 {
-            return Err(err(format!("an output vocabulary of {} tokens has no room beside the 4 special ones", shape.classes)));
+            return Err(err(format!(
+                "an output vocabulary of {} tokens has no room beside the 4 special ones",
+                shape.classes
+            )));
         }
         for (name, v) in [("embed", cfg.embed), ("hidden", cfg.hidden), ("attention", cfg.attention)] {
             if v == 0 {
@@ -173,7 +176,8 @@ impl AttentionDecoder {
 pub fn sequence_loss(scores: &Tensor, tokens: &Tensor, lengths: &Tensor) -> Result<Tensor> {
     let (b, t, _) = scores.dims3()?;
     let lens = lengths.to_vec1::<u32>()?;
-    let mask: Vec<f32> = lens.iter().flat_map(|&l| (0..t).map(move |s| if s < l as usize { 1.0 } else { 0.0 })).collect();
+    let mask: Vec<f32> =
+        lens.iter().flat_map(|&l| (0..t).map(move |s| if s < l as usize { 1.0 } else { 0.0 })).collect();
     let mask = Tensor::from_vec(mask, (b, t), scores.device())?;
     let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
     let picked = logp.gather(&tokens.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;

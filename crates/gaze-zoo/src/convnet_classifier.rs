@@ -120,7 +120,11 @@ mod tests {
     fn tiny_loss_falls_on_a_fixed_batch() -> Result<()> {
         let dev = Device::Cpu;
         let vm = SeededVarMap::new(Seed(0));
-        let model = ConvNetClassifier::new(&ConvNetClassifierConfig::tiny(), &DataShape::images((1, 12, 12), 3), vm.builder(&dev))?;
+        let model = ConvNetClassifier::new(
+            &ConvNetClassifierConfig::tiny(),
+            &DataShape::images((1, 12, 12), 3),
+            vm.builder(&dev),
+        )?;
         let mut r = Seed(1).rng();
         let imgs: Vec<f32> = (0..6 * 144).map(|_| r.random::<f32>()).collect();
         let batch = Batch {

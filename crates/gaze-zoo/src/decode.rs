@@ -72,9 +72,8 @@ pub fn search<S: BeamState>(
     let rows: Vec<u32> = (0..batch as u32).flat_map(|e| std::iter::repeat_n(e, width)).collect();
     let mut state = start.select(&Tensor::new(rows.as_slice(), device)?)?;
     let fresh = |score| Hypothesis { tokens: vec![], attention: vec![], score, done: false };
-    let mut beams: Vec<Vec<Hypothesis>> = (0..batch)
-        .map(|_| (0..width).map(|j| fresh(if j == 0 { 0.0 } else { f64::NEG_INFINITY })).collect())
-        .collect();
+    let mut beams: Vec<Vec<Hypothesis>> =
+        (0..batch).map(|_| (0..width).map(|j| fresh(if j == 0 { 0.0 } else { f64::NEG_INFINITY })).collect()).collect();
     let mut prev = vec![BOS; batch * width];
     for _ in 0..max_steps {
         if beams.iter().all(|b| b.iter().all(|h| h.done || h.score == f64::NEG_INFINITY)) {
@@ -94,7 +93,11 @@ pub fn search<S: BeamState>(
                     continue;
                 }
                 let row = lp.get(e * width + j).ok_or_else(|| {
-                    candle_core::Error::Msg(format!("beam search: the step gave {} rows, not {}", lp.len(), batch * width))
+                    candle_core::Error::Msg(format!(
+                        "beam search: the step gave {} rows, not {}",
+                        lp.len(),
+                        batch * width
+                    ))
                 })?;
                 // The `width` best tokens of this hypothesis are all that can survive.
                 let mut best: Vec<(f64, u32)> = row

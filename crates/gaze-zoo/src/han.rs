@@ -34,9 +34,10 @@ use serde::{Deserialize, Serialize};
 use gaze_attention::{AdaptiveHard, AdaptiveHardConfig, HardTopK, HardTopKConfig};
 use gaze_encoders::{ConvNet, ConvNetConfig, TextEncoder, TextEncoderConfig};
 use gaze_tensor::seed::Rng;
-use gaze_tensor::{ops, relational};
 
 use crate::model::{AttentionMap, Batch, DataShape, Mode, Model, Output, Scores};
+pub use crate::relation_net::PairNorm;
+use crate::relation_net::{FMlp, RelationHead, RelationHeadConfig};
 
 /// Which cells go on to the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,22 +61,6 @@ pub enum Head {
     Relational,
     /// The mean of the selected cells and the question, through an MLP.
     Pooled,
-}
-
-/// How the relational head scales its sum over pairs of kept cells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PairNorm {
-    /// The plain sum over the m^2 pairs (the Relation Networks head).
-    #[default]
-    Sum,
-    /// The sum divided by m, the example's kept cells: it grows like m, as a count of cells does,
-    /// not like m^2. With `adaptive`, m varies per example and a plain sum moves the f-MLP's input
-    /// by the square of that spread. (On barn AdaHAN it made the net keep fewer cells and learn
-    /// slower: see `experiments/adahan-barn.toml`.)
-    PerCell,
-    /// The mean over the m^2 pairs.
-    Mean,
 }
 
 /// How the question is read.
@@ -182,6 +167,17 @@ impl Default for HanConfig {
 }
 
 impl HanConfig {
+    /// The relational head's settings.
+    pub fn relation_head(&self) -> RelationHeadConfig {
+        RelationHeadConfig {
+            g_hidden: self.g_hidden,
+            g_layers: self.g_layers,
+            f_hidden: self.f_hidden,
+            f_layers: self.f_layers,
+            pair_norm: self.pair_norm,
+        }
+    }
+
     /// A tiny model for tests (16x16 images: a 4x4 grid).
     pub fn tiny(selection: Selection, head: Head) -> Self {
         Self {
@@ -230,31 +226,8 @@ enum QuestionNet {
 
 #[derive(Debug, Clone)]
 enum HeadNet {
-    Relational { a: Linear, b: Linear, q: Linear, g: Vec<Linear>, f: FMlp },
+    Relational(RelationHead),
     Pooled { f: FMlp },
-}
-
-/// The f-MLP: `f1`, the further hidden layers `f1_1`, `f1_2`, ... (ReLU each), and the answer
-/// layer `f2` (the names of a one-layer f are those of checkpoints written before `f_layers`).
-#[derive(Debug, Clone)]
-struct FMlp {
-    hidden: Vec<Linear>,
-    out: Linear,
-}
-
-impl FMlp {
-    fn new(input: usize, cfg: &HanConfig, classes: usize, vb: VarBuilder) -> Result<Self> {
-        let mut hidden = vec![candle_nn::linear(input, cfg.f_hidden, vb.pp("f1"))?];
-        for i in 1..cfg.f_layers {
-            hidden.push(candle_nn::linear(cfg.f_hidden, cfg.f_hidden, vb.pp(format!("f1_{i}")))?);
-        }
-        Ok(Self { hidden, out: candle_nn::linear(cfg.f_hidden, classes, vb.pp("f2"))? })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.hidden.iter().try_fold(x.clone(), |x, l| ops::linear_relu(l, &x))?;
-        self.out.forward(&h)
-    }
 }
 
 /// The model.
@@ -352,16 +325,16 @@ impl Han {
             .collect::<Result<Vec<_>>>()?;
         let hvb = vb.pp("head");
         let head = match cfg.head {
-            Head::Relational => HeadNet::Relational {
-                a: candle_nn::linear(cell_dim, cfg.g_hidden, hvb.pp("g0_a"))?,
-                b: candle_nn::linear_no_bias(cell_dim, cfg.g_hidden, hvb.pp("g0_b"))?,
-                q: candle_nn::linear_no_bias(q_dim, cfg.g_hidden, hvb.pp("g0_q"))?,
-                g: (1..cfg.g_layers)
-                    .map(|i| candle_nn::linear(cfg.g_hidden, cfg.g_hidden, hvb.pp(format!("g{i}"))))
-                    .collect::<Result<_>>()?,
-                f: FMlp::new(cfg.g_hidden, cfg, shape.classes, hvb.clone())?,
-            },
-            Head::Pooled => HeadNet::Pooled { f: FMlp::new(cell_dim + q_dim, cfg, shape.classes, hvb.clone())? },
+            Head::Relational => HeadNet::Relational(RelationHead::new(
+                cell_dim,
+                q_dim,
+                &cfg.relation_head(),
+                shape.classes,
+                hvb.clone(),
+            )?),
+            Head::Pooled => {
+                HeadNet::Pooled { f: FMlp::new(cell_dim + q_dim, cfg.f_hidden, cfg.f_layers, shape.classes, hvb.clone())? }
+            }
         };
         let mut xy = Vec::with_capacity(n * 2);
         for r in 0..gh {
@@ -371,18 +344,7 @@ impl Han {
             }
         }
         let coords = Tensor::from_vec(xy, (1, n, 2), vb.device())?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            cnn,
-            question,
-            q_proj,
-            fuse,
-            head,
-            coords,
-            grid: (gh, gw),
-            cell_dim,
-            q_dim,
-        })
+        Ok(Self { cfg: cfg.clone(), cnn, question, q_proj, fuse, head, coords, grid: (gh, gw), cell_dim, q_dim })
     }
 
     /// The grid (rows, cols).
@@ -469,21 +431,8 @@ impl Han {
             }
             Selection::Adaptive => {
                 let s = AdaptiveHard::new(&Self::adaptive_config(&self.cfg))?.select_scored(x, scored)?;
-                // Gather the kept cells, padded to the largest count in the batch.
-                let m = s.counts.iter().copied().max().unwrap_or(1).max(1);
-                let rows = s.mask.to_vec2::<f32>()?;
-                let (mut idx, mut valid) = (Vec::with_capacity(q * m), Vec::with_capacity(q * m));
-                for row in &rows {
-                    let kept: Vec<u32> = (0..n).filter(|&i| row[i] > 0.5).map(|i| i as u32).collect();
-                    for j in 0..m {
-                        idx.push(kept.get(j).copied().unwrap_or(0));
-                        valid.push(if j < kept.len() { 1f32 } else { 0.0 });
-                    }
-                }
-                let d = x.dim(2)?;
-                let idx = Tensor::from_vec(idx, (q, m, 1), x.device())?.broadcast_as((q, m, d))?.contiguous()?;
-                let valid = Tensor::from_vec(valid, (q, m), x.device())?;
-                let cells = x.gather(&idx, 1)?.broadcast_mul(&valid.unsqueeze(2)?)?;
+                // The kept cells, padded to the largest count in the batch.
+                let (cells, valid) = s.gather(x)?;
                 Ok(Selected { cells, valid: Some(valid), map: s.mask, counts: s.counts })
             }
             Selection::Soft => {
@@ -500,73 +449,7 @@ impl Han {
 
     fn head(&self, sel: &Selected, q: &Tensor) -> Result<Tensor> {
         match &self.head {
-            HeadNet::Relational { a, b, q: wq, g, f } => {
-                let (nq, m, _) = sel.cells.dims3()?;
-                let h = self.cfg.g_hidden;
-                // The first g layer is linear in (o_i, o_j, q): project once per cell, add per pair.
-                let pa = a.forward(&sel.cells)?; // (q, m, h)
-                let pb = b.forward(&sel.cells)?;
-                let pq = wq.forward(q)?; // (q, h)
-
-                // The rest of the g-MLP, on first-layer pre-activations (pairs, h). The pair sums,
-                // the sum over pairs and the bias additions are fused operations
-                // (`gaze_tensor::relational`, `ops::add_bias`): the same values, without candle's
-                // strided reductions.
-                let g_mlp = |x: Tensor| g.iter().try_fold(ops::relu(&x)?, |x, l| ops::linear_relu(l, &x));
-                let pooled = match &sel.valid {
-                    None => {
-                        let x = g_mlp(relational::pair_sums(&pa, &pb, &pq)?.reshape((nq * m * m, h))?)?;
-                        relational::sum_rows(&x.reshape((nq, m * m, h))?)?
-                    }
-                    // Rows keep different numbers of cells: the g-MLP runs on the kept pairs only
-                    // (sum over rows of counts^2), not on pairs padded to the largest count, so
-                    // the compute AdaHAN saves on paper is saved in wall time too.
-                    Some(_) => {
-                        let pairs: usize = sel.counts.iter().map(|c| c * c).sum();
-                        let (mut ia, mut ib, mut iq) =
-                            (Vec::with_capacity(pairs), Vec::with_capacity(pairs), Vec::with_capacity(pairs));
-                        for (r, &c) in sel.counts.iter().enumerate() {
-                            for i in 0..c {
-                                for j in 0..c {
-                                    ia.push((r * m + i) as u32);
-                                    ib.push((r * m + j) as u32);
-                                    iq.push(r as u32);
-                                }
-                            }
-                        }
-                        let zeros = Tensor::zeros((nq, h), pq.dtype(), pq.device())?;
-                        if pairs == 0 {
-                            zeros
-                        } else {
-                            let dev = pq.device();
-                            let iq = Tensor::from_vec(iq, pairs, dev)?;
-                            let pa = pa.reshape((nq * m, h))?.index_select(&Tensor::from_vec(ia, pairs, dev)?, 0)?;
-                            let pb = pb.reshape((nq * m, h))?.index_select(&Tensor::from_vec(ib, pairs, dev)?, 0)?;
-                            let x = g_mlp((pa + pb)?.add(&pq.index_select(&iq, 0)?)?)?;
-                            zeros.index_add(&iq, &x, 0)?
-                        }
-                    }
-                };
-                let pooled = match self.cfg.pair_norm {
-                    PairNorm::Sum => pooled,
-                    norm => {
-                        let scale: Vec<f32> = sel
-                            .counts
-                            .iter()
-                            .map(|&c| {
-                                let c = c.max(1) as f32;
-                                if norm == PairNorm::Mean {
-                                    1.0 / (c * c)
-                                } else {
-                                    1.0 / c
-                                }
-                            })
-                            .collect();
-                        pooled.broadcast_mul(&Tensor::from_vec(scale, (nq, 1), pooled.device())?)?
-                    }
-                };
-                f.forward(&pooled)
-            }
+            HeadNet::Relational(r) => r.forward(&sel.cells, sel.valid.is_some(), &sel.counts, q),
             HeadNet::Pooled { f } => {
                 let pooled = match &sel.valid {
                     Some(v) => sel.cells.sum(1)?.broadcast_div(&v.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?)?,
@@ -650,7 +533,12 @@ impl Model for Han {
                 AttentionMap::Grid { weights: norm, title: "feature norm (no attention)".into() }
             }
         };
-        Ok(Output { scores: Scores::Classes(logits), losses: vec![("classify".into(), classify)], attention: Some(attention), stats })
+        Ok(Output {
+            scores: Scores::Classes(logits),
+            losses: vec![("classify".into(), classify)],
+            attention: Some(attention),
+            stats,
+        })
     }
 }
 
@@ -661,7 +549,7 @@ fn f32s(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::Questions;
     use crate::test_util::{fit_fixed_batch, total};
@@ -669,11 +557,11 @@ mod tests {
     use gaze_tensor::{Seed, SeededVarMap};
     use rand::Rng as _;
 
-    fn shape() -> DataShape {
+    pub(crate) fn shape() -> DataShape {
         DataShape { input: (3, 16, 16), classes: 3, vocab: 6, code_dim: 4, max_steps: 0 }
     }
 
-    fn batch(dev: &Device) -> Result<Batch> {
+    pub(crate) fn batch(dev: &Device) -> Result<Batch> {
         let mut r = Seed(1).rng();
         let imgs: Vec<f32> = (0..3 * 3 * 256).map(|_| r.random::<f32>()).collect();
         let q = 6;

@@ -13,6 +13,7 @@ pub mod han;
 pub mod model;
 pub mod ram;
 pub mod registry;
+pub mod relation_net;
 pub mod soft_attention_mnist;
 #[cfg(test)]
 mod test_util;
@@ -25,4 +26,5 @@ pub use model::{
 };
 pub use ram::{Core, EvalPath, Ram, RamConfig, Start};
 pub use registry::{build, ModelConfig};
+pub use relation_net::{RelationHead, RelationNet, RelationNetConfig};
 pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};

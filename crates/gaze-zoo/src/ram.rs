@@ -407,7 +407,8 @@ impl Model for Ram {
         let logits = if !train && self.cfg.mc_samples > 1 {
             let mut probs = candle_nn::ops::softmax(&path.logits, D::Minus1)?;
             for _ in 1..self.cfg.mc_samples {
-                probs = (probs + candle_nn::ops::softmax(&self.path(&batch.images, false, sigma, rng)?.logits, D::Minus1)?)?;
+                probs = (probs
+                    + candle_nn::ops::softmax(&self.path(&batch.images, false, sigma, rng)?.logits, D::Minus1)?)?;
             }
             (probs / self.cfg.mc_samples as f64)?.clamp(1e-30, 1.0)?.log()?
         } else {
@@ -461,7 +462,8 @@ mod tests {
         for core in [Core::Rnn, Core::Lstm] {
             let vm = SeededVarMap::new(Seed(0));
             let model = Ram::new(&RamConfig { core, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
-            let (out, last) = fit_fixed_batch(&model, &vm, &batch(&dev, 12)?, 50, 2e-2, Mode::train(0.0), &mut Seed(2).rng())?;
+            let (out, last) =
+                fit_fixed_batch(&model, &vm, &batch(&dev, 12)?, 50, 2e-2, Mode::train(0.0), &mut Seed(2).rng())?;
             let names: Vec<_> = out.losses.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(names, ["classify", "baseline", "reinforce"]);
             let first = loss_of(&out, "classify").to_scalar::<f32>()?;
@@ -571,7 +573,10 @@ mod tests {
         let model = Ram::new(&cfg, &shape(), vm.builder(&dev))?;
         let b = batch(&dev, 4)?;
         let centres = |train: bool, seed: u64| -> Result<Vec<Vec<(f32, f32)>>> {
-            match model.forward(&b, if train { Mode::train(0.0) } else { Mode::eval() }, &mut Seed(seed).rng())?.attention {
+            match model
+                .forward(&b, if train { Mode::train(0.0) } else { Mode::eval() }, &mut Seed(seed).rng())?
+                .attention
+            {
                 Some(AttentionMap::Glimpses { centres, .. }) => Ok(centres),
                 _ => Err(candle_core::Error::Msg("no glimpses".into())),
             }
@@ -632,8 +637,7 @@ mod tests {
     fn random_glimpses_have_no_policy_terms() -> Result<()> {
         let dev = Device::Cpu;
         let vm = SeededVarMap::new(Seed(9));
-        let model =
-            Ram::new(&RamConfig { random_glimpses: true, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
+        let model = Ram::new(&RamConfig { random_glimpses: true, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
         let out = model.forward(&batch(&dev, 4)?, Mode::train(0.0), &mut Seed(1).rng())?;
         assert_eq!(out.losses.len(), 1);
         Ok(())

@@ -10,6 +10,7 @@ use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 use crate::han::{Han, HanConfig};
 use crate::model::{DataShape, Model};
 use crate::ram::{Ram, RamConfig};
+use crate::relation_net::{RelationNet, RelationNetConfig};
 use crate::soft_attention_mnist::{SoftAttentionMnist, SoftAttentionMnistConfig};
 
 /// Every model, by `type` in the experiment file.
@@ -24,6 +25,8 @@ pub enum ModelConfig {
     Ram(RamConfig),
     /// Hard-attention VQA (HAN / AdaHAN, soft and all-cells references).
     Han(HanConfig),
+    /// The Relation Network: its relational head on every CNN cell (HAN's all-cells reference).
+    RelationNet(RelationNetConfig),
     /// A CNN grid read by an LSTM with additive attention, one token per step (sequence targets).
     AttentionDecoder(AttentionDecoderConfig),
 }
@@ -35,6 +38,7 @@ pub fn build(cfg: &ModelConfig, shape: &DataShape, vb: VarBuilder) -> Result<Box
         ModelConfig::SoftAttentionMnist(c) => Box::new(SoftAttentionMnist::new(c, shape, vb)?),
         ModelConfig::Ram(c) => Box::new(Ram::new(c, shape, vb)?),
         ModelConfig::Han(c) => Box::new(Han::new(c, shape, vb)?),
+        ModelConfig::RelationNet(c) => Box::new(RelationNet::new(c, shape, vb)?),
         ModelConfig::AttentionDecoder(c) => Box::new(AttentionDecoder::new(c, shape, vb)?),
     })
 }

@@ -340,7 +340,9 @@ mod tests {
         for bad in [0.05, 0.0, -1.0, f64::NAN] {
             let vm = SeededVarMap::new(Seed(3));
             let cfg = SoftAttentionMnistConfig { window_scale: Some(bad), ..gaussian.clone() };
-            let e = SoftAttentionMnist::new(&cfg, &DataShape::images((1, 8, 8), 3), vm.builder(&dev)).err().map(|e| e.to_string());
+            let e = SoftAttentionMnist::new(&cfg, &DataShape::images((1, 8, 8), 3), vm.builder(&dev))
+                .err()
+                .map(|e| e.to_string());
             assert!(e.as_deref().is_some_and(|e| e.contains("window_scale")), "{bad}: {e:?}");
         }
         Ok(())

@@ -16,7 +16,11 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
 fn fingerprint() -> anyhow::Result<u64> {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let vm = SeededVarMap::new(Seed(2024).stream("init"));
-    ConvNetClassifier::new(&ConvNetClassifierConfig::tiny(), &gaze_zoo::DataShape::images((1, 12, 12), 10), vm.builder(&Device::Cpu).pp("net"))?;
+    ConvNetClassifier::new(
+        &ConvNetClassifierConfig::tiny(),
+        &gaze_zoo::DataShape::images((1, 12, 12), 10),
+        vm.builder(&Device::Cpu).pp("net"),
+    )?;
     AdditiveAttention::new(&AdditiveConfig::tiny(), vm.builder(&Device::Cpu).pp("att"))?;
     for (name, v) in vm.sorted_vars() {
         fnv(&mut h, name.as_bytes());
@@ -60,9 +64,17 @@ fn same_seed_same_bits_in_two_processes() -> anyhow::Result<()> {
     assert_eq!(theirs, format!("{mine:016x}"));
     // and the fingerprint depends on the seed (it would not catch anything otherwise)
     let other = SeededVarMap::new(Seed(2025).stream("init"));
-    ConvNetClassifier::new(&ConvNetClassifierConfig::tiny(), &gaze_zoo::DataShape::images((1, 12, 12), 10), other.builder(&Device::Cpu).pp("net"))?;
+    ConvNetClassifier::new(
+        &ConvNetClassifierConfig::tiny(),
+        &gaze_zoo::DataShape::images((1, 12, 12), 10),
+        other.builder(&Device::Cpu).pp("net"),
+    )?;
     let vm = SeededVarMap::new(Seed(2024).stream("init"));
-    ConvNetClassifier::new(&ConvNetClassifierConfig::tiny(), &gaze_zoo::DataShape::images((1, 12, 12), 10), vm.builder(&Device::Cpu).pp("net"))?;
+    ConvNetClassifier::new(
+        &ConvNetClassifierConfig::tiny(),
+        &gaze_zoo::DataShape::images((1, 12, 12), 10),
+        vm.builder(&Device::Cpu).pp("net"),
+    )?;
     let w = |m: &SeededVarMap| m.sorted_vars()[0].1.as_tensor().flatten_all().and_then(|t| t.to_vec1::<f32>());
     assert_ne!(w(&other)?, w(&vm)?);
     Ok(())

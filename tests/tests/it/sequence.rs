@@ -70,7 +70,8 @@ fn a_tiny_sequence_model_trains_and_reports_sequence_metrics() -> anyhow::Result
 #[test]
 fn a_selection_metric_the_task_does_not_measure_is_named() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let text = PAIRS.replace("pictures = 2", "pictures = 0\nselect = \"val_bleu4\"").replace("epochs = 2", "epochs = 1");
+    let text =
+        PAIRS.replace("pictures = 2", "pictures = 0\nselect = \"val_bleu4\"").replace("epochs = 2", "epochs = 1");
     let cfg = ExperimentConfig::from_toml(&text, std::path::Path::new("tiny-pairs.toml"))?;
     let e = gaze_train::run(&cfg, &opts(tmp.path())).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("train.select") && e.contains("val_bleu4") && e.contains("val_sequence_error_pct"), "{e}");

@@ -83,7 +83,14 @@ fn main() -> anyhow::Result<()> {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
             let (cfg, data, built) = trainer::load_run(&run, &device)?;
             let how = (1.0, cfg.train.decode, data.max_steps.max(1));
-            let e = evaluate(built.model.as_ref(), &data.test, cfg.train.eval_batch_size, how, Seed(cfg.seed).stream("eval"), &device)?;
+            let e = evaluate(
+                built.model.as_ref(),
+                &data.test,
+                cfg.train.eval_batch_size,
+                how,
+                Seed(cfg.seed).stream("eval"),
+                &device,
+            )?;
             match (e.score("acc_pct"), e.score("sequence_error_pct")) {
                 (Some(acc), _) => println!(
                     "{}: test accuracy {acc:.2}% (error {:.2}%), loss {:.4}, on {}",
@@ -92,10 +99,9 @@ fn main() -> anyhow::Result<()> {
                     e.loss,
                     data.description
                 ),
-                (None, Some(err)) => println!(
-                    "{}: test sequence error {err:.2}%, loss {:.4}, on {}",
-                    cfg.name, e.loss, data.description
-                ),
+                (None, Some(err)) => {
+                    println!("{}: test sequence error {err:.2}%, loss {:.4}, on {}", cfg.name, e.loss, data.description)
+                }
                 _ => println!("{}: test loss {:.4}, on {}", cfg.name, e.loss, data.description),
             }
             for (k, v) in e.named("test").iter().chain(&e.measured.facts) {

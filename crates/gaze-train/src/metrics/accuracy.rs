@@ -42,7 +42,13 @@ mod tests {
 
     #[test]
     fn unknown_answers_are_wrong_and_counted() -> Result<()> {
-        let row = |t: Option<u32>| Row { truth: Truth::Class(t), kind: "k".into(), relational: false, boxes: vec![], centres: vec![] };
+        let row = |t: Option<u32>| Row {
+            truth: Truth::Class(t),
+            kind: "k".into(),
+            relational: false,
+            boxes: vec![],
+            centres: vec![],
+        };
         let rows = [row(Some(1)), row(Some(2)), row(None), row(Some(0))];
         let predicted = [Predicted::Class(1), Predicted::Class(0), Predicted::Class(0), Predicted::Class(0)];
         let mut m = Accuracy::default();

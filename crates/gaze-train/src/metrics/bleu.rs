@@ -114,24 +114,68 @@ mod tests {
     #[test]
     fn corpus_bleu_matches_the_nltk_reference_values() {
         let mut v = HashMap::new();
-        let hyp1 = ids(&mut v, &[
-            "It", "is", "a", "guide", "to", "action", "which", "ensures", "that", "the", "military", "always",
-            "obeys", "the", "commands", "of", "the", "party",
-        ]);
-        let ref1a = ids(&mut v, &[
-            "It", "is", "a", "guide", "to", "action", "that", "ensures", "that", "the", "military", "will",
-            "forever", "heed", "Party", "commands",
-        ]);
-        let ref1b = ids(&mut v, &[
-            "It", "is", "the", "guiding", "principle", "which", "guarantees", "the", "military", "forces",
-            "always", "being", "under", "the", "command", "of", "the", "Party",
-        ]);
-        let ref1c = ids(&mut v, &[
-            "It", "is", "the", "practical", "guide", "for", "the", "army", "always", "to", "heed", "the",
-            "directions", "of", "the", "party",
-        ]);
-        let hyp2 = ids(&mut v, &["he", "read", "the", "book", "because", "he", "was", "interested", "in", "world", "history"]);
-        let ref2a = ids(&mut v, &["he", "was", "interested", "in", "world", "history", "because", "he", "read", "the", "book"]);
+        let hyp1 = ids(
+            &mut v,
+            &[
+                "It", "is", "a", "guide", "to", "action", "which", "ensures", "that", "the", "military", "always",
+                "obeys", "the", "commands", "of", "the", "party",
+            ],
+        );
+        let ref1a = ids(
+            &mut v,
+            &[
+                "It", "is", "a", "guide", "to", "action", "that", "ensures", "that", "the", "military", "will",
+                "forever", "heed", "Party", "commands",
+            ],
+        );
+        let ref1b = ids(
+            &mut v,
+            &[
+                "It",
+                "is",
+                "the",
+                "guiding",
+                "principle",
+                "which",
+                "guarantees",
+                "the",
+                "military",
+                "forces",
+                "always",
+                "being",
+                "under",
+                "the",
+                "command",
+                "of",
+                "the",
+                "Party",
+            ],
+        );
+        let ref1c = ids(
+            &mut v,
+            &[
+                "It",
+                "is",
+                "the",
+                "practical",
+                "guide",
+                "for",
+                "the",
+                "army",
+                "always",
+                "to",
+                "heed",
+                "the",
+                "directions",
+                "of",
+                "the",
+                "party",
+            ],
+        );
+        let hyp2 =
+            ids(&mut v, &["he", "read", "the", "book", "because", "he", "was", "interested", "in", "world", "history"]);
+        let ref2a =
+            ids(&mut v, &["he", "was", "interested", "in", "world", "history", "because", "he", "read", "the", "book"]);
         let refs1 = vec![ref1a, ref1b, ref1c];
         let refs2 = vec![ref2a];
 

@@ -63,7 +63,8 @@ pub fn ground(map: &[Vec<f32>], boxes: &[FracBox]) -> Option<(f64, f64, bool)> {
     let (mut mass, mut area, mut peak) = (0f64, 0f64, (f32::NEG_INFINITY, 0, 0));
     for (i, row) in map.iter().enumerate() {
         for (j, &w) in row.iter().enumerate() {
-            let cell = [j as f32 / gw as f32, i as f32 / gh as f32, (j + 1) as f32 / gw as f32, (i + 1) as f32 / gh as f32];
+            let cell =
+                [j as f32 / gw as f32, i as f32 / gh as f32, (j + 1) as f32 / gw as f32, (i + 1) as f32 / gh as f32];
             let share = f64::from(cell_share(cell, boxes));
             mass += f64::from(w / total) * share;
             area += share / (gh * gw) as f64;
