@@ -332,9 +332,9 @@ impl Han {
                 shape.classes,
                 hvb.clone(),
             )?),
-            Head::Pooled => {
-                HeadNet::Pooled { f: FMlp::new(cell_dim + q_dim, cfg.f_hidden, cfg.f_layers, shape.classes, hvb.clone())? }
-            }
+            Head::Pooled => HeadNet::Pooled {
+                f: FMlp::new(cell_dim + q_dim, cfg.f_hidden, cfg.f_layers, shape.classes, hvb.clone())?,
+            },
         };
         let mut xy = Vec::with_capacity(n * 2);
         for r in 0..gh {

@@ -83,7 +83,13 @@ pub struct RelationHead {
 
 impl RelationHead {
     /// A head over `cell_dim`-wide cells and a `q_dim`-wide question, answering `classes`.
-    pub fn new(cell_dim: usize, q_dim: usize, cfg: &RelationHeadConfig, classes: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cell_dim: usize,
+        q_dim: usize,
+        cfg: &RelationHeadConfig,
+        classes: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             cfg: *cfg,
             a: candle_nn::linear(cell_dim, cfg.g_hidden, vb.pp("g0_a"))?,
