@@ -1,4 +1,4 @@
-//! The hub path offline: with an empty hub cache and HF_HUB_OFFLINE set, loading MNIST from the
+//! (Built with `--features hub`.) The hub path offline: with an empty hub cache and HF_HUB_OFFLINE set, loading MNIST from the
 //! hub is a clear error that says how to use a folder — and makes no network call. (Its own test
 //! binary: it sets process environment variables.)
 

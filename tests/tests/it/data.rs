@@ -66,3 +66,12 @@ fn every_generator_is_deterministic() -> anyhow::Result<()> {
     assert!((0..10).all(|i| c1.sample(i).ok() == c2.sample(i).ok()));
     Ok(())
 }
+
+/// Without the opt-in `hub` feature, asking for the hub says how to use a folder and how to turn
+/// the feature on (and makes no network call).
+#[cfg(not(feature = "hub"))]
+#[test]
+fn without_the_hub_feature_the_error_says_how_to_get_data() {
+    let e = gaze_data::Mnist::from_hub().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("GAZE_DATA_DIR") && e.contains("--data-dir") && e.contains("--features hub"), "{e}");
+}
