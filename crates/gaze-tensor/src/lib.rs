@@ -7,11 +7,14 @@
 //! - [`sample`]: categorical and Gaussian draws with log-probabilities and entropies.
 //! - [`ops`]: presence (squared L2 per cell), top-k masks, masked softmax.
 //! - [`glimpse`]: batched multi-scale glimpse extraction (RAM's retina), differentiable in the image.
+//! - [`conv`]: 2-d convolution as one matrix product per pass (unfold, product, fold), forward and
+//!   backward.
 //! - [`lstm`]: an LSTM cell (candle's maths and parameters) with a cheaper autograd graph per step.
 //! - [`relational`]: a relation network head's pair sums, pair pooling and bias additions as fused
 //!   operations (their backward passes avoid candle's strided reductions).
 //! - [`testing`]: finite-difference gradient checks.
 
+pub mod conv;
 pub mod glimpse;
 pub mod init;
 pub mod lstm;
