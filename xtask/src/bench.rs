@@ -149,6 +149,8 @@ fn layers(a: &BenchArgs) -> anyhow::Result<()> {
     let cases: Vec<Case> = vec![
         ("conv1 candle", Box::new(|| x1.as_tensor().conv2d(w1.as_tensor(), 1, 1, 1, 1))),
         ("conv2 candle", Box::new(|| x2.as_tensor().conv2d(w2.as_tensor(), 1, 1, 1, 1))),
+        ("conv1 gaze", Box::new(|| gaze_tensor::conv::conv2d(x1.as_tensor(), w1.as_tensor(), None, 1, 1))),
+        ("conv2 gaze", Box::new(|| gaze_tensor::conv::conv2d(x2.as_tensor(), w2.as_tensor(), None, 1, 1))),
         ("pool1 gaze", Box::new(|| gaze_tensor::ops::max_pool2d(p1.as_tensor(), 2))),
         ("pool1 candle", Box::new(|| p1.as_tensor().max_pool2d(2))),
         ("pool2 gaze", Box::new(|| gaze_tensor::ops::max_pool2d(p2.as_tensor(), 2))),

@@ -15,6 +15,7 @@
 //! gradients by finite differences).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::ops::contiguous_f32;
 
@@ -46,31 +47,48 @@ impl Geometry {
         (self.c * self.k * self.k, self.b * ho * wo)
     }
 
-    /// Calls `f(index in the unfolded matrix, index in the input)` for every entry of the
-    /// unfolded matrix that lies inside the image (the others are padding: zero).
-    fn walk(&self, mut f: impl FnMut(usize, usize)) {
+    /// Fills row `row` of the unfolded matrix (its `b ho wo` columns) from the input.
+    fn unfold_row(&self, row: usize, x: &[f32], out: &mut [f32]) {
         let (ho, wo) = self.out();
-        let (l, hw) = (ho * wo, self.h * self.w);
-        let cols = self.b * l;
-        for ci in 0..self.c {
-            for ky in 0..self.k {
-                for kx in 0..self.k {
-                    let row = (ci * self.k + ky) * self.k + kx;
-                    for bi in 0..self.b {
-                        let plane = (bi * self.c + ci) * hw;
-                        for oy in 0..ho {
-                            let iy = (oy * self.stride + ky) as isize - self.pad as isize;
-                            if iy < 0 || iy >= self.h as isize {
-                                continue;
-                            }
-                            let base = row * cols + bi * l + oy * wo;
-                            let in_row = plane + iy as usize * self.w;
-                            for ox in 0..wo {
-                                let ix = (ox * self.stride + kx) as isize - self.pad as isize;
-                                if ix >= 0 && (ix as usize) < self.w {
-                                    f(base + ox, in_row + ix as usize);
-                                }
-                            }
+        let (ci, ky, kx) = (row / (self.k * self.k), row / self.k % self.k, row % self.k);
+        let hw = self.h * self.w;
+        for bi in 0..self.b {
+            let plane = &x[(bi * self.c + ci) * hw..][..hw];
+            for oy in 0..ho {
+                let iy = (oy * self.stride + ky) as isize - self.pad as isize;
+                let dst = &mut out[(bi * ho + oy) * wo..][..wo];
+                if iy < 0 || iy >= self.h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy as usize * self.w..][..self.w];
+                for (ox, d) in dst.iter_mut().enumerate() {
+                    let ix = (ox * self.stride + kx) as isize - self.pad as isize;
+                    *d = if ix >= 0 && (ix as usize) < self.w { src[ix as usize] } else { 0.0 };
+                }
+            }
+        }
+    }
+
+    /// Adds into one channel plane (`bi`, `ci`) of the input's gradient every entry of the
+    /// unfolded gradient that came from it.
+    fn fold_plane(&self, bi: usize, ci: usize, cols: &[f32], plane: &mut [f32]) {
+        let (ho, wo) = self.out();
+        let ncols = self.b * ho * wo;
+        for ky in 0..self.k {
+            for kx in 0..self.k {
+                let row = &cols[((ci * self.k + ky) * self.k + kx) * ncols..][..ncols];
+                for oy in 0..ho {
+                    let iy = (oy * self.stride + ky) as isize - self.pad as isize;
+                    if iy < 0 || iy >= self.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * self.w..][..self.w];
+                    let src = &row[(bi * ho + oy) * wo..][..wo];
+                    for (ox, v) in src.iter().enumerate() {
+                        let ix = (ox * self.stride + kx) as isize - self.pad as isize;
+                        if ix >= 0 && (ix as usize) < self.w {
+                            dst[ix as usize] += v;
                         }
                     }
                 }
@@ -95,7 +113,8 @@ impl CustomOp1 for Im2Col {
         let g = self.0;
         let (rows, cols) = g.cols_shape();
         let mut out = vec![0f32; rows * cols];
-        g.walk(|o, i| out[o] = x[i]);
+        // One row per task: rows are disjoint slices of the output.
+        out.par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, dst)| g.unfold_row(r, x, dst));
         Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
     }
 
@@ -113,7 +132,10 @@ impl CustomOp1 for Col2Im {
         let cols = contiguous_f32(s, l, "col2im")?;
         let g = self.0;
         let mut out = vec![0f32; g.b * g.c * g.h * g.w];
-        g.walk(|o, i| out[i] += cols[o]);
+        // One channel plane per task: planes are disjoint slices of the output.
+        out.par_chunks_mut((g.h * g.w).max(1))
+            .enumerate()
+            .for_each(|(p, plane)| g.fold_plane(p / g.c, p % g.c, cols, plane));
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.h, g.w))))
     }
 

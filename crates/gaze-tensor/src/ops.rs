@@ -4,7 +4,8 @@
 //! here uses `candle_nn::ops::softmax(x, D::Minus1)`); and `Tensor::max_pool2d`'s backward
 //! (candle 0.11) scales the gradient by the window's mean of the max mask (1/k^2 for a unique
 //! maximum) instead of dividing by the number of maxima, so gradients through it are k^2 times
-//! too small. [`max_pool2d`] here is built from reshape + max, whose backward is right. And a
+//! too small. [`max_pool2d`] here is an operation of its own whose backward sends each window's
+//! gradient to its first maximum (as PyTorch's does), one pass each way. And a
 //! broadcast bias's gradient is a strided reduction that candle's CPU backend walks element by
 //! element: [`add_bias`] (and [`linear`] with it) sums the rows contiguously instead. candle's
 //! ReLU backward takes four passes and three allocations (zeros, compare, cast, multiply, then
@@ -69,7 +70,7 @@ pub fn masked_softmax(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 }
 
 /// Max-pooling with kernel == stride == `k` (rows and columns past the last full window are
-/// dropped, as candle's does), with a correct gradient: one per window, to its maximum.
+/// dropped, as candle's does), with a correct gradient: one per window, to its first maximum.
 /// Shapes: x (b, c, h, w) -> (b, c, h / k, w / k).
 pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4().map_err(|_| err(format!("max_pool2d: x must be (b, c, h, w), got {:?}", x.dims())))?;
@@ -79,9 +80,87 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     if k == 1 {
         return Ok(x.clone());
     }
-    let (oh, ow) = (h / k, w / k);
-    let x = if oh * k != h || ow * k != w { x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)? } else { x.clone() };
-    x.reshape((b, c, oh, k, ow, k))?.permute((0, 1, 2, 4, 3, 5))?.reshape((b, c, oh, ow, k * k))?.max(D::Minus1)
+    let _ = (b, c);
+    x.contiguous()?.apply_op1(MaxPool { k })
+}
+
+/// Max-pooling of windows `k` x `k` with stride `k` over contiguous (b, c, h, w) maps; the
+/// backward pass sends each window's gradient to its first maximum (in row-major order).
+struct MaxPool {
+    k: usize,
+}
+
+/// The index in `plane` (a `w`-wide map) of the first maximum of window (oy, ox).
+fn window_argmax(plane: &[f32], w: usize, k: usize, oy: usize, ox: usize) -> usize {
+    let mut best = (f32::NEG_INFINITY, oy * k * w + ox * k);
+    for dy in 0..k {
+        let row = (oy * k + dy) * w + ox * k;
+        for (dx, &v) in plane[row..row + k].iter().enumerate() {
+            if v > best.0 {
+                best = (v, row + dx);
+            }
+        }
+    }
+    best.1
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "gaze-max-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let x = contiguous_f32(s, l, "max_pool2d")?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let (k, oh, ow) = (self.k, h / self.k, w / self.k);
+        let mut out = vec![0f32; b * c * oh * ow];
+        out.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(p, dst)| {
+            let plane = &x[p * h * w..][..h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    dst[oy * ow + ox] = plane[window_argmax(plane, w, k, oy, ox)];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolBack { k: self.k })?))
+    }
+}
+
+/// The input gradient of [`MaxPool`]: (x, output gradient) -> (b, c, h, w).
+struct MaxPoolBack {
+    k: usize,
+}
+
+impl CustomOp2 for MaxPoolBack {
+    fn name(&self) -> &'static str {
+        "gaze-max-pool-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (x, g) = (contiguous_f32(s1, l1, "max_pool2d")?, contiguous_f32(s2, l2, "max_pool2d")?);
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let (k, oh, ow) = (self.k, h / self.k, w / self.k);
+        if g.len() != b * c * oh * ow {
+            return Err(err(format!("max_pool2d backward: gradient {:?} for input {:?}", l2.shape(), l1.shape())));
+        }
+        let mut dx = vec![0f32; b * c * h * w];
+        dx.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(p, dst)| {
+            let plane = &x[p * h * w..][..h * w];
+            let gp = &g[p * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    dst[window_argmax(plane, w, k, oy, ox)] += gp[oy * ow + ox];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
 }
 
 /// The f32 values of a contiguous storage (custom operations' inputs); errors name `op`.
