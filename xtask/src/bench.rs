@@ -1,7 +1,8 @@
 //! `cargo xtask bench <what>`: timings measured in one process, printed as a table and written as
 //! JSON under `runs/bench/`: a model's training step split into forward, backward and optimiser,
 //! and its inference latency (`convnet`, `ram`, or any experiment by name), or each ConvNet layer
-//! alone (`layers`).
+//! alone (`layers`). `bench suite` and `bench compare` are the fixed set CI compares with
+//! `benchmarks/baseline.json` (see [`suite`]).
 
 use std::time::Instant;
 
@@ -32,6 +33,17 @@ pub struct BenchArgs {
     /// trainer's `train.shards`); forward and backward columns stay one pass over the batch.
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// Where to write the JSON rows (default `runs/bench/<name>.json`); for `suite`, the suite's
+    /// JSON (default `runs/bench/suite.json`); for `compare`, the suite JSON to compare.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// `compare`: the accepted figures.
+    #[arg(long, default_value = "benchmarks/baseline.json")]
+    baseline: std::path::PathBuf,
+    /// `compare`: a row fails when its step takes more than (1 + margin) times the baseline's,
+    /// on its first measurement and again when re-timed.
+    #[arg(long, default_value_t = 0.3)]
+    margin: f64,
 }
 
 fn time<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
@@ -46,6 +58,11 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Res
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    match a.what.as_str() {
+        "suite" => return crate::suite::run_suite(a.json.as_deref(), a.reps),
+        "compare" => return crate::suite::compare(a.json.as_deref(), &a.baseline, a.margin, a.reps),
+        _ => {}
+    }
     gaze_train::set_threads(a.threads);
     if a.what == "layers" {
         return layers(&a);
@@ -123,7 +140,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "optimizer_ms": optm, "step_ms": step, "samples_per_s": sps, "inference_ms": infer,
             "inference_samples_per_s": isps, "threads": a.threads, "shards": a.shards}));
     }
-    let out = crate::experiment::root().join(format!("runs/bench/{name}.json"));
+    let out = a.json.clone().unwrap_or_else(|| crate::experiment::root().join(format!("runs/bench/{name}.json")));
     gaze_data::write_atomic(&out, serde_json::to_string_pretty(&rows)?.as_bytes())
         .with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());

@@ -2,11 +2,13 @@
 //!
 //! - `data list | show | export`: look at and export the data sets.
 //! - `experiment <name> [--quick] | --list`: run and record an experiment.
-//! - `bench convnet`: time a training step and its parts.
+//! - `bench convnet | ram | <experiment> | layers`: time a training step and its parts;
+//!   `bench suite`, `bench compare`: the fixed set CI compares with `benchmarks/baseline.json`.
 
 mod bench;
 mod data;
 mod experiment;
+mod suite;
 
 use clap::{Parser, Subcommand};
 

@@ -198,8 +198,10 @@ mod tests {
 
     /// Odd shapes: batch 1 and 3, channels not a multiple of 8, stride 1 and 2, padding 0-2,
     /// kernels 1, 3 and 5, a non-square input.
-    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 6] = [
-        // (b, c, h, w, co, k, stride, pad)
+    /// (b, c, h, w, co, k, stride, pad)
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+    const CASES: [Case; 6] = [
         (1, 1, 7, 7, 3, 3, 1, 1),
         (3, 5, 9, 6, 7, 3, 2, 1),
         (2, 3, 8, 8, 4, 1, 1, 0),
