@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use gaze_tensor::glimpse::{glimpses, GlimpseSpec};
+use gaze_tensor::glimpse::{glimpses, GlimpseSpec, Integral};
 
 /// Settings of [`Retina`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +53,12 @@ impl Retina {
     /// Shapes: images (b, c, h, w), locs (b, 2) in [-1, 1] -> (b, k * c * g * g).
     pub fn forward(&self, images: &Tensor, locs: &Tensor) -> Result<Tensor> {
         glimpses(images, locs, &self.spec)?.flatten_from(1)
+    }
+
+    /// [`Retina::forward`] from a summed-area table of the images built once for every glimpse
+    /// step of a forward pass. Shapes: locs (b, 2) -> (b, k * c * g * g).
+    pub fn forward_integral(&self, images: &Integral, locs: &Tensor) -> Result<Tensor> {
+        images.glimpses(locs, &self.spec)?.flatten_from(1)
     }
 
     /// The patches unflattened. Shapes: -> (b, k, c, g, g).

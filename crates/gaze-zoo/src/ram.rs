@@ -32,7 +32,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use gaze_attention::{Retina, RetinaConfig};
-use gaze_tensor::glimpse::GlimpseSpec;
+use gaze_tensor::glimpse::{GlimpseSpec, Integral};
 use gaze_tensor::lstm::{LstmCell, LstmState, LstmWeights};
 use gaze_tensor::ops::{linear, linear_relu, relu};
 use gaze_tensor::sample::{gaussian_log_prob, gaussian_sample};
@@ -294,7 +294,17 @@ impl Ram {
 
     /// The glimpse vector g for images at locations l. Shapes: (b, c, h, w), (b, 2) -> (b, glimpse_out).
     pub fn glimpse(&self, images: &Tensor, locs: &Tensor) -> Result<Tensor> {
-        let what = linear_relu(&self.what, &self.retina.forward(images, locs)?)?;
+        self.glimpse_from(images, None, locs)
+    }
+
+    /// [`Ram::glimpse`], read from the images' summed-area table when given (built once for every
+    /// step of a path: cheaper with several scales).
+    fn glimpse_from(&self, images: &Tensor, table: Option<&Integral>, locs: &Tensor) -> Result<Tensor> {
+        let seen = match table {
+            Some(t) => self.retina.forward_integral(t, locs)?,
+            None => self.retina.forward(images, locs)?,
+        };
+        let what = linear_relu(&self.what, &seen)?;
         let where_ = linear_relu(&self.where_, locs)?;
         linear_relu(&self.mix, &Tensor::cat(&[what, where_], 1)?)
     }
@@ -349,10 +359,11 @@ impl Ram {
         };
         let mut state: Option<CoreState> = None;
         let core = self.core_weights()?;
+        let table = (self.cfg.scales > 1).then(|| Integral::new(images)).transpose()?;
         let (mut log_pi, mut baselines, mut locations) = (vec![], vec![], vec![]);
         for t in 0..self.cfg.glimpses {
             locations.push(loc.clone());
-            let g = self.glimpse(images, &loc)?;
+            let g = self.glimpse_from(images, table.as_ref(), &loc)?;
             let s = self.step_with(&core, &g, state.as_ref())?;
             if t + 1 < self.cfg.glimpses {
                 let h = s.h();
