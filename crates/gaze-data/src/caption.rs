@@ -200,11 +200,7 @@ impl CaptionSet {
                 word_boxes: vec![],
             }));
         }
-        set.splits = split::from_records(set.images.len(), &per, |r, reason| DataError::Record {
-            path: path.into(),
-            record: r + 1,
-            reason,
-        })?;
+        set.splits = split::from_records(set.images.len(), &per, path)?;
         Ok(set)
     }
 
@@ -237,12 +233,7 @@ impl CaptionSet {
             fields.push((idx, rec.split));
             set.records.push(CaptionRecord { image: idx, caption, word_boxes: rec.word_boxes });
         }
-        let per: Vec<(usize, Option<&str>)> = fields.iter().map(|(i, s)| (*i, s.as_deref())).collect();
-        set.splits = split::from_records(set.images.len(), &per, |r, reason| DataError::Record {
-            path: path.clone(),
-            record: r + 1,
-            reason,
-        })?;
+        set.splits = split::from_records(set.images.len(), &fields, &path)?;
         Ok(set)
     }
 }

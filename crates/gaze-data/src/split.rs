@@ -43,17 +43,19 @@ impl SplitName {
 }
 
 /// The split of each image from its records' `split` fields: an unknown name, an image given two
-/// splits, or records with and without a split in one file are errors naming the record (by the
-/// `bad(record, reason)` constructor). `per_record[r]` is (image index, the record's field).
-pub(crate) fn from_records(
+/// splits, or records with and without a split in one file are errors naming `path` and the
+/// record. `per_record[r]` is (image index, the record's field).
+pub(crate) fn from_records<S: AsRef<str>>(
     images: usize,
-    per_record: &[(usize, Option<&str>)],
-    bad: impl Fn(usize, String) -> crate::DataError,
+    per_record: &[(usize, Option<S>)],
+    path: &std::path::Path,
 ) -> crate::Result<Vec<Option<SplitName>>> {
+    let bad = |r: usize, reason: String| crate::DataError::Record { path: path.into(), record: r + 1, reason };
     let mut out: Vec<Option<SplitName>> = vec![None; images];
     let with = per_record.iter().position(|(_, s)| s.is_some());
-    for (r, &(image, field)) in per_record.iter().enumerate() {
-        let Some(name) = field else {
+    for (r, (image, field)) in per_record.iter().enumerate() {
+        let image = *image;
+        let Some(name) = field.as_ref().map(AsRef::as_ref) else {
             if let Some(w) = with {
                 return Err(bad(
                     r,

@@ -188,12 +188,7 @@ impl VqaSet {
             fields.push((idx, rec.split));
             set.records.push(VqaRecord { image: idx, q });
         }
-        let per: Vec<(usize, Option<&str>)> = fields.iter().map(|(i, s)| (*i, s.as_deref())).collect();
-        set.splits = split::from_records(set.images.len(), &per, |r, reason| DataError::Record {
-            path: path.clone(),
-            record: r + 1,
-            reason,
-        })?;
+        set.splits = split::from_records(set.images.len(), &fields, &path)?;
         Ok(set)
     }
 }

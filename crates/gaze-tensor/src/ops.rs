@@ -74,14 +74,13 @@ pub fn masked_softmax(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// equal to its maximum.
 /// Shapes: x (b, c, h, w) -> (b, c, h / k, w / k).
 pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4().map_err(|_| err(format!("max_pool2d: x must be (b, c, h, w), got {:?}", x.dims())))?;
+    let (_, _, h, w) = x.dims4().map_err(|_| err(format!("max_pool2d: x must be (b, c, h, w), got {:?}", x.dims())))?;
     if k == 0 || k > h || k > w {
         return Err(err(format!("max_pool2d: window {k} does not fit a {h}x{w} map")));
     }
     if k == 1 {
         return Ok(x.clone());
     }
-    let _ = (b, c);
     x.contiguous()?.apply_op1(MaxPool { k })
 }
 

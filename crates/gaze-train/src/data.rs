@@ -423,10 +423,11 @@ impl Prepared {
     }
 }
 
-/// Every digit of `set` placed on its own canvas, with each digit's ink box (and its centre) as
-/// fractions of the canvas side.
+/// The objects of an image: each one's box and its centre, in fractions of the image's sides.
 type Objects = Vec<(FracBox, (f32, f32))>;
 
+/// Every digit of `set` placed on its own canvas, with each digit's ink box (and its centre) as
+/// fractions of the canvas side.
 fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<(LabeledImages, Objects)> {
     let g = MnistCanvas::new(cfg.clone(), set, seed)?;
     let mut out = LabeledImages {

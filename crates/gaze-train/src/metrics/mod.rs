@@ -118,7 +118,9 @@ pub struct Row {
     /// The objects the row is about (the digit of a canvas, a question's focus objects, the
     /// digits of a pair), as boxes; empty when the data names none.
     pub boxes: Vec<FracBox>,
-    /// The centre of each box, as fractions (x, y).
+    /// The centre of each box, as fractions (x, y): computed in pixels and then divided, as the
+    /// glimpse and focus measures always have (the mean of a box's fractional edges can differ in
+    /// the last bit, which moves a centre lying on a cell or patch edge).
     pub centres: Vec<(f32, f32)>,
 }
 
