@@ -60,9 +60,19 @@ impl AdditiveAttention {
     /// Scores e (b, n) before the softmax. Shapes: feats (b, n, d), query (b, q) -> (b, n).
     pub fn scores(&self, feats: &Tensor, query: &Tensor) -> Result<Tensor> {
         check_fq("AdditiveAttention", feats, query, self.cfg.feat_dim, self.cfg.query_dim)?;
-        let a = self.w_a.forward(feats)?; // (b, n, hidden)
-        let h = self.w_h.forward(query)?.unsqueeze(1)?; // (b, 1, hidden)
-        self.w.forward(&a.broadcast_add(&h)?.tanh()?)?.squeeze(D::Minus1)
+        self.scores_from_keys(&self.keys(feats)?, query)
+    }
+
+    /// The features' half of the scores, W_a a_i + b, which a decoder attending to the same
+    /// features at every step computes once. Shapes: feats (b, n, d) -> (b, n, hidden).
+    pub fn keys(&self, feats: &Tensor) -> Result<Tensor> {
+        self.w_a.forward(feats)
+    }
+
+    /// Scores from keys made by [`AdditiveAttention::keys`]. Shapes: keys (b, n, hidden),
+    /// query (b, q) -> (b, n).
+    pub fn scores_from_keys(&self, keys: &Tensor, query: &Tensor) -> Result<Tensor> {
+        gaze_tensor::ops::additive_scores(keys, &self.w_h.forward(query)?, self.w.weight())
     }
 
     /// The gate beta (b, 1), or ones without a gate.

@@ -85,16 +85,41 @@ struct KarpathySentence {
 }
 
 impl CaptionSet {
-    /// Gathers generated samples into a set.
+    /// Gathers generated samples into a set, every caption of a sample a record.
     pub fn from_samples(samples: Vec<CaptionSample>) -> Self {
         let mut set = CaptionSet::default();
         for (i, s) in samples.into_iter().enumerate() {
             set.images.push(s.image);
             set.boxes.push(s.boxes);
             set.splits.push(None);
-            set.records.push(CaptionRecord { image: i, caption: s.caption, word_boxes: s.word_boxes });
+            set.records.extend(s.captions.into_iter().map(|c| CaptionRecord {
+                image: i,
+                caption: c.text,
+                word_boxes: c.word_boxes,
+            }));
         }
         set
+    }
+
+    /// The images `images` (indices into this set) with their boxes, captions and splits, in that
+    /// order; indices past the end are skipped.
+    pub fn subset(&self, images: &[usize]) -> CaptionSet {
+        let mut out = CaptionSet::default();
+        let mut at = vec![None; self.images.len()];
+        for &i in images {
+            if let Some(img) = self.images.get(i) {
+                at[i] = Some(out.images.len());
+                out.images.push(img.clone());
+                out.boxes.push(self.boxes.get(i).cloned().unwrap_or_default());
+                out.splits.push(self.splits.get(i).copied().flatten());
+            }
+        }
+        for r in &self.records {
+            if let Some(Some(j)) = at.get(r.image) {
+                out.records.push(CaptionRecord { image: *j, ..r.clone() });
+            }
+        }
+        out
     }
 
     /// Number of captions.

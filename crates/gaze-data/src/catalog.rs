@@ -90,11 +90,17 @@ pub fn preview(name: &str, n: usize, seed: Seed, source: &MnistSource) -> Result
         }
         "shape-captions" => {
             let set = captions(n, seed)?;
-            Ok(set
-                .records
-                .iter()
-                .map(|r| tile(set.images[r.image].clone(), set.boxes[r.image].clone(), vec![r.caption.clone()]))
-                .collect())
+            // One tile per scene, with the first of its captions and how many there are.
+            let mut tiles = vec![];
+            for (i, img) in set.images.iter().enumerate() {
+                let all: Vec<&str> = set.records.iter().filter(|r| r.image == i).map(|r| r.caption.as_str()).collect();
+                let mut lines = vec![all.first().copied().unwrap_or_default().to_string()];
+                if all.len() > 1 {
+                    lines.push(format!("(+{} other orders)", all.len() - 1));
+                }
+                tiles.push(tile(img.clone(), set.boxes[i].clone(), lines));
+            }
+            Ok(tiles)
         }
         _ => Err(unknown(name)),
     }

@@ -359,6 +359,150 @@ pub fn bias_relu(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// tanh from one `exp` (libm's `tanhf` goes through the slower `expm1f`), by its series near 0
+/// where 1 - e^(-2|x|) would lose digits; within a few ulp of `f32::tanh`.
+#[inline]
+pub fn tanh_f32(x: f32) -> f32 {
+    let a = x.abs();
+    if a < 0.1 {
+        let x2 = x * x;
+        return x * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))));
+    }
+    let e = (-2.0 * a).exp();
+    ((1.0 - e) / (1.0 + e)).copysign(x)
+}
+
+/// The scores of additive attention, e_bn = sum_k w_k tanh(keys_bnk + query_bk), as one op: the
+/// composed candle ops write the (b, n, k) sum and its tanh as tensors at every decoder step,
+/// forward and backward, and that was most of a captioner's training time. The backward
+/// recomputes the tanh rather than keeping it. Shapes: keys (b, n, k), query (b, k), w (k) or
+/// (1, k) -> (b, n).
+pub fn additive_scores(keys: &Tensor, query: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, _, k) = keys.dims3()?;
+    if query.dims() != [b, k] || w.elem_count() != k {
+        return Err(err(format!(
+            "additive_scores: keys {:?}, query {:?} and w {:?} do not agree (want (b, n, k), (b, k), (k))",
+            keys.dims(),
+            query.dims(),
+            w.dims()
+        )));
+    }
+    keys.contiguous()?.apply_op3(&query.contiguous()?, &w.contiguous()?, AdditiveScores)
+}
+
+struct AdditiveScores;
+
+impl candle_core::CustomOp3 for AdditiveScores {
+    fn name(&self) -> &'static str {
+        "gaze-additive-scores"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let op = "additive_scores";
+        let (keys, q, w) = (contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?, contiguous_f32(s3, l3, op)?);
+        let (b, n, k) = l1.shape().dims3()?;
+        let mut out = vec![0f32; b * n];
+        if n > 0 && k > 0 {
+            out.par_chunks_mut(n).enumerate().for_each(|(bi, dst)| {
+                let qb = &q[bi * k..][..k];
+                for (j, o) in dst.iter_mut().enumerate() {
+                    let row = &keys[(bi * n + j) * k..][..k];
+                    *o = row.iter().zip(qb).zip(w).map(|((&a, &c), &wk)| wk * tanh_f32(a + c)).sum();
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, n))))
+    }
+
+    fn bwd(
+        &self,
+        keys: &Tensor,
+        query: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, n, k) = keys.dims3()?;
+        let back = AdditiveScoresBack { w: w.flatten_all()?.to_vec1::<f32>()? };
+        let flat = keys.apply_op3_no_bwd(query, &grad.contiguous()?, &back)?;
+        let dk = flat.narrow(0, 0, b * n * k)?.reshape((b, n, k))?;
+        let dq = flat.narrow(0, b * n * k, b * k)?.reshape((b, k))?;
+        let dw = flat.narrow(0, b * n * k + b * k, k)?.reshape(w.shape())?;
+        Ok((Some(dk), Some(dq), Some(dw)))
+    }
+}
+
+/// The gradients of [`AdditiveScores`] from (keys, query, output gradient), laid end to end in
+/// one vector: d keys (b n k), d query (b k), d w (k).
+struct AdditiveScoresBack {
+    w: Vec<f32>,
+}
+
+impl candle_core::CustomOp3 for AdditiveScoresBack {
+    fn name(&self) -> &'static str {
+        "gaze-additive-scores-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let op = "additive_scores backward";
+        let (keys, q, g) = (contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?, contiguous_f32(s3, l3, op)?);
+        let (b, n, k) = l1.shape().dims3()?;
+        let w = &self.w;
+        let mut out = vec![0f32; b * n * k + b * k + k];
+        if n > 0 && k > 0 {
+            let (dk_all, rest) = out.split_at_mut(b * n * k);
+            let (dq_all, dw_all) = rest.split_at_mut(b * k);
+            let partial: Vec<Vec<f32>> = dk_all
+                .par_chunks_mut(n * k)
+                .zip(dq_all.par_chunks_mut(k))
+                .enumerate()
+                .map(|(bi, (dk, dq))| {
+                    let mut dw = vec![0f32; k];
+                    let qb = &q[bi * k..][..k];
+                    for j in 0..n {
+                        let gj = g[bi * n + j];
+                        let row = &keys[(bi * n + j) * k..][..k];
+                        let drow = &mut dk[j * k..][..k];
+                        for t in 0..k {
+                            let th = tanh_f32(row[t] + qb[t]);
+                            dw[t] += gj * th;
+                            let d = gj * w[t] * (1.0 - th * th);
+                            drow[t] = d;
+                            dq[t] += d;
+                        }
+                    }
+                    dw
+                })
+                .collect();
+            for p in partial {
+                for (a, v) in dw_all.iter_mut().zip(p) {
+                    *a += v;
+                }
+            }
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +632,52 @@ mod tests {
         let f = Tensor::new(&[[[3f32, 4.0], [1.0, 0.0]]], &Device::Cpu)?;
         assert_eq!(presence(&f)?.to_vec2::<f32>()?, vec![vec![25.0, 1.0]]);
         assert!(presence(&f.flatten_all()?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn additive_scores_match_the_composed_ops_in_value_and_gradient() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let r = |shape: &[usize], seed: u64| -> Result<Tensor> {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> =
+                (0..n).map(|i| ((i as u64 * 7919 + seed * 104_729) % 1000) as f32 / 250.0 - 2.0).collect();
+            Tensor::from_vec(v, shape, &dev)
+        };
+        // odd sizes: 3 rows, 5 cells, 7 hidden units
+        let (keys, q, w) = (r(&[3, 5, 7], 1)?, r(&[3, 7], 2)?, r(&[1, 7], 3)?.affine(0.5, 0.0)?);
+        let composed = |k: &Tensor, q: &Tensor, w: &Tensor| -> Result<Tensor> {
+            k.broadcast_add(&q.unsqueeze(1)?)?.tanh()?.broadcast_mul(&w.reshape((1, 1, 7))?)?.sum(D::Minus1)
+        };
+        let got = additive_scores(&keys, &q, &w)?;
+        let want = composed(&keys, &q, &w)?;
+        assert_eq!(got.dims(), &[3, 5]);
+        assert!((got - &want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        let g = r(&[3, 5], 4)?;
+        let loss = |x: &Tensor| -> Result<Tensor> { (x * &g)?.sum_all() };
+        for which in 0..3 {
+            let grad_of = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| -> Result<Vec<f32>> {
+                let vars = [
+                    candle_core::Var::from_tensor(&keys)?,
+                    candle_core::Var::from_tensor(&q)?,
+                    candle_core::Var::from_tensor(&w)?,
+                ];
+                let out = loss(&f(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor())?)?;
+                let grads = out.backward()?;
+                let gr = grads.get(&vars[which]).ok_or_else(|| err("no gradient".into()))?;
+                gr.flatten_all()?.to_vec1::<f32>()
+            };
+            let (a, b) = (grad_of(&|k, q, w| additive_scores(k, q, w))?, grad_of(&composed)?);
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-4, "input {which}: {x} vs {y}");
+            }
+        }
+        // tanh near 0, at the series' edge and far out
+        for x in [0.0f32, 1e-6, -0.05, 0.0999, 0.1, -0.1001, 0.7, -3.0, 12.0, -90.0] {
+            assert!((tanh_f32(x) - x.tanh()).abs() <= 4.0 * f32::EPSILON * x.tanh().abs().max(1e-30), "{x}");
+        }
+        assert!(additive_scores(&keys, &q.narrow(1, 0, 6)?, &w).is_err());
         Ok(())
     }
 }

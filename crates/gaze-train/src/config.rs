@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use gaze_data::generate::{BarnConfig, CanvasConfig, PairsConfig, SortOfClevrConfig};
+use gaze_data::generate::{BarnConfig, CanvasConfig, CaptionConfig, PairsConfig, SortOfClevrConfig};
 use gaze_data::MnistSource;
 use gaze_zoo::{ModelConfig, Search};
 
@@ -55,6 +55,62 @@ pub enum DataConfig {
     SortOfClevr(ClevrData),
     /// Any folder in the generic VQA format (`images/`, `questions.jsonl`).
     VqaFolder(FolderData),
+    /// Generated shape scenes with every correct caption.
+    ShapeCaptions(CaptionsData),
+    /// Any caption folder (`images/` with `captions.jsonl`, or the Karpathy JSON layout).
+    CaptionFolder(CaptionFolderData),
+}
+
+/// Generated shape-scene captions: images per split (each with all its correct captions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptionsData {
+    /// The generator.
+    pub captions: CaptionConfig,
+    /// Training images.
+    pub train_images: usize,
+    /// Validation images.
+    pub val_images: usize,
+    /// Test images.
+    pub test_images: usize,
+}
+
+impl Default for CaptionsData {
+    fn default() -> Self {
+        Self { captions: CaptionConfig::default(), train_images: 10_000, val_images: 1_000, test_images: 2_000 }
+    }
+}
+
+/// A caption folder: its own splits when it has them, else random fractions of its images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptionFolderData {
+    /// The folder (see `gaze_data::caption` for the layouts read).
+    pub path: std::path::PathBuf,
+    /// Images are resized to this [height, width].
+    pub size: [usize; 2],
+    /// Fraction of images for validation (folders without their own splits).
+    pub val_fraction: f64,
+    /// Fraction of images for test (folders without their own splits).
+    pub test_fraction: f64,
+    /// Words seen fewer times in the training captions become `<unk>`.
+    pub min_count: usize,
+    /// Training captions longer than this many words are left out (references for BLEU are kept
+    /// whole); decoding stops after this many words.
+    pub max_words: usize,
+}
+
+impl Default for CaptionFolderData {
+    fn default() -> Self {
+        Self {
+            path: "data/captions".into(),
+            size: [224, 224],
+            val_fraction: 0.1,
+            test_fraction: 0.1,
+            min_count: 5,
+            max_words: 20,
+        }
+    }
 }
 
 /// Barn-scene VQA: scenes per split (each with `barn.questions_per_scene` questions).
@@ -447,13 +503,36 @@ impl ExperimentConfig {
                 }
                 None
             }
+            DataConfig::ShapeCaptions(c) => {
+                if c.train_images == 0 || c.val_images == 0 || c.test_images == 0 {
+                    return Err(bad(path, "data.train_images/val_images/test_images", "each must be at least 1"));
+                }
+                None
+            }
+            DataConfig::CaptionFolder(f) => {
+                let ok = |x: f64| x > 0.0 && x < 1.0;
+                if !ok(f.val_fraction) || !ok(f.test_fraction) || f.val_fraction + f.test_fraction >= 1.0 {
+                    return Err(bad(
+                        path,
+                        "data.val_fraction/test_fraction",
+                        format!("{} and {} must be in (0, 1) with a sum below 1", f.val_fraction, f.test_fraction),
+                    ));
+                }
+                if f.size[0] == 0 || f.size[1] == 0 {
+                    return Err(bad(path, "data.size", "height and width must be at least 1"));
+                }
+                if f.max_words == 0 {
+                    return Err(bad(path, "data.max_words", "must be at least 1"));
+                }
+                None
+            }
         };
         if let Some(digits) = digits {
             if !(digits.val_fraction > 0.0 && digits.val_fraction < 1.0) {
                 return Err(bad(path, "data.val_fraction", format!("{} is not in (0, 1)", digits.val_fraction)));
             }
         } else if t.augment_shift > 0 {
-            return Err(bad(path, "train.augment_shift", "shifts are for digit images; VQA data needs 0"));
+            return Err(bad(path, "train.augment_shift", "shifts are for digit images; VQA and caption data need 0"));
         }
         Ok(())
     }

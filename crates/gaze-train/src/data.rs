@@ -2,14 +2,16 @@
 //! with their questions (one example = one image and all its questions), or images with token
 //! sequences (the digits of an MNIST-pairs canvas in reading order). Each split knows its
 //! [`Task`], builds its batches, says what each row is for the metrics ([`RowInfo`]) and,
-//! for training, shifts its images ([`Examples::shifted_batch`]).
+//! for training, shifts its images or draws one of its references ([`Examples::training_batch`]).
 
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use gaze_data::caption::CaptionSet;
 use gaze_data::dataset::{images_to_tensor, VqaEncoder};
-use gaze_data::generate::{BarnVqa, CanvasConfig, MnistCanvas, MnistPairs, SortOfClevr};
+use gaze_data::generate::{BarnVqa, CanvasConfig, MnistCanvas, MnistPairs, ShapeCaptions, SortOfClevr};
 use gaze_data::vocab::AnswerSet;
+use gaze_data::vocab::Vocab;
 use gaze_data::vqa::VqaSet;
 use gaze_data::{Image, LabeledImages, Mnist};
 use gaze_tensor::Seed;
@@ -41,9 +43,14 @@ pub enum Examples {
 pub struct SequenceSplit {
     /// The images.
     pub images: Vec<Image>,
-    /// Each image's reference sequences (token ids without `BOS` / `EOS`); training reads the first.
+    /// Each image's reference sequences (token ids without `BOS` / `EOS`): training reads one
+    /// drawn at random each time ([`Examples::training_batch`]), evaluation the first.
     pub references: Vec<Vec<Vec<u32>>>,
-    /// Each image's objects (the digits of a pair), as boxes and centres in fractions.
+    /// For each image, reference and token, the object (index into `objects`) the token names
+    /// (a colour or shape word, a digit); empty where the data does not say.
+    pub word_boxes: Vec<Vec<Vec<Option<usize>>>>,
+    /// Each image's objects (the digits of a pair, a scene's shapes), as boxes and centres in
+    /// fractions.
     pub objects: Vec<Vec<(FracBox, (f32, f32))>>,
     /// The output vocabulary (the special tokens first), for reports.
     pub words: Arc<Vec<String>>,
@@ -59,13 +66,19 @@ impl SequenceSplit {
 
     /// Examples `idx` as a batch: the first reference of each, `EOS` appended, padded with `PAD`.
     pub fn batch(&self, idx: &[usize], device: &Device) -> Result<Batch> {
+        self.batch_of(idx, |_, _| 0, device)
+    }
+
+    /// Examples `idx` as a batch of the reference `pick(example, references)` of each.
+    fn batch_of(&self, idx: &[usize], mut pick: impl FnMut(usize, usize) -> usize, device: &Device) -> Result<Batch> {
         let bad = |i: usize| TrainError::Other(format!("example {i} of {}", self.images.len()));
         let mut imgs = Vec::with_capacity(idx.len());
         let mut seqs = Vec::with_capacity(idx.len());
         for &i in idx {
             imgs.push(self.images.get(i).ok_or_else(|| bad(i))?);
-            let first = self.references.get(i).and_then(|r| r.first()).ok_or_else(|| bad(i))?;
-            seqs.push(first);
+            let refs = self.references.get(i).ok_or_else(|| bad(i))?;
+            let chosen = refs.get(pick(i, refs.len())).or(refs.first()).ok_or_else(|| bad(i))?;
+            seqs.push(chosen);
         }
         let t = seqs.iter().map(|s| s.len() + 1).max().unwrap_or(1);
         let mut toks = Vec::with_capacity(idx.len() * t);
@@ -127,6 +140,7 @@ fn row_of(truth: Truth, objects: &[(FracBox, (f32, f32))]) -> Row {
         relational: false,
         boxes: objects.iter().map(|o| o.0).collect(),
         centres: objects.iter().map(|o| o.1).collect(),
+        word_boxes: vec![],
     }
 }
 
@@ -183,17 +197,21 @@ impl Examples {
         }
     }
 
-    /// Examples `idx` as a training batch whose images are shifted by up to `max` pixels each
-    /// way (uniform per image, drawn from `rng`), zeros filling in; other data as it is.
-    pub fn shifted_batch(
+    /// Examples `idx` as a training batch: images shifted by up to `max` pixels each way
+    /// (uniform per image, drawn from `rng`), zeros filling in; for sequences, one of each
+    /// image's references drawn from `rng` (every correct caption is trained on); other data as
+    /// it is.
+    pub fn training_batch(
         &self,
         idx: &[usize],
         max: usize,
         rng: &mut gaze_tensor::seed::Rng,
         device: &Device,
     ) -> Result<Batch> {
+        use rand::Rng as _;
         match self {
             Examples::Images { set, .. } if max > 0 => shifted_batch(set, idx, max, rng, device),
+            Examples::Sequences(s) => s.batch_of(idx, |_, n| if n > 1 { rng.random_range(0..n) } else { 0 }, device),
             _ => self.batch(idx, device),
         }
     }
@@ -221,7 +239,9 @@ impl Examples {
                     let refs = s.references.get(i).cloned().unwrap_or_default();
                     let truth = refs.first().map(|r| s.spell(r)).unwrap_or_default();
                     let objects = s.objects.get(i).map_or(&[][..], Vec::as_slice);
-                    RowInfo { row: row_of(Truth::Tokens(refs), objects), truth, question: String::new(), image: k }
+                    let mut row = row_of(Truth::Tokens(refs), objects);
+                    row.word_boxes = s.word_boxes.get(i).and_then(|w| w.first()).cloned().unwrap_or_default();
+                    RowInfo { row, truth, question: String::new(), image: k }
                 })
                 .collect(),
             Examples::Vqa(v) => {
@@ -506,6 +526,7 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 let mut out = SequenceSplit {
                     images: Vec::with_capacity(g.len()),
                     references: Vec::with_capacity(g.len()),
+                    word_boxes: Vec::with_capacity(g.len()),
                     objects: Vec::with_capacity(g.len()),
                     words: words.clone(),
                     text: false,
@@ -513,6 +534,7 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 for i in 0..g.len() {
                     let s = g.sample(i)?;
                     out.references.push(vec![s.digits.iter().map(|&d| 4 + u32::from(d)).collect()]);
+                    out.word_boxes.push(vec![vec![Some(0), Some(1)]]); // the boxes are in reading order
                     out.objects.push(s.boxes.iter().map(|b| frac(&b.bbox, n, n)).collect());
                     out.images.push(s.image);
                 }
@@ -564,7 +586,107 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             let set = Arc::new(set);
             vqa_views(set.clone(), parts, f.max_words, desc)
         }
+        DataConfig::ShapeCaptions(c) => {
+            let gen = |n: usize, split: &str| -> Result<CaptionSet> {
+                let g = ShapeCaptions::new(c.captions.clone(), seed.stream(&format!("data/{split}")))?;
+                Ok(CaptionSet::from_samples((0..n).map(|i| g.sample(i)).collect::<gaze_data::Result<_>>()?))
+            };
+            let sets = [gen(c.train_images, "train")?, gen(c.val_images, "val")?, gen(c.test_images, "test")?];
+            // Every word of a generated caption is a training word, every caption is kept.
+            let description = format!(
+                "shape-scene captions ({0}x{0}, up to {1} shapes, every order of naming them a reference), \
+                 {2}/{3}/{4} images",
+                c.captions.size, c.captions.max_shapes, c.train_images, c.val_images, c.test_images
+            );
+            captions(sets, 1, usize::MAX, description)
+        }
+        DataConfig::CaptionFolder(f) => {
+            let set = CaptionSet::read_folder(&f.path, Some((f.size[0], f.size[1])))?;
+            let (parts, how) = folder_splits(&set.splits, f.val_fraction, f.test_fraction, seed)
+                .map_err(|e| TrainError::Other(format!("{}: {e}", f.path.display())))?;
+            let desc = format!(
+                "caption folder {} ({} images, {} captions: {}/{}/{} images by {how}, resized to {}x{})",
+                f.path.display(),
+                set.images.len(),
+                set.records.len(),
+                parts[0].len(),
+                parts[1].len(),
+                parts[2].len(),
+                f.size[0],
+                f.size[1]
+            );
+            let sets = parts.map(|p| set.subset(&p));
+            captions(sets, f.min_count, f.max_words, desc)
+        }
     }
+}
+
+/// Caption sets (train, val, test) as sequence splits over a vocabulary of the training
+/// captions' words seen at least `min_count` times. Training captions longer than `max_words`
+/// words are left out (an image left without one is too); validation and test keep every
+/// reference for BLEU. Decoding stops after as many words as the longest training caption has.
+fn captions(sets: [CaptionSet; 3], min_count: usize, max_words: usize, description: String) -> Result<Prepared> {
+    let vocab = Vocab::build(sets[0].records.iter().map(|r| r.caption.as_str()), min_count);
+    let words: Arc<Vec<String>> = Arc::new((0..vocab.len() as u32).map(|i| vocab.word(i).to_string()).collect());
+    let split = |set: &CaptionSet, train: bool| {
+        let mut out = SequenceSplit {
+            images: vec![],
+            references: vec![],
+            word_boxes: vec![],
+            objects: vec![],
+            words: words.clone(),
+            text: true,
+        };
+        let mut per: Vec<Vec<&gaze_data::caption::CaptionRecord>> = vec![vec![]; set.images.len()];
+        for r in &set.records {
+            if let Some(p) = per.get_mut(r.image) {
+                p.push(r);
+            }
+        }
+        for (i, recs) in per.into_iter().enumerate() {
+            let (mut refs, mut links) = (vec![], vec![]);
+            for r in recs {
+                let ids = vocab.encode(&r.caption);
+                if ids.is_empty() || (train && ids.len() > max_words) {
+                    continue;
+                }
+                links.push(if r.word_boxes.len() == ids.len() { r.word_boxes.clone() } else { vec![] });
+                refs.push(ids);
+            }
+            if refs.is_empty() {
+                continue;
+            }
+            let img = &set.images[i];
+            let boxes = set.boxes.get(i).map_or(&[][..], Vec::as_slice);
+            out.objects.push(boxes.iter().map(|b| frac(&b.bbox, img.width, img.height)).collect());
+            out.images.push(img.clone());
+            out.references.push(refs);
+            out.word_boxes.push(links);
+        }
+        out
+    };
+    let [train, val, test] = [split(&sets[0], true), split(&sets[1], false), split(&sets[2], false)];
+    for (name, s) in [("training", &train), ("validation", &val), ("test", &test)] {
+        if s.images.is_empty() {
+            return Err(TrainError::Other(format!(
+                "{description}: the {name} split has no image with a usable caption{}",
+                if name == "training" { format!(" (of at most {max_words} words)") } else { String::new() }
+            )));
+        }
+    }
+    let input = train.images.first().map_or((3, 0, 0), |im| (im.channels, im.height, im.width));
+    let longest = train.references.iter().flatten().map(Vec::len).max().unwrap_or(1);
+    let description = format!("{description}; {} words (min count {min_count})", vocab.len());
+    let mut p = Prepared::images(
+        Examples::Sequences(train),
+        Examples::Sequences(val),
+        Examples::Sequences(test),
+        input,
+        description,
+    );
+    p.classes = vocab.len();
+    p.max_steps = longest.min(max_words) + 1; // decoding stops at the longest training caption
+    Ok(p)
 }
 
 /// Train / val / test image indices of a folder's images: the data set's own splits when every

@@ -61,6 +61,18 @@ pub fn looked(map: Option<&AttentionMap>) -> Result<Option<Looked>> {
     })
 }
 
+/// A per-step map (b, t, gh, gw) as plain numbers, `[row][step][y][x]`.
+pub fn per_step(map: Option<&AttentionMap>) -> Result<Option<Vec<Vec<Vec<Vec<f32>>>>>> {
+    let Some(AttentionMap::Steps { weights, .. }) = map else { return Ok(None) };
+    let (b, t, gh, gw) = weights.dims4()?;
+    let flat = weights.flatten_all()?.to_vec1::<f32>()?;
+    let cell = |r: usize, s: usize, y: usize| {
+        let at = ((r * t + s) * gh + y) * gw;
+        flat[at..at + gw].to_vec()
+    };
+    Ok(Some((0..b).map(|r| (0..t).map(|s| (0..gh).map(|y| cell(r, s, y)).collect()).collect()).collect()))
+}
+
 /// The top class of each row of class scores.
 pub fn top_classes(out: &Output) -> Result<Vec<Predicted>> {
     Ok(out.scores.classes()?.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(Predicted::Class).collect())
@@ -89,12 +101,12 @@ pub fn evaluate(
         let info = set.row_info(&idx);
         let t0 = Instant::now();
         let out = model.forward(&b, Mode::eval_at(progress), &mut rng)?;
-        let (predicted, seen) = match &out.scores {
-            Scores::Classes(_) => (top_classes(&out)?, looked(out.attention.as_ref())?),
+        let (predicted, seen, steps) = match &out.scores {
+            Scores::Classes(_) => (top_classes(&out)?, looked(out.attention.as_ref())?, None),
             Scores::Steps(_) => {
                 let d = model.decode(&b, search, max_steps, &mut rng)?;
                 let seen = looked(d.attention.as_ref())?;
-                (d.tokens.into_iter().map(Predicted::Tokens).collect(), seen)
+                (d.tokens.into_iter().map(Predicted::Tokens).collect(), seen, per_step(out.attention.as_ref())?)
             }
         };
         forward_s += t0.elapsed().as_secs_f64();
@@ -109,6 +121,7 @@ pub fn evaluate(
             rows: &rows,
             predicted: &predicted,
             looked: seen.as_ref(),
+            steps: steps.as_deref(),
             stats: &batch_stats,
             image_hw: (b.images.dim(2)?, b.images.dim(3)?),
         };

@@ -47,7 +47,10 @@ impl ExperimentConfig {
             config::DataConfig::SortOfClevr(c) => {
                 (c.train_images, c.val_images, c.test_images) = (48, 8, 8);
             }
-            config::DataConfig::VqaFolder(_) => {}
+            config::DataConfig::ShapeCaptions(c) => {
+                (c.train_images, c.val_images, c.test_images) = (96, 16, 16);
+            }
+            config::DataConfig::VqaFolder(_) | config::DataConfig::CaptionFolder(_) => {}
         }
         self.train.epochs = 1;
         self.train.pictures = self.train.pictures.min(4);

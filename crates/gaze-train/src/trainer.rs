@@ -11,7 +11,7 @@ use candle_core::Device;
 
 use gaze_data::Batcher;
 use gaze_tensor::{Seed, SeededVarMap};
-use gaze_zoo::{Mode, Model, Targets};
+use gaze_zoo::{Mode, Model, Search, Targets};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::{ExperimentConfig, Schedule};
@@ -214,12 +214,8 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             let mut shard_batches = Vec::with_capacity(parts.len());
             let mut rngs = Vec::with_capacity(parts.len());
             for (j, part) in parts.iter().enumerate() {
-                shard_batches.push(if cfg.train.augment_shift > 0 {
-                    let mut aug = sub(seed.stream("augment").index(st.step), j).rng();
-                    train_set.shifted_batch(part, cfg.train.augment_shift, &mut aug, &device)?
-                } else {
-                    train_set.batch(part, &device)?
-                });
+                let mut aug = sub(seed.stream("augment").index(st.step), j).rng();
+                shard_batches.push(train_set.training_batch(part, cfg.train.augment_shift, &mut aug, &device)?);
                 rngs.push(sub(seed.stream("sampling").index(st.step), j).rng());
             }
             let mode = Mode::train(st.step as f64 / total_steps.max(1) as f64);
@@ -354,6 +350,14 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         metrics.extend(test.named("test"));
         metrics.extend(test.measured.facts.clone());
+        // Captions decoded by beam search are also read greedily, to show what the beam adds.
+        if task == (Task::Sequence { bleu: true }) && cfg.train.decode != Search::Greedy {
+            let how = (1.0, Search::Greedy, data.max_steps.max(1));
+            let greedy = evaluate(model, &data.test, bs, how, seed.stream("eval"), &device)?;
+            for (k, v) in greedy.named("test").into_iter().filter(|(k, _)| k.contains("bleu")) {
+                metrics.insert(format!("{k}_greedy"), v);
+            }
+        }
         if task == Task::Answer {
             metrics.insert("infer_samples_per_s".to_string(), test.samples_per_s.round());
         }

@@ -6,7 +6,6 @@
 //! ([`Model::decode`], greedy or beam search from [`decode`]). Models are chosen by the tagged
 //! enum [`ModelConfig`] in [`registry`].
 
-pub mod attention_decoder;
 pub mod convnet_classifier;
 pub mod decode;
 pub mod han;
@@ -14,11 +13,11 @@ pub mod model;
 pub mod ram;
 pub mod registry;
 pub mod relation_net;
+pub mod show_attend_tell;
 pub mod soft_attention_mnist;
 #[cfg(test)]
 mod test_util;
 
-pub use attention_decoder::{AttentionDecoder, AttentionDecoderConfig};
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 pub use han::{Han, HanConfig, Head, PairNorm, QuestionInput, Selection};
 pub use model::{
@@ -27,4 +26,5 @@ pub use model::{
 pub use ram::{Core, EvalPath, Ram, RamConfig, Start};
 pub use registry::{build, ModelConfig};
 pub use relation_net::{RelationHead, RelationNet, RelationNetConfig};
+pub use show_attend_tell::{Looking, ShowAttendTell, ShowAttendTellConfig};
 pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};

@@ -5,12 +5,12 @@ use candle_core::Result;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::attention_decoder::{AttentionDecoder, AttentionDecoderConfig};
 use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 use crate::han::{Han, HanConfig};
 use crate::model::{DataShape, Model};
 use crate::ram::{Ram, RamConfig};
 use crate::relation_net::{RelationNet, RelationNetConfig};
+use crate::show_attend_tell::{ShowAttendTell, ShowAttendTellConfig};
 use crate::soft_attention_mnist::{SoftAttentionMnist, SoftAttentionMnistConfig};
 
 /// Every model, by `type` in the experiment file.
@@ -27,8 +27,9 @@ pub enum ModelConfig {
     Han(HanConfig),
     /// The Relation Network: its relational head on every CNN cell (HAN's all-cells reference).
     RelationNet(RelationNetConfig),
-    /// A CNN grid read by an LSTM with additive attention, one token per step (sequence targets).
-    AttentionDecoder(AttentionDecoderConfig),
+    /// Show, Attend and Tell: a CNN grid read by an LSTM with soft, hard or no attention, one
+    /// token per step (sequence targets: captions, digits in reading order).
+    ShowAttendTell(ShowAttendTellConfig),
 }
 
 /// Builds the model of `cfg` for data of `shape`: every model is `new(config, shape, vb)`.
@@ -39,6 +40,6 @@ pub fn build(cfg: &ModelConfig, shape: &DataShape, vb: VarBuilder) -> Result<Box
         ModelConfig::Ram(c) => Box::new(Ram::new(c, shape, vb)?),
         ModelConfig::Han(c) => Box::new(Han::new(c, shape, vb)?),
         ModelConfig::RelationNet(c) => Box::new(RelationNet::new(c, shape, vb)?),
-        ModelConfig::AttentionDecoder(c) => Box::new(AttentionDecoder::new(c, shape, vb)?),
+        ModelConfig::ShowAttendTell(c) => Box::new(ShowAttendTell::new(c, shape, vb)?),
     })
 }

@@ -1,6 +1,7 @@
 //! gaze's cross-crate tests, as one binary (one link against the whole stack instead of one per
-//! file): data generators and loaders, determinism, the trainer end to end, VQA.
+//! file): data generators and loaders, determinism, the trainer end to end, VQA, captions.
 
+mod captions;
 mod common;
 mod data;
 mod determinism;

@@ -1,4 +1,4 @@
-//! A sequence task through the same trainer as classes and answers: an attention decoder reads
+//! A sequence task through the same trainer as classes and answers: a soft-attention decoder reads
 //! the two digits of MNIST-pairs canvases left to right, scored by sequence and token error,
 //! its best checkpoint chosen by validation sequence error.
 
@@ -10,10 +10,10 @@ const PAIRS: &str = r#"
 name = "tiny-pairs"
 seed = 3
 [model]
-type = "attention_decoder"
+type = "show_attend_tell"
 embed = 8
 hidden = 32
-attention = 16
+attention_dim = 16
 [model.convnet]
 channels = [8, 16]
 coord_channels = true
@@ -49,9 +49,13 @@ fn a_tiny_sequence_model_trains_and_reports_sequence_metrics() -> anyhow::Result
     }
     assert!(s.metrics["test_sequence_error_pct"] <= 100.0);
     assert!(!s.metrics.contains_key("test_acc_pct"), "no class accuracy for sequences");
-    // The pairs name their digits' boxes: the decoder's attention is graded against them.
-    let inside = s.metrics.get("test_attention_in_box_pct").copied().unwrap_or(-1.0);
-    assert!((0.0..=100.0).contains(&inside), "{inside}");
+    // The pairs name their digits' boxes: the attention at each digit's step is graded against
+    // its box, beside the chance levels of a uniform map.
+    for key in ["grounding_mass_pct", "pointing_pct", "grounding_mass_uniform_pct", "pointing_uniform_pct"] {
+        let v = s.metrics.get(key).copied().unwrap_or(-1.0);
+        assert!((0.0..=100.0).contains(&v), "{key} = {v}");
+    }
+    assert_eq!(s.metrics.get("grounded_words"), Some(&96.0), "two digits of 48 test canvases");
     // The training loss fell, and each epoch line carries the validation sequence metrics.
     let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl"))?;
     let lines: Vec<serde_json::Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;

@@ -7,6 +7,10 @@
 //! when the grid columns differ at least as much as the rows ("left of" / "right of"), else
 //! vertical ("above" / "below"). Each word carries the index of the box it refers to (colour and
 //! shape words), or none.
+//!
+//! A scene has one caption for every order in which its shapes may be named (one, two or six),
+//! all correct, so that BLEU against all of them scores what a caption says, not the order it
+//! picked; the first is the order the generator drew.
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -32,12 +36,24 @@ pub struct CaptionConfig {
     pub size: usize,
     /// Most shapes per scene (1..=3).
     pub max_shapes: usize,
+    /// Grey level of the background (255: white). 0 (black) makes a CNN's zero padding match
+    /// the background and leaves the shapes as the only thing a feature map responds to.
+    pub background: u8,
 }
 
 impl Default for CaptionConfig {
     fn default() -> Self {
-        Self { size: 63, max_shapes: 3 }
+        Self { size: 63, max_shapes: 3, background: 255 }
     }
+}
+
+/// A caption and, for each of its words (split on spaces), the box it refers to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    /// The caption.
+    pub text: String,
+    /// For each word, the index of the box it names.
+    pub word_boxes: Vec<Option<usize>>,
 }
 
 /// One captioned scene.
@@ -45,14 +61,21 @@ impl Default for CaptionConfig {
 pub struct CaptionSample {
     /// The RGB canvas.
     pub image: Image,
-    /// The caption.
-    pub caption: String,
+    /// Every correct caption; the first names the shapes in the order the generator drew.
+    pub captions: Vec<Caption>,
     /// One box per shape, labelled `"<colour> <shape>"`.
     pub boxes: Vec<LabeledBox>,
-    /// For each word of the caption (split on spaces), the box it refers to.
-    pub word_boxes: Vec<Option<usize>>,
     /// Grid cell (row, column) of each shape.
     pub cells: Vec<(usize, usize)>,
+}
+
+/// The orders of `n` items, the identity first.
+fn orders(n: usize) -> Vec<Vec<usize>> {
+    match n {
+        0 | 1 => vec![(0..n).collect()],
+        2 => vec![vec![0, 1], vec![1, 0]],
+        _ => vec![vec![0, 1, 2], vec![0, 2, 1], vec![1, 0, 2], vec![1, 2, 0], vec![2, 0, 1], vec![2, 1, 0]],
+    }
 }
 
 /// The relation words of A relative to B from their grid cells.
@@ -68,6 +91,40 @@ pub fn relation(a: (usize, usize), b: (usize, usize)) -> &'static str {
         "above"
     } else {
         "below"
+    }
+}
+
+/// The caption naming `boxes` in `order`: "a A", "a A rel a B", or "a A rel a B and a C rel
+/// the B" (the second shape is the third's anchor).
+fn caption(boxes: &[LabeledBox], cells: &[(usize, usize)], order: &[usize]) -> Caption {
+    let mut words: Vec<(String, Option<usize>)> = vec![];
+    let name = |k: usize, article: &str, words: &mut Vec<(String, Option<usize>)>| {
+        words.push((article.to_string(), None));
+        for w in boxes[k].label.split(' ') {
+            words.push((w.to_string(), Some(k)));
+        }
+    };
+    let rel = |a: usize, b: usize, words: &mut Vec<(String, Option<usize>)>| {
+        for w in relation(cells[a], cells[b]).split(' ') {
+            words.push((w.to_string(), None));
+        }
+    };
+    if let Some(&a) = order.first() {
+        name(a, "a", &mut words);
+    }
+    if let [a, b, ..] = *order {
+        rel(a, b, &mut words);
+        name(b, "a", &mut words);
+    }
+    if let [_, b, c] = *order {
+        words.push(("and".into(), None));
+        name(c, "a", &mut words);
+        rel(c, b, &mut words);
+        name(b, "the", &mut words);
+    }
+    Caption {
+        text: words.iter().map(|w| w.0.as_str()).collect::<Vec<_>>().join(" "),
+        word_boxes: words.into_iter().map(|w| w.1).collect(),
     }
 }
 
@@ -103,9 +160,8 @@ impl ShapeCaptions {
         let mut colours: Vec<usize> = (0..COLOURS.len()).collect();
         colours.shuffle(&mut rng);
         let cell = self.cfg.size as f32 / 3.0;
-        let mut image = Image::filled(self.cfg.size, self.cfg.size, 3, 255);
+        let mut image = Image::filled(self.cfg.size, self.cfg.size, 3, self.cfg.background);
         let mut boxes = vec![];
-        let mut words: Vec<(String, Option<usize>)> = vec![];
         for (k, &(r, c)) in cells.iter().enumerate() {
             let shape = rng.random_range(0..SHAPES.len());
             let half = cell * rng.random_range(0.28..0.40f32);
@@ -121,31 +177,8 @@ impl ShapeCaptions {
             }
             boxes.push(LabeledBox { label: format!("{} {}", COLOURS[colours[k]], SHAPES[shape]), bbox: b });
         }
-        let name = |k: usize, article: &str, words: &mut Vec<(String, Option<usize>)>| {
-            words.push((article.to_string(), None));
-            for w in boxes[k].label.split(' ') {
-                words.push((w.to_string(), Some(k)));
-            }
-        };
-        let rel = |a: usize, b: usize, words: &mut Vec<(String, Option<usize>)>| {
-            for w in relation(cells[a], cells[b]).split(' ') {
-                words.push((w.to_string(), None));
-            }
-        };
-        name(0, "a", &mut words);
-        if n >= 2 {
-            rel(0, 1, &mut words);
-            name(1, "a", &mut words);
-        }
-        if n == 3 {
-            words.push(("and".into(), None));
-            name(2, "a", &mut words);
-            rel(2, 1, &mut words);
-            name(1, "the", &mut words);
-        }
-        let caption = words.iter().map(|w| w.0.as_str()).collect::<Vec<_>>().join(" ");
-        let word_boxes = words.into_iter().map(|w| w.1).collect();
-        Ok(CaptionSample { image, caption, boxes, word_boxes, cells })
+        let captions = orders(n).into_iter().map(|order| caption(&boxes, &cells, &order)).collect();
+        Ok(CaptionSample { image, captions, boxes, cells })
     }
 }
 
@@ -159,15 +192,24 @@ mod tests {
         let mut lengths = [0usize; 4];
         for i in 0..200 {
             let s = g.sample(i)?;
-            let words: Vec<&str> = s.caption.split(' ').collect();
-            assert_eq!(words.len(), s.word_boxes.len());
             lengths[s.boxes.len()] += 1;
-            for (w, b) in words.iter().zip(&s.word_boxes) {
-                match b {
-                    Some(k) => assert!(s.boxes[*k].label.split(' ').any(|l| l == *w), "{w} vs {}", s.boxes[*k].label),
-                    None => assert!(!COLOURS.contains(w) && !SHAPES.contains(w), "{w}"),
+            // One caption per order of the shapes, all different, each naming every shape.
+            assert_eq!(s.captions.len(), [1, 1, 2, 6][s.boxes.len()]);
+            for (j, c) in s.captions.iter().enumerate() {
+                assert!(s.captions[..j].iter().all(|o| o.text != c.text), "{}", c.text);
+                assert!(s.boxes.iter().all(|b| c.text.contains(&b.label)), "{}", c.text);
+                let words: Vec<&str> = c.text.split(' ').collect();
+                assert_eq!(words.len(), c.word_boxes.len());
+                for (w, b) in words.iter().zip(&c.word_boxes) {
+                    match b {
+                        Some(k) => {
+                            assert!(s.boxes[*k].label.split(' ').any(|l| l == *w), "{w} vs {}", s.boxes[*k].label)
+                        }
+                        None => assert!(!COLOURS.contains(w) && !SHAPES.contains(w), "{w}"),
+                    }
                 }
             }
+            let first = &s.captions[0].text;
             // Relations recomputed from the box centres (independent of the grid cells).
             let centre = |k: usize| s.boxes[k].bbox.centre();
             let check = |a: usize, b: usize, text: &str| {
@@ -189,13 +231,12 @@ mod tests {
                 assert!(text.contains(want), "{text}: {want}");
             };
             if s.boxes.len() >= 2 {
-                let (a, b) =
-                    (s.caption.find(&s.boxes[0].label).unwrap_or(0), s.caption.find(&s.boxes[1].label).unwrap_or(0));
-                check(0, 1, &s.caption[a..b]);
+                let (a, b) = (first.find(&s.boxes[0].label).unwrap_or(0), first.find(&s.boxes[1].label).unwrap_or(0));
+                check(0, 1, &first[a..b]);
             }
             if s.boxes.len() == 3 {
-                let start = s.caption.find(&s.boxes[2].label).unwrap_or(0);
-                check(2, 1, &s.caption[start..]);
+                let start = first.find(&s.boxes[2].label).unwrap_or(0);
+                check(2, 1, &first[start..]);
             }
             for b in &s.boxes {
                 assert!(b.bbox.inside(63, 63));

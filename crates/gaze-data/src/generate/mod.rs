@@ -11,6 +11,6 @@ pub mod mnist_canvas;
 pub mod sort_of_clevr;
 
 pub use barn::{BarnConfig, BarnVqa};
-pub use captions::{CaptionConfig, ShapeCaptions};
+pub use captions::{Caption, CaptionConfig, CaptionSample, ShapeCaptions};
 pub use mnist_canvas::{CanvasConfig, DigitSample, MnistCanvas, MnistPairs, PairSample, PairsConfig};
 pub use sort_of_clevr::{SortOfClevr, SortOfClevrConfig};

@@ -44,7 +44,8 @@ enum Cmd {
         /// The run folder.
         run: PathBuf,
     },
-    /// Classify an image with a run's model and write an overlay of where it looked.
+    /// Classify an image (or, for a sequence model, read it: a caption, digits) with a run's
+    /// model and write a picture of where it looked (one per word for a sequence).
     Infer {
         /// The run folder.
         run: PathBuf,
@@ -92,6 +93,13 @@ fn main() -> anyhow::Result<()> {
                 &device,
             )?;
             match (e.score("acc_pct"), e.score("sequence_error_pct")) {
+                (_, Some(err)) if e.score("bleu4").is_some() => println!(
+                    "{}: test BLEU-4 {:.2} (captions unlike every reference {err:.2}%), loss {:.4}, on {}",
+                    cfg.name,
+                    e.score("bleu4").unwrap_or_default(),
+                    e.loss,
+                    data.description
+                ),
                 (Some(acc), _) => println!(
                     "{}: test accuracy {acc:.2}% (error {:.2}%), loss {:.4}, on {}",
                     cfg.name,
@@ -125,17 +133,49 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Infer { run, image, out } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
-            let (_cfg, data, built) = trainer::load_run(&run, &device)?;
+            let (cfg, data, built) = trainer::load_run(&run, &device)?;
             let (c, h, w) = data.input;
             let img = Image::load(&image, c == 1).with_context(|| format!("reading {}", image.display()))?.resize(h, w);
             let pixels: Vec<f32> = img.data.iter().map(|&v| f32::from(v) / 255.0).collect();
             let x = Tensor::from_vec(pixels, (1, h, w, c), &device)?.permute((0, 3, 1, 2))?.contiguous()?;
+            let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
+            if let gaze_train::data::Examples::Sequences(seqs) = &data.test {
+                // A sequence model: read the image, print what it read, draw a picture per word.
+                let batch = gaze_zoo::Batch {
+                    images: x,
+                    targets: gaze_zoo::Targets::Sequences {
+                        tokens: Tensor::zeros((1, 1), candle_core::DType::U32, &device)?,
+                        lengths: Tensor::zeros(1, candle_core::DType::U32, &device)?,
+                    },
+                    questions: None,
+                };
+                let d = built.model.decode(&batch, cfg.train.decode, data.max_steps.max(1), &mut Seed(0).rng())?;
+                let tokens = d.tokens.first().cloned().unwrap_or_default();
+                println!("{}", seqs.spell(&tokens));
+                let picture = match &d.attention {
+                    Some(gaze_zoo::AttentionMap::Steps { weights, .. }) => {
+                        let w = weights.get(0)?;
+                        let (steps, gh, gw) = w.dims3()?;
+                        let mut words: Vec<String> = tokens.iter().map(|&t| seqs.spell(&[t])).collect();
+                        if words.len() < steps {
+                            words.push("<end>".into());
+                        }
+                        let maps = (0..words.len())
+                            .map(|s| w.get(s)?.flatten_all()?.to_vec1::<f32>())
+                            .collect::<candle_core::Result<Vec<_>>>()?;
+                        report::word_strip(&img, &maps, (gh, gw), &words)
+                    }
+                    _ => img.to_rgb(),
+                };
+                picture.save_png(&out)?;
+                println!("attention per word: {}", out.display());
+                return Ok(());
+            }
             let (probs, out_) = predict(built.model.as_ref(), &x, Seed(0))?;
             let p = &probs[0];
             let (best, conf) = p.iter().enumerate().fold((0, 0f32), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
             println!("class {best} (p = {conf:.3})");
             let (overlay, _) = report::render_attention(&img, out_.attention.as_ref(), 0)?;
-            let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
             // glimpse paths come back already scaled up (`drawn` x); other maps at the image's size,
             // and a strip of per-step maps is as high as one image: scale one image's width to ~224 px
             let drawn = (overlay.height / h.max(1)).max(1);

@@ -48,11 +48,19 @@ mod tests {
             relational: false,
             boxes: vec![],
             centres: vec![],
+            word_boxes: vec![],
         };
         let rows = [row(Some(1)), row(Some(2)), row(None), row(Some(0))];
         let predicted = [Predicted::Class(1), Predicted::Class(0), Predicted::Class(0), Predicted::Class(0)];
         let mut m = Accuracy::default();
-        m.update(&Rows { rows: &rows, predicted: &predicted, looked: None, stats: &[], image_hw: (1, 1) })?;
+        m.update(&Rows {
+            rows: &rows,
+            predicted: &predicted,
+            looked: None,
+            steps: None,
+            stats: &[],
+            image_hw: (1, 1),
+        })?;
         let mut out = Measured::default();
         m.finish(&mut out);
         assert_eq!(out.scores["acc_pct"], 50.0);

@@ -140,12 +140,20 @@ mod tests {
             relational: false,
             boxes: vec![quarter],
             centres: vec![(0.25, 0.25)],
+            word_boxes: vec![],
         };
         let rows = [row.clone(), row];
         let looked = Looked::Grid { maps: vec![map, vec![vec![0.0, 0.0], vec![0.0, 1.0]]], hard: false };
         let mut g = Grounding::default();
         let pred = [Predicted::Class(0), Predicted::Class(0)];
-        g.update(&Rows { rows: &rows, predicted: &pred, looked: Some(&looked), stats: &[], image_hw: (8, 8) })?;
+        g.update(&Rows {
+            rows: &rows,
+            predicted: &pred,
+            looked: Some(&looked),
+            steps: None,
+            stats: &[],
+            image_hw: (8, 8),
+        })?;
         let mut out = Measured::default();
         g.finish(&mut out);
         assert_eq!(out.scores["attention_in_box_pct"], 35.0);
@@ -154,7 +162,14 @@ mod tests {
         // Kept-cell masks have no peak: no pointing game.
         let hard = Looked::Grid { maps: vec![vec![vec![1.0, 0.0], vec![0.0, 1.0]]; 2], hard: true };
         let mut g = Grounding::default();
-        g.update(&Rows { rows: &rows, predicted: &pred, looked: Some(&hard), stats: &[], image_hw: (8, 8) })?;
+        g.update(&Rows {
+            rows: &rows,
+            predicted: &pred,
+            looked: Some(&hard),
+            steps: None,
+            stats: &[],
+            image_hw: (8, 8),
+        })?;
         let mut out = Measured::default();
         g.finish(&mut out);
         assert_eq!(out.scores["attention_in_box_pct"], 50.0);

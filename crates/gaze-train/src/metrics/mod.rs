@@ -10,6 +10,7 @@
 //! - [`hard_attention`]: cells kept and the head's MFLOPs per question (the cost of HAN's choice).
 //! - [`glimpse_coverage`]: whether a glimpse covered the object (RAM on generated canvases).
 //! - [`grounding`]: the share of attention mass inside the objects' boxes, and the pointing game.
+//! - [`word_grounding`]: the same for each word of a sequence that names an object, at its step.
 //! - [`sequence`]: sequence error (the whole sequence right) and token error.
 //! - [`bleu`]: corpus BLEU-1..4.
 
@@ -20,6 +21,7 @@ pub mod grounding;
 pub mod hard_attention;
 pub mod question_kinds;
 pub mod sequence;
+pub mod word_grounding;
 
 use std::collections::BTreeMap;
 
@@ -75,7 +77,7 @@ pub fn for_task(task: Task) -> Vec<Box<dyn Metric>> {
         ],
         Task::Sequence { bleu } => {
             let mut m: Vec<Box<dyn Metric>> =
-                vec![Box::new(sequence::SequenceError::default()), Box::new(grounding::Grounding::default())];
+                vec![Box::new(sequence::SequenceError::default()), Box::new(word_grounding::WordGrounding::default())];
             if bleu {
                 m.push(Box::new(bleu::Bleu::default()));
             }
@@ -122,6 +124,9 @@ pub struct Row {
     /// glimpse and focus measures always have (the mean of a box's fractional edges can differ in
     /// the last bit, which moves a centre lying on a cell or patch edge).
     pub centres: Vec<(f32, f32)>,
+    /// For each token of the first reference sequence, the box (index into `boxes`) it names
+    /// (a colour or shape word of a caption, a digit of a pair); empty when the data does not say.
+    pub word_boxes: Vec<Option<usize>>,
 }
 
 /// Where a model looked, per row, as plain numbers.
@@ -152,6 +157,9 @@ pub struct Rows<'a> {
     pub predicted: &'a [Predicted],
     /// Where it looked, when it says.
     pub looked: Option<&'a Looked>,
+    /// Sequence models: the attention at each step while reading the first reference
+    /// (teacher-forced), `steps[row][step][y][x]`, when the model attends.
+    pub steps: Option<&'a [Vec<Vec<Vec<f32>>>]>,
     /// The model's statistics on the batch (means over its rows).
     pub stats: &'a [(String, f64)],
     /// (height, width) of the images.

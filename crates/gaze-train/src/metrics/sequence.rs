@@ -1,10 +1,12 @@
-//! Sequence and token error of decoded sequences against their (first) reference.
+//! Sequence and token error of decoded sequences against their references (one for the digits
+//! of a pair; several correct captions of a scene).
 //!
-//! - `sequence_error_pct`: the percent of sequences not exactly right (every token, and the
+//! - `sequence_error_pct`: the percent of sequences equal to no reference (every token, and the
 //!   length).
-//! - `token_error_pct`: the edit (Levenshtein) distance between decoded and true tokens, summed
-//!   over the corpus, per hundred true tokens (substitutions, insertions and deletions, as a word
-//!   error rate counts them; it can pass 100 for long wrong outputs).
+//! - `token_error_pct`: the edit (Levenshtein) distance between decoded tokens and the nearest
+//!   reference, summed over the corpus, per hundred tokens of those references (substitutions,
+//!   insertions and deletions, as a word error rate counts them; it can pass 100 for long wrong
+//!   outputs).
 
 use super::{round4, Measured, Metric, Predicted, Rows, Truth};
 use crate::error::Result;
@@ -35,11 +37,16 @@ impl Metric for SequenceError {
     fn update(&mut self, b: &Rows) -> Result<()> {
         for (p, row) in b.predicted.iter().zip(b.rows) {
             if let (Predicted::Tokens(got), Truth::Tokens(refs)) = (p, &row.truth) {
-                let want = refs.first().map_or(&[][..], Vec::as_slice);
+                // The nearest reference (the first of equally near ones).
+                let (edits, want) = refs
+                    .iter()
+                    .map(|r| (edit_distance(got, r), r.len()))
+                    .min_by_key(|&(e, _)| e)
+                    .unwrap_or((got.len(), 0));
                 self.sequences += 1;
-                self.wrong += u64::from(got.as_slice() != want);
-                self.edits += edit_distance(got, want) as u64;
-                self.tokens += want.len() as u64;
+                self.wrong += u64::from(edits != 0);
+                self.edits += edits as u64;
+                self.tokens += want as u64;
             }
         }
         Ok(())
@@ -71,15 +78,27 @@ mod tests {
             relational: false,
             boxes: vec![],
             centres: vec![],
+            word_boxes: vec![],
         };
         let rows = [row(vec![4, 5]), row(vec![6, 7]), row(vec![8, 9])];
         let got = [Predicted::Tokens(vec![4, 5]), Predicted::Tokens(vec![6]), Predicted::Tokens(vec![9, 8])];
         let mut m = SequenceError::default();
-        m.update(&Rows { rows: &rows, predicted: &got, looked: None, stats: &[], image_hw: (1, 1) })?;
+        m.update(&Rows { rows: &rows, predicted: &got, looked: None, steps: None, stats: &[], image_hw: (1, 1) })?;
         let mut out = Measured::default();
         m.finish(&mut out);
         assert_eq!(out.scores["sequence_error_pct"], round4(200.0 / 3.0));
         assert_eq!(out.scores["token_error_pct"], 50.0, "3 edits in 6 tokens");
+        // Several references: right when equal to any; edits counted against the nearest.
+        let mut two = row(vec![4, 5, 6]);
+        two.truth = Truth::Tokens(vec![vec![4, 5, 6], vec![6, 5]]);
+        let rows = [two.clone(), two];
+        let got = [Predicted::Tokens(vec![6, 5]), Predicted::Tokens(vec![6])];
+        let mut m = SequenceError::default();
+        m.update(&Rows { rows: &rows, predicted: &got, looked: None, steps: None, stats: &[], image_hw: (1, 1) })?;
+        let mut out = Measured::default();
+        m.finish(&mut out);
+        assert_eq!(out.scores["sequence_error_pct"], 50.0);
+        assert_eq!(out.scores["token_error_pct"], 25.0, "1 edit in 2 + 2 nearest tokens");
         Ok(())
     }
 }

@@ -1,0 +1,129 @@
+//! Grounding word by word, for sequence models that attend: for every token of the first
+//! reference that names an object (a caption's colour and shape words, a digit of a pair), the
+//! attention at the step that emits it, with the reference read (teacher-forced), against that
+//! object's box. As "Show, Attend and Tell" (Xu et al. 2015) shows its maps, word by word.
+//!
+//! - `grounding_mass_pct`: the share of the step's attention mass inside the word's box (each
+//!   cell's weight spread evenly over the cell), averaged over the words;
+//!   `grounding_mass_uniform_pct` is what a uniform map scores (the box's share of the image).
+//! - `pointing_pct`: the percent of words whose attention peak (the centre of the heaviest cell)
+//!   lies inside the box ("Top-down Neural Attention by Excitation Backprop", Zhang et al. 2016);
+//!   `pointing_uniform_pct` is the chance of a peak at a cell drawn uniformly (the share of cell
+//!   centres inside the box).
+//!
+//! They are facts of the split evaluated (named without its prefix).
+
+use super::grounding::ground;
+use super::{round4, FracBox, Measured, Metric, Rows};
+use crate::error::Result;
+
+/// Sums over the words seen.
+#[derive(Debug, Clone, Default)]
+pub struct WordGrounding {
+    mass: f64,
+    area: f64,
+    hits: u64,
+    chance_hits: f64,
+    words: u64,
+}
+
+/// The share of the cells of a `gh` x `gw` grid whose centre lies inside `b`.
+pub fn centres_inside(b: &FracBox, gh: usize, gw: usize) -> f64 {
+    let mut n = 0usize;
+    for i in 0..gh {
+        for j in 0..gw {
+            let (x, y) = ((j as f32 + 0.5) / gw as f32, (i as f32 + 0.5) / gh as f32);
+            n += usize::from(x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
+        }
+    }
+    n as f64 / (gh * gw).max(1) as f64
+}
+
+impl Metric for WordGrounding {
+    fn update(&mut self, b: &Rows) -> Result<()> {
+        let Some(steps) = b.steps else { return Ok(()) };
+        for (row, maps) in b.rows.iter().zip(steps) {
+            for (word, map) in row.word_boxes.iter().zip(maps) {
+                let Some(bx) = word.and_then(|k| row.boxes.get(k)) else { continue };
+                if let Some((mass, area, hit)) = ground(map, std::slice::from_ref(bx)) {
+                    let (gh, gw) = (map.len(), map.first().map_or(0, Vec::len));
+                    self.mass += mass;
+                    self.area += area;
+                    self.hits += u64::from(hit);
+                    self.chance_hits += centres_inside(bx, gh, gw);
+                    self.words += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self, into: &mut Measured) {
+        if self.words == 0 {
+            return;
+        }
+        let n = self.words as f64;
+        for (name, v) in [
+            ("grounding_mass_pct", self.mass),
+            ("grounding_mass_uniform_pct", self.area),
+            ("pointing_pct", self.hits as f64),
+            ("pointing_uniform_pct", self.chance_hits),
+        ] {
+            into.facts.insert(name.into(), round4(100.0 * v / n));
+        }
+        into.facts.insert("grounded_words".into(), n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Predicted, Row, Truth};
+
+    #[test]
+    fn each_named_word_is_graded_at_its_own_step() -> Result<()> {
+        // Two objects: the top-left and the bottom-right quarter of a 2x2 grid. The reference is
+        // "<left word> <filler> <right word>"; the map looks at the right object at step 0 (wrong),
+        // anywhere at step 1 (not graded), at the right object at step 2 (right, 0.8 of the mass).
+        let (tl, br) = ([0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]);
+        let row = Row {
+            truth: Truth::Tokens(vec![vec![4, 5, 6]]),
+            kind: String::new(),
+            relational: false,
+            boxes: vec![tl, br],
+            centres: vec![(0.25, 0.25), (0.75, 0.75)],
+            word_boxes: vec![Some(0), None, Some(1)],
+        };
+        let steps = vec![vec![
+            vec![vec![0.0, 0.0], vec![0.0, 1.0]],
+            vec![vec![1.0, 0.0], vec![0.0, 0.0]],
+            vec![vec![0.1, 0.0], vec![0.1, 0.8]],
+        ]];
+        let mut g = WordGrounding::default();
+        let pred = [Predicted::Tokens(vec![])];
+        let rows = [row];
+        g.update(&Rows {
+            rows: &rows,
+            predicted: &pred,
+            looked: None,
+            steps: Some(&steps),
+            stats: &[],
+            image_hw: (8, 8),
+        })?;
+        let mut out = Measured::default();
+        g.finish(&mut out);
+        assert_eq!(out.facts["grounded_words"], 2.0);
+        assert_eq!(out.facts["grounding_mass_pct"], 40.0); // (0 + 0.8) / 2
+        assert_eq!(out.facts["pointing_pct"], 50.0);
+        assert_eq!(out.facts["grounding_mass_uniform_pct"], 25.0);
+        assert_eq!(out.facts["pointing_uniform_pct"], 25.0);
+        // Without teacher-forced maps (a model that does not attend) nothing is reported.
+        let mut none = WordGrounding::default();
+        none.update(&Rows { rows: &rows, predicted: &pred, looked: None, steps: None, stats: &[], image_hw: (8, 8) })?;
+        let mut out = Measured::default();
+        none.finish(&mut out);
+        assert!(out.facts.is_empty());
+        assert!((centres_inside(&[0.0, 0.0, 0.5, 1.0], 3, 4) - 0.5).abs() < 1e-9);
+        Ok(())
+    }
+}
