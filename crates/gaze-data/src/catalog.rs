@@ -96,7 +96,8 @@ pub fn preview(name: &str, n: usize, seed: Seed, source: &MnistSource) -> Result
                 let all: Vec<&str> = set.records.iter().filter(|r| r.image == i).map(|r| r.caption.as_str()).collect();
                 let mut lines = vec![all.first().copied().unwrap_or_default().to_string()];
                 if all.len() > 1 {
-                    lines.push(format!("(+{} other orders)", all.len() - 1));
+                    let more = all.len() - 1;
+                    lines.push(format!("(+{more} other order{})", if more == 1 { "" } else { "s" }));
                 }
                 tiles.push(tile(img.clone(), set.boxes[i].clone(), lines));
             }

@@ -503,6 +503,19 @@ impl candle_core::CustomOp3 for AdditiveScoresBack {
     }
 }
 
+/// The centre of each cell of a gh x gw grid as (x, y) in [-1, 1], cells row by row.
+/// Shape (1, gh * gw, 2).
+pub fn cell_centres(gh: usize, gw: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let mut xy = Vec::with_capacity(gh * gw * 2);
+    for r in 0..gh {
+        for c in 0..gw {
+            xy.push((c as f32 + 0.5) / gw as f32 * 2.0 - 1.0);
+            xy.push((r as f32 + 0.5) / gh as f32 * 2.0 - 1.0);
+        }
+    }
+    Tensor::from_vec(xy, (1, gh * gw, 2), device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,11 +73,20 @@ pub struct CaptionsData {
     pub val_images: usize,
     /// Test images.
     pub test_images: usize,
+    /// Train on a caption in any order, drawn each time an image is seen, rather than on the one
+    /// that names the shapes in reading order (evaluation scores against every order either way).
+    pub any_order: bool,
 }
 
 impl Default for CaptionsData {
     fn default() -> Self {
-        Self { captions: CaptionConfig::default(), train_images: 10_000, val_images: 1_000, test_images: 2_000 }
+        Self {
+            captions: CaptionConfig::default(),
+            train_images: 10_000,
+            val_images: 1_000,
+            test_images: 2_000,
+            any_order: false,
+        }
     }
 }
 

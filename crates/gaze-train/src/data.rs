@@ -591,12 +591,25 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 let g = ShapeCaptions::new(c.captions.clone(), seed.stream(&format!("data/{split}")))?;
                 Ok(CaptionSet::from_samples((0..n).map(|i| g.sample(i)).collect::<gaze_data::Result<_>>()?))
             };
-            let sets = [gen(c.train_images, "train")?, gen(c.val_images, "val")?, gen(c.test_images, "test")?];
+            let mut sets = [gen(c.train_images, "train")?, gen(c.val_images, "val")?, gen(c.test_images, "test")?];
+            if !c.any_order {
+                // Train on the reading-order caption, each scene's first.
+                let first = |r: &gaze_data::caption::CaptionRecord, seen: &mut Vec<bool>| {
+                    !std::mem::replace(&mut seen[r.image], true)
+                };
+                let mut seen = vec![false; sets[0].images.len()];
+                sets[0].records.retain(|r| first(r, &mut seen));
+            }
             // Every word of a generated caption is a training word, every caption is kept.
             let description = format!(
-                "shape-scene captions ({0}x{0}, up to {1} shapes, every order of naming them a reference), \
-                 {2}/{3}/{4} images",
-                c.captions.size, c.captions.max_shapes, c.train_images, c.val_images, c.test_images
+                "shape-scene captions ({0}x{0}, up to {1} shapes, every order of naming them a reference; \
+                 trained on {5}), {2}/{3}/{4} images",
+                c.captions.size,
+                c.captions.max_shapes,
+                c.train_images,
+                c.val_images,
+                c.test_images,
+                if c.any_order { "any order" } else { "reading order" }
             );
             captions(sets, 1, usize::MAX, description)
         }

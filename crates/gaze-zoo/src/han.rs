@@ -336,14 +336,7 @@ impl Han {
                 f: FMlp::new(cell_dim + q_dim, cfg.f_hidden, cfg.f_layers, shape.classes, hvb.clone())?,
             },
         };
-        let mut xy = Vec::with_capacity(n * 2);
-        for r in 0..gh {
-            for c in 0..gw {
-                xy.push((c as f32 + 0.5) / gw as f32 * 2.0 - 1.0);
-                xy.push((r as f32 + 0.5) / gh as f32 * 2.0 - 1.0);
-            }
-        }
-        let coords = Tensor::from_vec(xy, (1, n, 2), vb.device())?;
+        let coords = gaze_tensor::ops::cell_centres(gh, gw, vb.device())?;
         Ok(Self { cfg: cfg.clone(), cnn, question, q_proj, fuse, head, coords, grid: (gh, gw), cell_dim, q_dim })
     }
 

@@ -67,6 +67,9 @@ pub struct ShowAttendTellConfig {
     pub attention: Looking,
     /// The CNN whose last feature map is the annotation grid (`in_channels` from the data).
     pub convnet: ConvNetConfig,
+    /// Append each cell's centre (x, y in [-1, 1]) to its annotation vector, so that the context
+    /// says where the attended cells are (relations, reading order need it).
+    pub cell_coords: bool,
     /// Width of the token embedding E.
     pub embed: usize,
     /// LSTM hidden units.
@@ -94,14 +97,15 @@ pub struct ShowAttendTellConfig {
 }
 
 impl Default for ShowAttendTellConfig {
-    /// Soft attention over two 3x3 blocks (32, 64 channels, 2x2 pooling) with coordinate channels,
-    /// so that a cell's features say where it is (relations and reading order need it); embedding
+    /// Soft attention over two 3x3 blocks (32, 64 channels, 2x2 pooling), each cell's centre
+    /// appended to its features (relations and reading order need it); embedding
     /// 64, LSTM 128, attention 64; gate, deep output, lambda 1; for hard attention the REINFORCE
     /// weight 1, entropy 0.002, baseline decay 0.9 and the expected context half the time.
     fn default() -> Self {
         Self {
             attention: Looking::Soft,
-            convnet: ConvNetConfig { coord_channels: true, ..ConvNetConfig::default() },
+            convnet: ConvNetConfig::default(),
+            cell_coords: true,
             embed: 64,
             hidden: 128,
             attention_dim: 64,
@@ -121,13 +125,7 @@ impl Default for ShowAttendTellConfig {
 impl ShowAttendTellConfig {
     /// A tiny captioner for tests.
     pub fn tiny() -> Self {
-        Self {
-            convnet: ConvNetConfig { coord_channels: true, ..ConvNetConfig::tiny() },
-            embed: 8,
-            hidden: 24,
-            attention_dim: 16,
-            ..Self::default()
-        }
+        Self { convnet: ConvNetConfig::tiny(), embed: 8, hidden: 24, attention_dim: 16, ..Self::default() }
     }
 }
 
@@ -150,6 +148,8 @@ pub struct ShowAttendTell {
     lstm: LstmCell,
     head: Head,
     grid: (usize, usize),
+    /// Each cell's centre (1, L, 2), when appended to the annotations.
+    centres: Option<Tensor>,
     vocab: usize,
     baseline: Mutex<Option<f64>>,
 }
@@ -240,6 +240,7 @@ impl ShowAttendTell {
         if gh == 0 || gw == 0 {
             return Err(err(format!("a {h}x{w} input is too small for {} pooled blocks", net_cfg.channels.len())));
         }
+        let d = if cfg.cell_coords { d + 2 } else { d };
         let att = AdditiveConfig { feat_dim: d, query_dim: cfg.hidden, hidden: cfg.attention_dim, gate: cfg.gate };
         let head = if cfg.deep_output {
             Head::Deep {
@@ -270,6 +271,7 @@ impl ShowAttendTell {
             lstm: LstmCell::new(cfg.embed + d, cfg.hidden, vb.pp("lstm"))?,
             head,
             grid: (gh, gw),
+            centres: if cfg.cell_coords { Some(gaze_tensor::ops::cell_centres(gh, gw, vb.device())?) } else { None },
             vocab: shape.classes,
             baseline: Mutex::new(None),
         })
@@ -277,7 +279,11 @@ impl ShowAttendTell {
 
     /// The annotation grid and the initial state. Shapes: images (b, c, h, w) -> feats (b, L, D).
     fn start(&self, images: &Tensor, train: bool) -> Result<ReadState> {
-        let feats = self.net.forward(images, train)?.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let mut feats = self.net.forward(images, train)?.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        if let Some(xy) = &self.centres {
+            let (b, l, _) = feats.dims3()?;
+            feats = Tensor::cat(&[&feats, &xy.broadcast_as((b, l, 2))?.contiguous()?], 2)?;
+        }
         let mean = feats.mean(1)?;
         let lstm = LstmState { h: self.init_h.forward(&mean)?.tanh()?, c: self.init_c.forward(&mean)?.tanh()? };
         let keys = self.attention.keys(&feats)?;
@@ -399,11 +405,14 @@ pub fn doubly_stochastic(alphas: &Tensor, mask: &Tensor) -> Result<Tensor> {
 }
 
 /// The REINFORCE surrogate of the hard attention, summed over the batch:
-/// -sum_b (reward_b - baseline) * sum_t log alpha(s_bt), whose gradient is the estimator's.
+/// -sum_b (reward_b - baseline) * sum_t log alpha(s_bt), whose gradient is the estimator's. Its
+/// value is 0 (the surrogate less its detached self): a surrogate's value means nothing, and
+/// added to the loss it would hide the log-likelihood in every curve.
 /// Shapes: log_picks (b, t) (0 on padding), reward (b,) -> scalar.
 pub fn reinforce(log_picks: &Tensor, reward: &Tensor, baseline: f64) -> Result<Tensor> {
     let advantage = reward.detach().affine(1.0, -baseline)?;
-    (log_picks.sum(1)? * advantage)?.sum_all()?.neg()
+    let surrogate = (log_picks.sum(1)? * advantage)?.sum_all()?.neg()?;
+    surrogate.broadcast_sub(&surrogate.detach())
 }
 
 impl Model for ShowAttendTell {
@@ -645,6 +654,9 @@ mod tests {
         }
         let alpha = candle_nn::ops::softmax(logits.as_tensor(), D::Minus1)?.to_vec2::<f32>()?;
         assert!(alpha[0][2] > 0.9, "{alpha:?}");
+        // The surrogate's value is 0; only its gradient counts.
+        let lp = Tensor::new(&[[-1.0f32], [-2.0]], &Device::Cpu)?;
+        assert_eq!(reinforce(&lp, &Tensor::new(&[3.0f32, 1.0], &Device::Cpu)?, 0.5)?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
 

@@ -80,7 +80,7 @@ fn caption_folders_in_each_layout_train_and_report_bleu() -> anyhow::Result<()> 
         let v = s.metrics.get(key).copied().unwrap_or(-1.0);
         assert!((0.0..=100.0).contains(&v), "{key} = {v} in {:?}", s.metrics);
     }
-    assert!(s.data.contains("40/10/10 images by the data set's own splits"), "{}", s.data);
+    assert!(s.data.contains("40/10/10 images by its own splits"), "{}", s.data);
     assert!(
         s.run_dir.join("attention/test_wrong.png").is_file() || s.run_dir.join("attention/test_right.png").is_file()
     );

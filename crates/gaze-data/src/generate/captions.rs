@@ -10,7 +10,7 @@
 //!
 //! A scene has one caption for every order in which its shapes may be named (one, two or six),
 //! all correct, so that BLEU against all of them scores what a caption says, not the order it
-//! picked; the first is the order the generator drew.
+//! picked; the first names them in reading order (by grid cell, row by row, left to right).
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -61,7 +61,7 @@ pub struct Caption {
 pub struct CaptionSample {
     /// The RGB canvas.
     pub image: Image,
-    /// Every correct caption; the first names the shapes in the order the generator drew.
+    /// Every correct caption; the first names the shapes in reading order.
     pub captions: Vec<Caption>,
     /// One box per shape, labelled `"<colour> <shape>"`.
     pub boxes: Vec<LabeledBox>,
@@ -157,6 +157,7 @@ impl ShapeCaptions {
         let mut cells: Vec<(usize, usize)> = (0..9).map(|c| (c / 3, c % 3)).collect();
         cells.shuffle(&mut rng);
         cells.truncate(n);
+        cells.sort_unstable(); // reading order: the first caption names the shapes row by row
         let mut colours: Vec<usize> = (0..COLOURS.len()).collect();
         colours.shuffle(&mut rng);
         let cell = self.cfg.size as f32 / 3.0;
