@@ -593,12 +593,9 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             };
             let mut sets = [gen(c.train_images, "train")?, gen(c.val_images, "val")?, gen(c.test_images, "test")?];
             if !c.any_order {
-                // Train on the reading-order caption, each scene's first.
-                let first = |r: &gaze_data::caption::CaptionRecord, seen: &mut Vec<bool>| {
-                    !std::mem::replace(&mut seen[r.image], true)
-                };
+                // Train on the reading-order caption, each scene's first record.
                 let mut seen = vec![false; sets[0].images.len()];
-                sets[0].records.retain(|r| first(r, &mut seen));
+                sets[0].records.retain(|r| seen.get_mut(r.image).is_some_and(|s| !std::mem::replace(s, true)));
             }
             // Every word of a generated caption is a training word, every caption is kept.
             let description = format!(
@@ -865,6 +862,45 @@ mod tests {
             assert_eq!(b.targets.classes("test")?.to_vec1::<u32>()?, vec![3]);
         }
         assert!(seen.len() >= 7, "shifts vary: {seen:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn shape_captions_train_on_reading_order_and_score_against_every_order() -> Result<()> {
+        let cfg = |any_order| {
+            DataConfig::ShapeCaptions(crate::config::CaptionsData {
+                train_images: 40,
+                val_images: 8,
+                test_images: 8,
+                any_order,
+                ..Default::default()
+            })
+        };
+        let refs = |e: &Examples| match e {
+            Examples::Sequences(s) => s.references.iter().map(Vec::len).collect::<Vec<_>>(),
+            _ => vec![],
+        };
+        let p = prepare(&cfg(false), Seed(3))?;
+        assert!(refs(&p.train).iter().all(|&n| n == 1), "one training caption a scene");
+        assert!(refs(&p.test).contains(&6), "every order is a test reference");
+        let all = prepare(&cfg(true), Seed(3))?;
+        assert!(refs(&all.train).contains(&6));
+        // Training draws among a scene's references; evaluation reads the first.
+        let Examples::Sequences(s) = &all.train else { panic!("sequences") };
+        let i = (0..s.references.len()).find(|&i| s.references[i].len() == 6).unwrap_or(0);
+        let mut firsts = std::collections::HashSet::new();
+        for seed in 0..20 {
+            let b = all.train.training_batch(&[i], 0, &mut Seed(seed).rng(), &Device::Cpu)?;
+            let (t, _) = b.targets.sequences("test")?;
+            firsts.insert(t.to_vec2::<u32>()?[0].clone());
+        }
+        assert!(firsts.len() > 1, "{firsts:?}");
+        let b = all.train.batch(&[i], &Device::Cpu)?;
+        let t = b.targets.sequences("test")?.0.to_vec2::<u32>()?;
+        let mut want = s.references[i][0].clone();
+        want.push(tokens::EOS);
+        assert_eq!(t[0], want);
+        assert_eq!(p.max_steps, all.max_steps);
         Ok(())
     }
 }

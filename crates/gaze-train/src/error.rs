@@ -15,15 +15,18 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
-    /// A loss became NaN or infinite.
-    #[error("step {step}: loss term `{term}` is {value}; the run stops (the last checkpoint is kept)")]
+    /// A loss term, the gradient norm or a parameter became NaN or infinite: the run diverged.
+    #[error("step {step}: {what} is {value}; the run stops, {kept}")]
     NonFinite {
         /// The global step.
         step: u64,
-        /// The loss term.
-        term: String,
+        /// What is not finite: "loss term `classify`", "the gradient norm", "parameter `...`".
+        what: String,
         /// Its value.
         value: f32,
+        /// What is left to resume from: the last checkpoint written (all of whose values are
+        /// finite: none is written after the divergence), or that there is none.
+        kept: String,
     },
     /// A checkpoint could not be written or read.
     #[error("{path}: checkpoint: {reason}")]

@@ -13,7 +13,7 @@ use gaze_zoo::{AttentionMap, Batch, Mode, Model, Output, Scores, Search};
 
 use crate::data::Examples;
 use crate::error::Result;
-use crate::metrics::{self, round4, Looked, Measured, Predicted, Rows};
+use crate::metrics::{self, round4, Looked, Measured, Predicted, Rows, StepMaps};
 
 /// What a model did on a split.
 pub struct Evaluation {
@@ -62,7 +62,7 @@ pub fn looked(map: Option<&AttentionMap>) -> Result<Option<Looked>> {
 }
 
 /// A per-step map (b, t, gh, gw) as plain numbers, `[row][step][y][x]`.
-pub fn per_step(map: Option<&AttentionMap>) -> Result<Option<Vec<Vec<Vec<Vec<f32>>>>>> {
+pub fn per_step(map: Option<&AttentionMap>) -> Result<Option<Vec<StepMaps>>> {
     let Some(AttentionMap::Steps { weights, .. }) = map else { return Ok(None) };
     let (b, t, gh, gw) = weights.dims4()?;
     let flat = weights.flatten_all()?.to_vec1::<f32>()?;

@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: experiment files (`{ name, seed, model, data, optim, train, targets }`).
 //! - [`data`]: the splits, their task, batches and augmentation.
-//! - [`trainer`]: the run loop — seeded shuffles, named loss terms, NaN guard, checkpoints and
+//! - [`trainer`]: the run loop — seeded shuffles, named loss terms, divergence guard, checkpoints and
 //!   exact resume — and the run folder `runs/<name>/<timestamp>-s<seed>/`.
 //! - [`evaluate`]: a model over a split, measured by the [`metrics`] its task asks for.
 //! - [`record`]: what a run says of itself (`summary.json`: revision, command, metrics).

@@ -65,6 +65,11 @@ impl Optimizer {
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()?;
         }
         let norm = sq.sqrt();
+        if !norm.is_finite() {
+            // Nothing is updated: the parameters stay those of the previous step.
+            let what = "the gradient norm".to_string();
+            return Err(TrainError::NonFinite { step: self.t + 1, what, value: norm, kept: String::new() });
+        }
         let scale = if self.cfg.clip_norm > 0.0 && f64::from(norm) > self.cfg.clip_norm {
             self.cfg.clip_norm / f64::from(norm)
         } else {
@@ -98,6 +103,15 @@ impl Optimizer {
                     var.set(&(theta - (&buf * lr)?)?)?;
                     self.m[i] = buf.detach();
                 }
+            }
+        }
+        // A finite gradient can still step a parameter past f32's range (a learning rate far too
+        // large): that is divergence too, and no checkpoint may hold it.
+        for (name, var) in &self.vars {
+            let peak = var.as_tensor().abs()?.max_all()?.to_scalar::<f32>()?;
+            if !peak.is_finite() {
+                let what = format!("parameter `{name}`");
+                return Err(TrainError::NonFinite { step: self.t, what, value: peak, kept: String::new() });
             }
         }
         Ok(StepInfo { grad_norm: norm })
@@ -166,6 +180,23 @@ mod tests {
         // m_hat = 3, v_hat = 9 -> update = 3 / (3 + eps) ~ 1; theta = theta*(1 - 0.05) - 0.1
         let got = v.as_tensor().to_vec1::<f32>()?;
         assert!((got[0] - (0.95 - 0.1)).abs() < 1e-5 && (got[1] - (-1.9 - 0.1)).abs() < 1e-5, "{got:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_step_past_f32_range_or_a_non_finite_gradient_is_divergence() -> Result<()> {
+        // A finite gradient whose step overflows the parameter: the error names it.
+        let v = Var::from_vec(vec![3e38f32, 0.0], 2, &Device::Cpu)?;
+        let cfg = OptimConfig { kind: OptimKind::Sgd, lr: 1e38, momentum: 0.0, ..OptimConfig::default() };
+        let mut o = Optimizer::new(&cfg, vec![("w".into(), v.clone())])?;
+        let e = o.step(&(v.as_tensor() * -1.0)?.sum_all()?.backward()?).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("step 1: parameter `w` is inf")), "{e:?}");
+        // A NaN gradient: nothing moves.
+        let v = Var::from_vec(vec![1.0f32, 2.0], 2, &Device::Cpu)?;
+        let mut o = Optimizer::new(&OptimConfig::default(), vec![("w".into(), v.clone())])?;
+        let e = o.step(&(v.as_tensor() * f64::NAN)?.sum_all()?.backward()?).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("step 1: the gradient norm is NaN")), "{e:?}");
+        assert_eq!(v.as_tensor().to_vec1::<f32>()?, vec![1.0, 2.0]);
         Ok(())
     }
 

@@ -74,7 +74,12 @@ fn pass(model: &dyn Model, batch: &Batch, rng: &mut Rng, mode: Mode, step: u64, 
     for (name, t) in &output.losses {
         let v = t.to_scalar::<f32>()?;
         if !v.is_finite() {
-            return Err(TrainError::NonFinite { step, term: name.clone(), value: v });
+            return Err(TrainError::NonFinite {
+                step,
+                what: format!("loss term `{name}`"),
+                value: v,
+                kept: String::new(),
+            });
         }
         terms.insert(name.clone(), f64::from(v));
     }

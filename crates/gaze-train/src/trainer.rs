@@ -224,12 +224,18 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
                 Ok(p) => p,
                 Err(e) => {
                     bar.abandon();
-                    return Err(e);
+                    return Err(kept(e, &last_path));
                 }
             };
             let term_values = shard::combined_terms(&passes);
             opt.lr = scheduled_lr(&cfg.optim, st.step, total_steps, steps_per_epoch, opt.lr);
-            let info = opt.step_grads(shard::combined_grads(opt.vars(), &passes)?)?;
+            let info = match opt.step_grads(shard::combined_grads(opt.vars(), &passes)?) {
+                Ok(info) => info,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(kept(e, &last_path));
+                }
+            };
             let (mut correct, mut targets_len) = (0u64, 0usize);
             for (p, b) in passes.iter().zip(&shard_batches) {
                 let (c, n) = train_correct(&p.output, &b.targets)?;
@@ -387,6 +393,21 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         crate::report::write(cfg, &summary, &run_dir)?;
     }
     Ok(summary)
+}
+
+/// A divergence error told what is left to resume from: the last checkpoint written (every one
+/// written holds finite values), or none.
+fn kept(e: TrainError, last: &Path) -> TrainError {
+    match e {
+        TrainError::NonFinite { step, what, value, .. } => {
+            let kept = match checkpoint::load(last, &Device::Cpu) {
+                Ok(c) => format!("{} (step {}) is the last good checkpoint", last.display(), c.state.step),
+                Err(_) => "with no checkpoint written yet".to_string(),
+            };
+            TrainError::NonFinite { step, what, value, kept }
+        }
+        other => other,
+    }
 }
 
 /// Rows right in a training pass (classes, or tokens under teacher forcing) and rows counted.

@@ -123,9 +123,17 @@ impl Default for ShowAttendTellConfig {
 }
 
 impl ShowAttendTellConfig {
-    /// A tiny captioner for tests.
+    /// A tiny captioner for tests (the doubly stochastic penalty light, as the shape experiments
+    /// set it: over few steps and many cells the paper's weight holds attention uniform).
     pub fn tiny() -> Self {
-        Self { convnet: ConvNetConfig::tiny(), embed: 8, hidden: 24, attention_dim: 16, ..Self::default() }
+        Self {
+            convnet: ConvNetConfig::tiny(),
+            embed: 8,
+            hidden: 24,
+            attention_dim: 16,
+            doubly_stochastic: 0.01,
+            ..Self::default()
+        }
     }
 }
 

@@ -103,6 +103,7 @@ fn nan_loss_stops_the_run_and_the_last_checkpoint_loads() -> anyhow::Result<()> 
     let msg = err.to_string();
     assert!(matches!(err, TrainError::NonFinite { step: 5, .. }), "{msg}");
     assert!(msg.contains("step 5") && msg.contains("`classify`") && msg.contains("NaN"), "{msg}");
+    assert!(msg.contains("last.safetensors (step 3) is the last good checkpoint"), "{msg}");
     let run: PathBuf =
         std::fs::read_dir(tmp.path().join("tiny"))?.next().ok_or_else(|| anyhow::anyhow!("no run"))??.path();
     let loaded = checkpoint::load(&run.join("checkpoints/last.safetensors"), &Device::Cpu)?;
@@ -294,5 +295,39 @@ fn sharded_steps_equal_one_pass_and_repeat_exactly() -> anyhow::Result<()> {
     bn.train.shards = 2;
     let msg = gaze_train::run(&bn, &opts(&tmp.path().join("bn"))).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.contains("train.shards") && msg.contains("batch norm"), "{msg:?}");
+    Ok(())
+}
+
+/// A run that diverges with finite losses (a learning rate far too large) stops at the step whose
+/// gradient or parameters leave f32's range, exits with an error, and writes no checkpoint of it:
+/// with AdamW (decay off) and with SGD, as `lr = 1e6` on the quickstart showed.
+#[test]
+fn a_diverging_run_stops_and_keeps_no_infinite_checkpoint() -> anyhow::Result<()> {
+    use gaze_train::config::OptimKind;
+    for kind in [OptimKind::Adamw, OptimKind::Sgd] {
+        let tmp = tempfile::tempdir()?;
+        let mut cfg = tiny()?;
+        cfg.optim.lr = 1e30;
+        cfg.optim.weight_decay = 0.0;
+        cfg.optim.kind = kind;
+        cfg.train.checkpoint_every = 1;
+        let err =
+            gaze_train::run(&cfg, &opts(tmp.path())).err().ok_or_else(|| anyhow::anyhow!("{kind:?}: must fail"))?;
+        let msg = err.to_string();
+        assert!(matches!(err, TrainError::NonFinite { .. }), "{kind:?}: {msg}");
+        assert!(msg.contains("the run stops"), "{msg}");
+        let run: PathBuf =
+            std::fs::read_dir(tmp.path().join("tiny"))?.next().ok_or_else(|| anyhow::anyhow!("no run"))??.path();
+        let last = run.join("checkpoints/last.safetensors");
+        if last.is_file() {
+            let loaded = checkpoint::load(&last, &Device::Cpu)?;
+            assert!(msg.contains(&format!("(step {}) is the last good checkpoint", loaded.state.step)), "{msg}");
+            for t in loaded.tensors.values() {
+                assert!(t.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()), "{kind:?}: {msg}");
+            }
+        } else {
+            assert!(msg.contains("no checkpoint written yet"), "{msg}");
+        }
+    }
     Ok(())
 }

@@ -211,6 +211,10 @@ mod tests {
                 }
             }
             let first = &s.captions[0].text;
+            // The first caption names the shapes in reading order: row by row, left to right.
+            assert!(s.cells.windows(2).all(|w| w[0] < w[1]), "{:?}", s.cells);
+            let at = |k: usize| first.find(&format!("a {}", s.boxes[k].label)).unwrap_or(usize::MAX);
+            assert!((1..s.boxes.len()).all(|k| at(k - 1) < at(k)), "{first}");
             // Relations recomputed from the box centres (independent of the grid cells).
             let centre = |k: usize| s.boxes[k].bbox.centre();
             let check = |a: usize, b: usize, text: &str| {

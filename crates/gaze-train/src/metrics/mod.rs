@@ -129,6 +129,9 @@ pub struct Row {
     pub word_boxes: Vec<Option<usize>>,
 }
 
+/// One row's attention at each step, `[step][y][x]`.
+pub type StepMaps = Vec<Vec<Vec<f32>>>;
+
 /// Where a model looked, per row, as plain numbers.
 #[derive(Debug, Clone)]
 pub enum Looked {
@@ -158,8 +161,8 @@ pub struct Rows<'a> {
     /// Where it looked, when it says.
     pub looked: Option<&'a Looked>,
     /// Sequence models: the attention at each step while reading the first reference
-    /// (teacher-forced), `steps[row][step][y][x]`, when the model attends.
-    pub steps: Option<&'a [Vec<Vec<Vec<f32>>>]>,
+    /// (teacher-forced), when the model attends.
+    pub steps: Option<&'a [StepMaps]>,
     /// The model's statistics on the batch (means over its rows).
     pub stats: &'a [(String, f64)],
     /// (height, width) of the images.
