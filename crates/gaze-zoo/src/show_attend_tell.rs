@@ -13,8 +13,9 @@
 //!   REINFORCE: the caption's log-likelihood log p(y | s) less a moving-average baseline
 //!   (b <- decay * b + (1 - decay) * the batch's mean) rewards the sampled cells, with an entropy
 //!   bonus on alpha; with probability `expected_context_prob` a batch uses the expected context
-//!   instead of a sample (as the authors' code does) and has no REINFORCE term. Evaluation uses
-//!   the expected context unless `sample_at_eval`;
+//!   instead of a sample (as the authors' code does) and has no REINFORCE term, every batch in
+//!   the first `expected_context_warmup` share of training. Evaluation uses the expected context
+//!   unless `sample_at_eval`;
 //! - `none`: the mean annotation at every step, no attention (the "Show and Tell" reference).
 //!
 //! With `gate`, z_t is scaled by beta_t = sigmoid(f_beta(h_{t-1})) (section 4.2.1). The LSTM reads
@@ -92,6 +93,10 @@ pub struct ShowAttendTellConfig {
     pub baseline_decay: f32,
     /// Probability that a training batch uses the expected context (hard attention).
     pub expected_context_prob: f32,
+    /// Share of the run's training steps, from the start, in which every batch uses the expected
+    /// context (hard attention): sampled cells from an attention that has not yet learnt where to
+    /// look teach the decoder to ignore the context.
+    pub expected_context_warmup: f32,
     /// Evaluate and decode with sampled cells rather than the expected context (hard attention).
     pub sample_at_eval: bool,
 }
@@ -117,6 +122,7 @@ impl Default for ShowAttendTellConfig {
             entropy_weight: 0.002,
             baseline_decay: 0.9,
             expected_context_prob: 0.5,
+            expected_context_warmup: 0.0,
             sample_at_eval: false,
         }
     }
@@ -237,8 +243,11 @@ impl ShowAttendTell {
                 return Err(err(format!("`{name}` = {v} must be a finite number >= 0")));
             }
         }
-        for (name, v) in [("baseline_decay", cfg.baseline_decay), ("expected_context_prob", cfg.expected_context_prob)]
-        {
+        for (name, v) in [
+            ("baseline_decay", cfg.baseline_decay),
+            ("expected_context_prob", cfg.expected_context_prob),
+            ("expected_context_warmup", cfg.expected_context_warmup),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(err(format!("`{name}` = {v} is not in [0, 1]")));
             }
@@ -299,13 +308,15 @@ impl ShowAttendTell {
     }
 
     /// How a pass forms its contexts: from the config, training or not, and (hard attention in
-    /// training) one draw per batch.
-    fn context(&self, train: bool, rng: &mut Rng) -> Context {
-        match (self.cfg.attention, train) {
+    /// training) past the warm-up one draw per batch.
+    fn context(&self, mode: Mode, rng: &mut Rng) -> Context {
+        match (self.cfg.attention, mode.train) {
             (Looking::None, _) => Context::Mean,
             (Looking::Soft, _) => Context::Expected,
             (Looking::Hard, true) => {
-                if rng.random::<f32>() < self.cfg.expected_context_prob {
+                if mode.progress < f64::from(self.cfg.expected_context_warmup)
+                    || rng.random::<f32>() < self.cfg.expected_context_prob
+                {
                     Context::Expected
                 } else {
                     Context::Sampled
@@ -433,7 +444,7 @@ impl Model for ShowAttendTell {
         if let Some(&v) = tokens.flatten_all()?.to_vec1::<u32>()?.iter().find(|&&v| v as usize >= self.vocab) {
             return Err(err(format!("target token {v} is outside the vocabulary of {}", self.vocab)));
         }
-        let how = self.context(mode.train, rng);
+        let how = self.context(mode, rng);
         let w = self.lstm.weights()?;
         let mut s = self.start(&batch.images, mode.train)?;
         let bos = Tensor::full(crate::model::tokens::BOS, b, batch.images.device())?;
@@ -489,7 +500,7 @@ impl Model for ShowAttendTell {
     fn decode(&self, batch: &Batch, search: Search, max_steps: usize, rng: &mut Rng) -> Result<Decoded> {
         let b = batch.images.dim(0)?;
         let w = self.lstm.weights()?;
-        let how = self.context(false, rng);
+        let how = self.context(Mode::eval(), rng);
         let start = self.start(&batch.images, false)?;
         let found = decode::search(batch.images.device(), b, search, max_steps, start, |s, prev| {
             let out = self.step(&w, s, prev, (how, false), rng)?;
@@ -614,6 +625,16 @@ mod tests {
             }
         }
         assert!(seen.0 > 0 && seen.1 > 0, "about half the batches sample: {seen:?}");
+        // Within the warm-up no batch samples.
+        let cfg = ShowAttendTellConfig { expected_context_warmup: 0.5, ..model.cfg.clone() };
+        let shape = DataShape::sequences((1, 12, 16), 6, 3);
+        let warm = ShowAttendTell::new(&cfg, &shape, SeededVarMap::new(Seed(0)).builder(&Device::Cpu))?;
+        for progress in [0.0, 0.2, 0.49] {
+            for _ in 0..5 {
+                let out = warm.forward(&batch, Mode::train(progress), &mut r)?;
+                assert_eq!(out.losses.len(), 1, "at {progress}");
+            }
+        }
         // The soft model carries the doubly stochastic term, the reference none.
         let (_, soft) = tiny(Looking::Soft)?;
         let names: Vec<String> =
