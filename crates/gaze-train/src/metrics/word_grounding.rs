@@ -11,6 +11,10 @@
 //!   `pointing_uniform_pct` is the chance of a peak at a cell drawn uniformly (the share of cell
 //!   centres inside the box).
 //!
+//! - `grounding_mass_prev_pct`, `pointing_prev_pct`: the same for the attention one step earlier.
+//!   A decoder whose LSTM carries what it read may look at an object the step before it names it
+//!   (at "a" before "red circle"); these say whether it does.
+//!
 //! They are facts of the split evaluated (named without its prefix).
 
 use super::grounding::ground;
@@ -25,6 +29,9 @@ pub struct WordGrounding {
     hits: u64,
     chance_hits: f64,
     words: u64,
+    prev_mass: f64,
+    prev_hits: u64,
+    prev_words: u64,
 }
 
 /// The share of the cells of a `gh` x `gw` grid whose centre lies inside `b`.
@@ -43,7 +50,7 @@ impl Metric for WordGrounding {
     fn update(&mut self, b: &Rows) -> Result<()> {
         let Some(steps) = b.steps else { return Ok(()) };
         for (row, maps) in b.rows.iter().zip(steps) {
-            for (word, map) in row.word_boxes.iter().zip(maps) {
+            for (s, (word, map)) in row.word_boxes.iter().zip(maps).enumerate() {
                 let Some(bx) = word.and_then(|k| row.boxes.get(k)) else { continue };
                 if let Some((mass, area, hit)) = ground(map, std::slice::from_ref(bx)) {
                     let (gh, gw) = (map.len(), map.first().map_or(0, Vec::len));
@@ -52,6 +59,12 @@ impl Metric for WordGrounding {
                     self.hits += u64::from(hit);
                     self.chance_hits += centres_inside(bx, gh, gw);
                     self.words += 1;
+                }
+                let before = s.checked_sub(1).and_then(|p| maps.get(p));
+                if let Some((mass, _, hit)) = before.and_then(|m| ground(m, std::slice::from_ref(bx))) {
+                    self.prev_mass += mass;
+                    self.prev_hits += u64::from(hit);
+                    self.prev_words += 1;
                 }
             }
         }
@@ -72,6 +85,11 @@ impl Metric for WordGrounding {
             into.facts.insert(name.into(), round4(100.0 * v / n));
         }
         into.facts.insert("grounded_words".into(), n);
+        if self.prev_words > 0 {
+            let p = self.prev_words as f64;
+            into.facts.insert("grounding_mass_prev_pct".into(), round4(100.0 * self.prev_mass / p));
+            into.facts.insert("pointing_prev_pct".into(), round4(100.0 * self.prev_hits as f64 / p));
+        }
     }
 }
 
@@ -117,6 +135,10 @@ mod tests {
         assert_eq!(out.facts["pointing_pct"], 50.0);
         assert_eq!(out.facts["grounding_mass_uniform_pct"], 25.0);
         assert_eq!(out.facts["pointing_uniform_pct"], 25.0);
+        // One step earlier: step 0's word has none; step 2's word is looked at by step 1's map,
+        // which looks at the other object.
+        assert_eq!(out.facts["grounding_mass_prev_pct"], 0.0);
+        assert_eq!(out.facts["pointing_prev_pct"], 0.0);
         // Without teacher-forced maps (a model that does not attend) nothing is reported.
         let mut none = WordGrounding::default();
         none.update(&Rows { rows: &rows, predicted: &pred, looked: None, steps: None, stats: &[], image_hw: (8, 8) })?;
