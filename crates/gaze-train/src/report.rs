@@ -10,10 +10,10 @@ use plotters::prelude::*;
 use gaze_data::preview::{grid, Tile};
 use gaze_data::{Image, LabeledImages};
 use gaze_tensor::Seed;
-use gaze_zoo::{AttentionMap, Mode, Model, Search};
+use gaze_zoo::{AttentionMap, Decoded, Mode, Model, Search};
 
 use crate::config::ExperimentConfig;
-use crate::data::{Examples, Prepared};
+use crate::data::{Examples, Prepared, SequenceSplit};
 use crate::error::{Result, TrainError};
 use crate::evaluate::{predict, Evaluation};
 use crate::metrics::Predicted;
@@ -127,6 +127,23 @@ pub fn word_strip(image: &Image, maps: &[Vec<f32>], (gh, gw): (usize, usize), wo
         panels.push(labelled(&overlay(&big, map, gh, gw), word));
     }
     strip(&panels, 4)
+}
+
+/// Example `k` of a decoded batch drawn word by word ([`word_strip`]: the words read, spelt by
+/// `set`, and the end of the sequence when the decoder reached it), or the plain image when the
+/// decoder gave no attention.
+pub fn decoded_strip(image: &Image, d: &Decoded, k: usize, set: &SequenceSplit) -> Result<Image> {
+    let Some(AttentionMap::Steps { weights, .. }) = &d.attention else { return Ok(image.to_rgb()) };
+    let w = weights.get(k)?; // (steps, gh, gw)
+    let (steps, gh, gw) = w.dims3()?;
+    let mut words: Vec<String> =
+        d.tokens.get(k).map_or(&[][..], Vec::as_slice).iter().map(|&t| set.spell(&[t])).collect();
+    if words.len() < steps {
+        words.push("<end>".into());
+    }
+    let maps =
+        (0..words.len()).map(|s| w.get(s)?.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(word_strip(image, &maps, (gh, gw), &words))
 }
 
 /// Draws what a model attended, for example `k` of its batch, over `img`: a heat map, a strip
@@ -255,7 +272,7 @@ type Page = (&'static str, (Vec<Tile>, String));
 /// attention at every decoded word, what was read and the (first) reference.
 fn sequence_tiles(
     model: &dyn Model,
-    set: &crate::data::SequenceSplit,
+    set: &SequenceSplit,
     test: &Evaluation,
     n: usize,
     search: Search,
@@ -282,27 +299,13 @@ fn sequence_tiles(
         let mut tiles = vec![];
         for (k, &i) in idx.iter().enumerate() {
             let img = set.images.get(i).cloned().unwrap_or_else(|| Image::filled(1, 1, 1, 0));
-            let got = d.tokens.get(k).cloned().unwrap_or_default();
-            let shown = match &d.attention {
-                Some(AttentionMap::Steps { weights, title: t }) => {
-                    title = format!("{t}, one picture per word");
-                    let w = weights.get(k)?; // (steps, gh, gw)
-                    let (steps, gh, gw) = w.dims3()?;
-                    // the words read, and the end of the sequence when the decoder reached it
-                    let mut words: Vec<String> = got.iter().map(|&t| set.spell(&[t])).collect();
-                    if words.len() < steps {
-                        words.push("<end>".into());
-                    }
-                    let maps: Vec<Vec<f32>> = (0..words.len())
-                        .map(|s| w.get(s)?.flatten_all()?.to_vec1::<f32>())
-                        .collect::<candle_core::Result<_>>()?;
-                    word_strip(&img, &maps, (gh, gw), &words)
-                }
-                _ => img.to_rgb(),
-            };
+            if let Some(AttentionMap::Steps { title: t, .. }) = &d.attention {
+                title = format!("{t}, one picture per word");
+            }
+            let shown = decoded_strip(&img, &d, k, set)?;
             let want = truth(i).map(|t| set.spell(t)).unwrap_or_default();
             let mark = if right { "right" } else { "WRONG" };
-            let got = set.spell(&got);
+            let got = d.tokens.get(k).map(|t| set.spell(t)).unwrap_or_default();
             let line = if set.text {
                 format!("{got} | reference: {want}")
             } else {

@@ -152,21 +152,7 @@ fn main() -> anyhow::Result<()> {
                 let d = built.model.decode(&batch, cfg.train.decode, data.max_steps.max(1), &mut Seed(0).rng())?;
                 let tokens = d.tokens.first().cloned().unwrap_or_default();
                 println!("{}", seqs.spell(&tokens));
-                let picture = match &d.attention {
-                    Some(gaze_zoo::AttentionMap::Steps { weights, .. }) => {
-                        let w = weights.get(0)?;
-                        let (steps, gh, gw) = w.dims3()?;
-                        let mut words: Vec<String> = tokens.iter().map(|&t| seqs.spell(&[t])).collect();
-                        if words.len() < steps {
-                            words.push("<end>".into());
-                        }
-                        let maps = (0..words.len())
-                            .map(|s| w.get(s)?.flatten_all()?.to_vec1::<f32>())
-                            .collect::<candle_core::Result<Vec<_>>>()?;
-                        report::word_strip(&img, &maps, (gh, gw), &words)
-                    }
-                    _ => img.to_rgb(),
-                };
+                let picture = report::decoded_strip(&img, &d, 0, seqs)?;
                 picture.save_png(&out)?;
                 println!("attention per word: {}", out.display());
                 return Ok(());
