@@ -427,8 +427,11 @@ impl ExperimentConfig {
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return Err(bad(path, "optim.lr", format!("{} must be a positive number", o.lr)));
         }
-        if o.weight_decay < 0.0 {
-            return Err(bad(path, "optim.weight_decay", format!("{} is negative", o.weight_decay)));
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return Err(bad(path, "optim.weight_decay", format!("{} must be a finite number >= 0", o.weight_decay)));
+        }
+        if !(o.eps > 0.0 && o.eps.is_finite()) {
+            return Err(bad(path, "optim.eps", format!("{} must be a positive number", o.eps)));
         }
         if !(0.0..1.0).contains(&o.momentum) {
             return Err(bad(path, "optim.momentum", format!("{} is not in [0, 1)", o.momentum)));
@@ -436,12 +439,20 @@ impl ExperimentConfig {
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
             return Err(bad(path, "optim.beta1/beta2", "must be in [0, 1)"));
         }
-        if o.clip_norm < 0.0 {
-            return Err(bad(path, "optim.clip_norm", format!("{} is negative", o.clip_norm)));
+        if !(o.clip_norm >= 0.0 && o.clip_norm.is_finite()) {
+            return Err(bad(
+                path,
+                "optim.clip_norm",
+                format!("{} must be a finite number >= 0 (0: no clipping)", o.clip_norm),
+            ));
         }
         match o.schedule {
-            Schedule::Step { every, gamma } if every == 0 || gamma <= 0.0 => {
-                return Err(bad(path, "optim.schedule", "step needs every >= 1 and gamma > 0"))
+            Schedule::Step { every, gamma } if every == 0 || !(gamma > 0.0 && gamma <= 1.0) => {
+                return Err(bad(
+                    path,
+                    "optim.schedule",
+                    format!("step needs every >= 1 and gamma in (0, 1], not {gamma}"),
+                ))
             }
             Schedule::Plateau { factor, .. } if !(factor > 0.0 && factor < 1.0) => {
                 return Err(bad(path, "optim.schedule.factor", format!("{factor} is not in (0, 1)")))
@@ -596,5 +607,19 @@ epochs = 1
         assert!(e.contains("`optim.learning_rate`") && e.contains("line"), "{e}");
         let e = err(&GOOD.replace("type = \"convnet\"", "type = \"transformer\""));
         assert!(e.contains("transformer"), "{e}");
+        // Optimiser values no type can refuse: each error names its key.
+        for (add, key) in [
+            ("eps = -1e-8", "optim.eps"),
+            ("eps = 0.0", "optim.eps"),
+            ("weight_decay = nan", "optim.weight_decay"),
+            ("clip_norm = nan", "optim.clip_norm"),
+            ("clip_norm = inf", "optim.clip_norm"),
+            ("schedule = { type = \"step\", every = 2, gamma = 1.5 }", "optim.schedule"),
+        ] {
+            let e = err(&GOOD.replace("lr = 0.01", &format!("lr = 0.01\n{add}")));
+            assert!(e.contains(&format!("`{key}`")), "{add}: {e}");
+        }
+        assert!(err(&GOOD.replace("lr = 0.01", "lr = 0.01\nschedule = { type = \"step\", every = 2, gamma = 1.0 }"))
+            .is_empty());
     }
 }

@@ -76,14 +76,41 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// Sets the number of CPU threads candle uses (0: leave the default). Call before any tensor
-/// work: the thread pool reads `RAYON_NUM_THREADS` once.
+/// At most four threads a core: more only makes a run slower, and a typo (`threads = 100000`)
+/// would start that many. A larger request is clamped with a warning; 0 stays "as many as there
+/// are cores".
+pub fn bounded_threads(n: usize, cores: usize) -> usize {
+    let most = 4 * cores.max(1);
+    if n > most {
+        eprintln!("warning: {n} threads asked for on {cores} cores; using {most}");
+        most
+    } else {
+        n
+    }
+}
+
+/// Sets the number of CPU threads candle uses (0: leave the default), at most
+/// [`bounded_threads`]. Call before any tensor work: the thread pool reads `RAYON_NUM_THREADS`
+/// once.
 pub fn set_threads(n: usize) {
+    let n = bounded_threads(n, std::thread::available_parallelism().map_or(1, |c| c.get()));
     if n > 0 {
         // Safe here: called at the start of a binary, before any thread is spawned.
         #[allow(unsafe_code)]
         unsafe {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn threads_are_bounded_by_four_a_core() {
+        assert_eq!(super::bounded_threads(100_000, 2), 8);
+        assert_eq!(super::bounded_threads(8, 2), 8);
+        assert_eq!(super::bounded_threads(3, 2), 3);
+        assert_eq!(super::bounded_threads(0, 2), 0);
+        assert_eq!(super::bounded_threads(5, 0), 4);
     }
 }
