@@ -35,12 +35,20 @@ impl std::fmt::Debug for SeededVarMap {
 pub fn init_values(shape: &Shape, init: Init, seed: Seed) -> Result<Vec<f32>> {
     let n = shape.elem_count();
     let mut rng = seed.rng();
-    let uniform = |lo: f64, up: f64, rng: &mut crate::seed::Rng| -> Vec<f32> {
-        (0..n).map(|_| if up > lo { rng.random_range(lo..up) as f32 } else { lo as f32 }).collect()
+    let uniform = |lo: f64, up: f64, rng: &mut crate::seed::Rng| -> Result<Vec<f32>> {
+        if !(lo.is_finite() && up.is_finite()) {
+            // candle's layers bound their init by 1 / sqrt(inputs): a layer with no inputs.
+            return Err(candle_core::Error::Msg(format!(
+                "init: a parameter of shape {:?} would be drawn from [{lo}, {up}): does a layer have 0 inputs \
+                 (a width or channel count of 0 in the config)?",
+                shape.dims()
+            )));
+        }
+        Ok((0..n).map(|_| if up > lo { rng.random_range(lo..up) as f32 } else { lo as f32 }).collect())
     };
     Ok(match init {
         Init::Const(v) => vec![v as f32; n],
-        Init::Uniform { lo, up } => uniform(lo, up, &mut rng),
+        Init::Uniform { lo, up } => uniform(lo, up, &mut rng)?,
         Init::Randn { mean, stdev } => {
             let d = Normal::new(mean, stdev.abs()).map_err(|e| candle_core::Error::Msg(format!("init: {e}")))?;
             (0..n).map(|_| d.sample(&mut rng) as f32).collect()
@@ -49,7 +57,7 @@ pub fn init_values(shape: &Shape, init: Init, seed: Seed) -> Result<Vec<f32>> {
             let dims = shape.dims();
             let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
             let bound = 1.0 / (fan_in as f64).sqrt();
-            uniform(-bound, bound, &mut rng)
+            uniform(-bound, bound, &mut rng)?
         }
     })
 }
@@ -153,5 +161,13 @@ mod tests {
         let bound = 1.0 / 36f32.sqrt();
         assert!(conv.iter().all(|x| x.abs() <= bound));
         Ok(())
+    }
+
+    #[test]
+    fn a_layer_with_no_inputs_is_an_error_not_a_panic() {
+        // candle's linear layer bounds its bias by 1 / sqrt(inputs): infinite for 0 inputs.
+        let m = SeededVarMap::new(Seed(1));
+        let e = candle_nn::linear(0, 3, m.builder(&Device::Cpu).pp("x")).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("0 inputs")), "{e:?}");
     }
 }
