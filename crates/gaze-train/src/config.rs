@@ -395,6 +395,23 @@ fn bad(path: &Path, key: &str, reason: impl Into<String>) -> TrainError {
     TrainError::Config { path: path.into(), key: key.into(), reason: reason.into() }
 }
 
+/// The settings every data-set folder shares: split fractions in (0, 1) with a sum below 1 (for
+/// folders without their own splits) and an image size of at least 1x1.
+fn check_folder(path: &Path, val_fraction: f64, test_fraction: f64, size: [usize; 2]) -> Result<()> {
+    let ok = |x: f64| x > 0.0 && x < 1.0;
+    if !ok(val_fraction) || !ok(test_fraction) || val_fraction + test_fraction >= 1.0 {
+        return Err(bad(
+            path,
+            "data.val_fraction/test_fraction",
+            format!("{val_fraction} and {test_fraction} must be in (0, 1) with a sum below 1"),
+        ));
+    }
+    if size[0] == 0 || size[1] == 0 {
+        return Err(bad(path, "data.size", "height and width must be at least 1"));
+    }
+    Ok(())
+}
+
 impl ExperimentConfig {
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
@@ -510,17 +527,7 @@ impl ExperimentConfig {
                 None
             }
             DataConfig::VqaFolder(f) => {
-                let ok = |x: f64| x > 0.0 && x < 1.0;
-                if !ok(f.val_fraction) || !ok(f.test_fraction) || f.val_fraction + f.test_fraction >= 1.0 {
-                    return Err(bad(
-                        path,
-                        "data.val_fraction/test_fraction",
-                        format!("{} and {} must be in (0, 1) with a sum below 1", f.val_fraction, f.test_fraction),
-                    ));
-                }
-                if f.size[0] == 0 || f.size[1] == 0 {
-                    return Err(bad(path, "data.size", "height and width must be at least 1"));
-                }
+                check_folder(path, f.val_fraction, f.test_fraction, f.size)?;
                 None
             }
             DataConfig::ShapeCaptions(c) => {
@@ -530,17 +537,7 @@ impl ExperimentConfig {
                 None
             }
             DataConfig::CaptionFolder(f) => {
-                let ok = |x: f64| x > 0.0 && x < 1.0;
-                if !ok(f.val_fraction) || !ok(f.test_fraction) || f.val_fraction + f.test_fraction >= 1.0 {
-                    return Err(bad(
-                        path,
-                        "data.val_fraction/test_fraction",
-                        format!("{} and {} must be in (0, 1) with a sum below 1", f.val_fraction, f.test_fraction),
-                    ));
-                }
-                if f.size[0] == 0 || f.size[1] == 0 {
-                    return Err(bad(path, "data.size", "height and width must be at least 1"));
-                }
+                check_folder(path, f.val_fraction, f.test_fraction, f.size)?;
                 if f.max_words == 0 {
                     return Err(bad(path, "data.max_words", "must be at least 1"));
                 }
