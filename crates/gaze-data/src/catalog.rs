@@ -72,7 +72,8 @@ pub fn preview(name: &str, n: usize, seed: Seed, source: &MnistSource) -> Result
             (0..n.min(g.len()))
                 .map(|i| {
                     let s = g.sample(i)?;
-                    Ok(tile(s.image, s.boxes, vec![format!("{} {}  sum {}", s.digits[0], s.digits[1], s.sum)]))
+                    let read: Vec<String> = s.digits.iter().map(u8::to_string).collect();
+                    Ok(tile(s.image, s.boxes, vec![format!("{}  sum {}", read.join(" "), s.sum)]))
                 })
                 .collect()
         }

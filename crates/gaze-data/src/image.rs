@@ -76,6 +76,24 @@ impl Image {
         }
     }
 
+    /// Adds a grey `src` with its top-left corner at (`y`, `x`), clipping at 255 (as DeepMind's
+    /// cluttered-MNIST generator adds its patches and clips at 1).
+    pub fn paste_add(&mut self, src: &Image, y: i64, x: i64) {
+        for sy in 0..src.height as i64 {
+            for sx in 0..src.width as i64 {
+                let (ty, tx) = (y + sy, x + sx);
+                if ty < 0 || tx < 0 || ty as usize >= self.height || tx as usize >= self.width {
+                    continue;
+                }
+                for c in 0..self.channels {
+                    let v = src.get(sy, sx, c.min(src.channels - 1));
+                    let o = (ty as usize * self.width + tx as usize) * self.channels + c;
+                    self.data[o] = self.data[o].saturating_add(v);
+                }
+            }
+        }
+    }
+
     /// The image as RGB (grey replicated).
     pub fn to_rgb(&self) -> Image {
         if self.channels == 3 {

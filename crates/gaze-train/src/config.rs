@@ -236,6 +236,21 @@ pub struct PairsData {
     pub digits: MnistData,
     /// The canvas.
     pub pairs: PairsConfig,
+    /// What a model predicts of a canvas.
+    pub target: PairsTarget,
+}
+
+/// What a model predicts of an MNIST-pairs canvas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairsTarget {
+    /// The digits in reading order, as the token sequence `<d1> <d2> <eos>`.
+    #[default]
+    Sequence,
+    /// The sum of the digits, one class of 0..=9 x digits (19 for a pair).
+    Sum,
+    /// The unordered pair, one of 55 classes (two digits only).
+    Pair,
 }
 
 /// Optimiser settings.
@@ -511,6 +526,13 @@ impl ExperimentConfig {
             DataConfig::MnistPairs(p) => {
                 if t.augment_shift > 0 {
                     return Err(bad(path, "train.augment_shift", "shifts are for single-digit images; pairs need 0"));
+                }
+                if p.target == PairsTarget::Pair && p.pairs.digits != 2 {
+                    return Err(bad(
+                        path,
+                        "data.target",
+                        format!("\"pair\" names an unordered pair of digits; data.pairs.digits is {}", p.pairs.digits),
+                    ));
                 }
                 Some(&p.digits)
             }

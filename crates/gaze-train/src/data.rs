@@ -17,7 +17,7 @@ use gaze_data::{Image, LabeledImages, Mnist};
 use gaze_tensor::Seed;
 use gaze_zoo::{tokens, Batch, DataShape, Questions, Targets};
 
-use crate::config::{DataConfig, MnistData};
+use crate::config::{DataConfig, MnistData, PairsTarget};
 use crate::error::{Result, TrainError};
 use crate::metrics::{FracBox, Row, Task, Truth};
 
@@ -28,9 +28,10 @@ pub enum Examples {
     Images {
         /// The images and labels.
         set: LabeledImages,
-        /// Each image's digit as a box and its centre, in fractions of the image's width and
-        /// height, when the data knows it (generated canvases), else empty.
-        objects: Vec<(FracBox, (f32, f32))>,
+        /// Each image's digits (one on a cluttered canvas, two for a pair's sum) as boxes and
+        /// centres, in fractions of the image's width and height, when the data knows them
+        /// (generated canvases), else empty.
+        objects: Vec<Vec<(FracBox, (f32, f32))>>,
     },
     /// VQA (one example = one image with all its questions).
     Vqa(VqaSplit),
@@ -225,7 +226,7 @@ impl Examples {
                 .map(|(k, &i)| RowInfo {
                     row: row_of(
                         Truth::Class(s.labels.get(i).map(|&l| u32::from(l))),
-                        objects.get(i).map_or(&[][..], std::slice::from_ref),
+                        objects.get(i).map_or(&[][..], Vec::as_slice),
                     ),
                     truth: s.labels.get(i).map(|l| l.to_string()).unwrap_or_default(),
                     question: String::new(),
@@ -444,7 +445,7 @@ impl Prepared {
 }
 
 /// The objects of an image: each one's box and its centre, in fractions of the image's sides.
-type Objects = Vec<(FracBox, (f32, f32))>;
+type Objects = Vec<Vec<(FracBox, (f32, f32))>>;
 
 /// Every digit of `set` placed on its own canvas, with each digit's ink box (and its centre) as
 /// fractions of the canvas side.
@@ -462,7 +463,7 @@ fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<(Labe
         out.pixels.extend_from_slice(&s.image.data);
         out.labels.push(s.label);
         if let Some(d) = s.boxes.iter().find(|b| b.label == "digit") {
-            centres.push(frac(&d.bbox, cfg.canvas, cfg.canvas));
+            centres.push(vec![frac(&d.bbox, cfg.canvas, cfg.canvas)]);
         }
     }
     if centres.len() != out.len() {
@@ -513,6 +514,18 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
         }
         DataConfig::MnistPairs(p) => {
             let (train, val, test, desc) = digits(&p.digits)?;
+            let n = p.pairs.canvas;
+            let what = match p.target {
+                PairsTarget::Sequence => "read left to right",
+                PairsTarget::Sum => "their sum as the class",
+                PairsTarget::Pair => "the unordered pair as the class",
+            };
+            let clutter = match p.pairs.distractors {
+                0 => String::new(),
+                d => format!(", {d} clutter crops"),
+            };
+            let description =
+                format!("{} MNIST digits on a {n}x{n} canvas{clutter}, {what}, from {desc}", p.pairs.digits);
             let words: Arc<Vec<String>> = Arc::new(
                 ["<pad>", "<unk>", "<bos>", "<eos>"]
                     .iter()
@@ -522,35 +535,63 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             );
             let gen = |set: &LabeledImages, split: &str| -> Result<Examples> {
                 let g = MnistPairs::new(p.pairs.clone(), set, seed.stream(&format!("data/{split}")))?;
-                let n = p.pairs.canvas;
+                let mut samples = Vec::with_capacity(g.len());
+                for i in 0..g.len() {
+                    let s = g.sample(i)?;
+                    let objects: Vec<_> = s.boxes.iter().take(s.digits.len()).map(|b| frac(&b.bbox, n, n)).collect();
+                    samples.push((s, objects));
+                }
+                if p.target != PairsTarget::Sequence {
+                    let mut out = LabeledImages {
+                        rows: n,
+                        cols: n,
+                        pixels: Vec::with_capacity(samples.len() * n * n),
+                        labels: Vec::with_capacity(samples.len()),
+                    };
+                    let mut objects = Vec::with_capacity(samples.len());
+                    for (s, o) in samples {
+                        let label = match p.target {
+                            PairsTarget::Pair => s.pair().ok_or_else(|| {
+                                TrainError::Other(format!(
+                                    "{split}: a pair class needs two digits, not {}",
+                                    s.digits.len()
+                                ))
+                            })?,
+                            _ => s.sum,
+                        };
+                        out.pixels.extend_from_slice(&s.image.data);
+                        out.labels.push(label);
+                        objects.push(o);
+                    }
+                    return Ok(Examples::Images { set: out, objects });
+                }
                 let mut out = SequenceSplit {
-                    images: Vec::with_capacity(g.len()),
-                    references: Vec::with_capacity(g.len()),
-                    word_boxes: Vec::with_capacity(g.len()),
-                    objects: Vec::with_capacity(g.len()),
+                    images: Vec::with_capacity(samples.len()),
+                    references: Vec::with_capacity(samples.len()),
+                    word_boxes: Vec::with_capacity(samples.len()),
+                    objects: Vec::with_capacity(samples.len()),
                     words: words.clone(),
                     text: false,
                 };
-                for i in 0..g.len() {
-                    let s = g.sample(i)?;
+                for (s, o) in samples {
                     out.references.push(vec![s.digits.iter().map(|&d| 4 + u32::from(d)).collect()]);
-                    out.word_boxes.push(vec![vec![Some(0), Some(1)]]); // the boxes are in reading order
-                    out.objects.push(s.boxes.iter().map(|b| frac(&b.bbox, n, n)).collect());
+                    // The boxes are in reading order: token k names box k.
+                    out.word_boxes.push(vec![(0..s.digits.len()).map(Some).collect()]);
+                    out.objects.push(o);
                     out.images.push(s.image);
                 }
                 Ok(Examples::Sequences(out))
             };
-            let description =
-                format!("MNIST pairs on a {0}x{0} canvas, read left to right, from {desc}", p.pairs.canvas);
-            let mut prepared = Prepared::images(
-                gen(&train, "train")?,
-                gen(&val, "val")?,
-                gen(&test, "test")?,
-                (1, p.pairs.canvas, p.pairs.canvas),
-                description,
-            );
-            prepared.classes = words.len();
-            prepared.max_steps = 3;
+            let mut prepared =
+                Prepared::images(gen(&train, "train")?, gen(&val, "val")?, gen(&test, "test")?, (1, n, n), description);
+            match p.target {
+                PairsTarget::Sequence => {
+                    prepared.classes = words.len();
+                    prepared.max_steps = p.pairs.digits + 1;
+                }
+                PairsTarget::Sum => prepared.classes = 9 * p.pairs.digits + 1,
+                PairsTarget::Pair => prepared.classes = gaze_data::generate::PAIR_CLASSES,
+            }
             Ok(prepared)
         }
         DataConfig::BarnVqa(b) => generated(

@@ -55,8 +55,14 @@ pub fn looked(map: Option<&AttentionMap>) -> Result<Option<Looked>> {
         Some(AttentionMap::Steps { weights, .. }) => {
             Some(Looked::Grid { maps: weights.sum(1)?.to_vec3::<f32>()?, hard: false })
         }
-        Some(AttentionMap::Glimpses { centres, sizes, .. }) => {
-            sizes.first().map(|&patch| Looked::Glimpses { centres: centres.clone(), patch })
+        Some(AttentionMap::Glimpses { centres, sizes, per_object, fixed, .. }) => {
+            sizes.first().map(|&patch| Looked::Glimpses {
+                centres: centres.clone(),
+                patch,
+                per_object: *per_object,
+                fixed: *fixed,
+                pixels: sizes.iter().map(|s| s * s).sum(),
+            })
         }
     })
 }

@@ -77,7 +77,7 @@ pub fn draw_cells(image: &Image, mask: &[f32], gh: usize, gw: usize, f: usize) -
 /// Draws a glimpse path on `image` scaled up by `f`: at each step a box per scale (sides
 /// `sizes` in image pixels) around the centre, the step's number at its corner, and a line from
 /// each centre to the next. Centres are (x, y) in [-1, 1], as the retina reads them.
-pub fn draw_glimpses(image: &Image, centres: &[(f32, f32)], sizes: &[usize], f: usize) -> Image {
+pub fn draw_glimpses(image: &Image, centres: &[(f32, f32)], sizes: &[usize], per_object: usize, f: usize) -> Image {
     let mut out = image.to_rgb().upscale(f);
     let (h, w) = (image.height as f32, image.width as f32);
     let fs = f as f32;
@@ -93,13 +93,18 @@ pub fn draw_glimpses(image: &Image, centres: &[(f32, f32)], sizes: &[usize], f: 
     }
     for (t, &c) in centres.iter().enumerate() {
         let (cx, cy) = px(c);
-        let colour = colours[t % colours.len()];
+        // One colour per object (numbered within it) when glimpses come in per-object groups.
+        let (group, number) = match t.checked_div(per_object) {
+            Some(g) => (g, t % per_object),
+            None => (t, t),
+        };
+        let colour = colours[group % colours.len()];
         for &side in sizes {
             let half = side as f32 * fs / 2.0;
             out.stroke_rect(gaze_data::BBox::new(cx - half, cy - half, 2.0 * half, 2.0 * half), colour, 1);
         }
         let half = sizes.first().copied().unwrap_or(0) as f32 * fs / 2.0;
-        out.draw_text(&format!("{}", t + 1), (cy - half) as i64 + 1, (cx - half) as i64 + 2, 1, colour);
+        out.draw_text(&format!("{}", number + 1), (cy - half) as i64 + 1, (cx - half) as i64 + 2, 1, colour);
     }
     out
 }
@@ -133,6 +138,9 @@ pub fn word_strip(image: &Image, maps: &[Vec<f32>], (gh, gw): (usize, usize), wo
 /// `set`, and the end of the sequence when the decoder reached it), or the plain image when the
 /// decoder gave no attention.
 pub fn decoded_strip(image: &Image, d: &Decoded, k: usize, set: &SequenceSplit) -> Result<Image> {
+    if let Some(AttentionMap::Glimpses { .. }) = &d.attention {
+        return Ok(render_attention(image, d.attention.as_ref(), k)?.0);
+    }
     let Some(AttentionMap::Steps { weights, .. }) = &d.attention else { return Ok(image.to_rgb()) };
     let w = weights.get(k)?; // (steps, gh, gw)
     let (steps, gh, gw) = w.dims3()?;
@@ -172,10 +180,16 @@ pub fn render_attention(img: &Image, map: Option<&AttentionMap>, k: usize) -> Re
             let (gh, gw) = m.dims2()?;
             (draw_cells(img, &m.flatten_all()?.to_vec1::<f32>()?, gh, gw, 1), Some(title.clone()))
         }
-        Some(AttentionMap::Glimpses { centres, sizes, title }) => {
+        Some(AttentionMap::Glimpses { centres, sizes, per_object, title, .. }) => {
             // drawn at (about) GLIMPSE_PX so that every scale's box and the step numbers stay legible
             let f = GLIMPSE_PX.div_ceil(img.height.max(img.width).max(1));
-            (draw_glimpses(img, centres.get(k).map_or(&[][..], Vec::as_slice), sizes, f), Some(title.clone()))
+            let path = centres.get(k).map_or(&[][..], Vec::as_slice);
+            let title = if *per_object > 0 {
+                format!("{title}, {per_object} glimpses per label, one colour per label")
+            } else {
+                title.clone()
+            };
+            (draw_glimpses(img, path, sizes, *per_object, f), Some(title))
         }
         None => (img.to_rgb(), None),
     })
@@ -299,8 +313,12 @@ fn sequence_tiles(
         let mut tiles = vec![];
         for (k, &i) in idx.iter().enumerate() {
             let img = set.images.get(i).cloned().unwrap_or_else(|| Image::filled(1, 1, 1, 0));
-            if let Some(AttentionMap::Steps { title: t, .. }) = &d.attention {
-                title = format!("{t}, one picture per word");
+            match &d.attention {
+                Some(AttentionMap::Steps { title: t, .. }) => title = format!("{t}, one picture per word"),
+                Some(map @ AttentionMap::Glimpses { .. }) => {
+                    title = render_attention(&img, Some(map), k)?.1.unwrap_or_default();
+                }
+                _ => {}
             }
             let shown = decoded_strip(&img, &d, k, set)?;
             let want = truth(i).map(|t| set.spell(t)).unwrap_or_default();
@@ -484,7 +502,7 @@ mod tests {
     fn glimpse_paths_and_kept_cells_are_drawn() {
         let img = Image::filled(20, 20, 1, 0);
         // two steps: the centre, then the top-left corner; one 4-px scale and one 8-px scale
-        let g = draw_glimpses(&img, &[(0.0, 0.0), (-0.5, -0.5)], &[4, 8], 2);
+        let g = draw_glimpses(&img, &[(0.0, 0.0), (-0.5, -0.5)], &[4, 8], 0, 2);
         assert_eq!((g.width, g.height), (40, 40));
         let c0 = gaze_data::preview::BOX_COLOURS[0];
         // step 1's inner box: centre (20, 20) at 2x, half-side 4 -> its top edge is row 16
@@ -492,7 +510,13 @@ mod tests {
         // the path passes between the two centres (20, 20) and (10, 10)
         assert_eq!(g.get(15, 15, 0), 255);
         // through render_attention a 60x60 canvas is drawn at 3x, its boxes at 3x too
-        let map = AttentionMap::Glimpses { centres: vec![vec![(0.0, 0.0)]], sizes: vec![12], title: "path".into() };
+        let map = AttentionMap::Glimpses {
+            centres: vec![vec![(0.0, 0.0)]],
+            sizes: vec![12],
+            per_object: 0,
+            fixed: 1,
+            title: "path".into(),
+        };
         let (big, title) =
             render_attention(&Image::filled(60, 60, 1, 0), Some(&map), 0).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((big.width, big.height, title.as_deref()), (180, 180, Some("path")));

@@ -8,6 +8,7 @@
 
 pub mod convnet_classifier;
 pub mod decode;
+pub mod dram;
 pub mod han;
 pub mod model;
 pub mod ram;
@@ -19,6 +20,7 @@ pub mod soft_attention_mnist;
 mod test_util;
 
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
+pub use dram::{Dram, DramConfig};
 pub use han::{Han, HanConfig, Head, PairNorm, QuestionInput, Selection};
 pub use model::{
     tokens, AttentionMap, Batch, DataShape, Decoded, Mode, Model, Output, Questions, Scores, Search, Targets,

@@ -156,6 +156,12 @@ pub enum AttentionMap {
         centres: Vec<Vec<(f32, f32)>>,
         /// Side in pixels of each scale's patch (g, s*g, ...).
         sizes: Vec<usize>,
+        /// Glimpses per named object (a label emitted after each group of this many steps), or 0
+        /// when the whole path serves one answer.
+        per_object: usize,
+        /// Leading glimpses the policy did not choose (RAM's first, at the centre or random): 0
+        /// when every location was sampled from the policy.
+        fixed: usize,
         /// What the map is.
         title: String,
     },

@@ -38,7 +38,7 @@ use gaze_tensor::ops::{linear, linear_relu, relu};
 use gaze_tensor::sample::{gaussian_log_prob, gaussian_sample};
 use gaze_tensor::seed::Rng;
 
-use crate::model::{AttentionMap, Batch, DataShape, Mode, Model, Output, Scores};
+use crate::model::{AttentionMap, Batch, DataShape, Decoded, Mode, Model, Output, Scores, Search, Targets};
 
 /// The recurrent core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +219,9 @@ pub struct Ram {
     locator: Linear,
     baseline: Linear,
     classifier: Linear,
+    /// Labels per image: 1 for class targets, the longest sequence for sequence targets (a
+    /// label after every `glimpses` glimpses, the state carried on).
+    labels: usize,
 }
 
 impl Ram {
@@ -280,6 +283,7 @@ impl Ram {
             )?,
             baseline: candle_nn::linear(hd, 1, vb.pp("baseline"))?,
             classifier: candle_nn::linear(hd, classes, vb.pp("classifier"))?,
+            labels: shape.max_steps.max(1),
         })
     }
 
@@ -347,7 +351,8 @@ impl Ram {
     }
 
     /// One path through the batch: sampled, or (`mean`) every location at its distribution's mean.
-    fn path(&self, images: &Tensor, mean_path: bool, sigma: f64, rng: &mut Rng) -> Result<Path> {
+    /// With `groups` > 1, a label after every `glimpses` glimpses (logits (b, groups, classes)).
+    fn path(&self, images: &Tensor, mean_path: bool, sigma: f64, groups: usize, rng: &mut Rng) -> Result<Path> {
         let (b, dev) = (images.dim(0)?, images.device());
         let uniform = |rng: &mut Rng| -> Result<Tensor> {
             let xy: Vec<f32> = (0..b * 2).map(|_| rng.random_range(-1.0f32..=1.0)).collect();
@@ -360,12 +365,16 @@ impl Ram {
         let mut state: Option<CoreState> = None;
         let core = self.core_weights()?;
         let table = (self.cfg.scales > 1).then(|| Integral::new(images)).transpose()?;
-        let (mut log_pi, mut baselines, mut locations) = (vec![], vec![], vec![]);
-        for t in 0..self.cfg.glimpses {
+        let (mut log_pi, mut baselines, mut locations, mut logits) = (vec![], vec![], vec![], vec![]);
+        let total = self.cfg.glimpses * groups;
+        for t in 0..total {
             locations.push(loc.clone());
             let g = self.glimpse_from(images, table.as_ref(), &loc)?;
             let s = self.step_with(&core, &g, state.as_ref())?;
-            if t + 1 < self.cfg.glimpses {
+            if (t + 1) % self.cfg.glimpses == 0 {
+                logits.push(linear(&self.classifier, s.h())?);
+            }
+            if t + 1 < total {
                 let h = s.h();
                 loc = if self.cfg.random_glimpses {
                     uniform(rng)?
@@ -379,13 +388,13 @@ impl Ram {
             }
             state = Some(s);
         }
-        let h = match &state {
-            Some(s) => s.h(),
-            None => return Err(candle_core::Error::Msg("ram: no glimpses".into())),
-        };
         let stack = |v: &[Tensor]| if v.is_empty() { Ok(None) } else { Tensor::stack(v, 1).map(Some) };
         Ok(Path {
-            logits: linear(&self.classifier, h)?,
+            logits: match logits.len() {
+                1 => logits.remove(0),
+                0 => return Err(candle_core::Error::Msg("ram: no glimpses".into())),
+                _ => Tensor::stack(&logits, 1)?,
+            },
             log_pi: stack(&log_pi)?,
             baselines: stack(&baselines)?,
             locations: Tensor::stack(&locations, 1)?,
@@ -393,38 +402,25 @@ impl Ram {
     }
 }
 
-impl Model for Ram {
-    /// Shapes: images (b, c, h, w) -> logits (b, classes); losses `classify`, `baseline`,
-    /// `reinforce`; glimpse centres per step; statistics `reward` (mean R), `baseline` (mean b_t)
-    /// and `sigma` (the policy's standard deviation at this point of training).
-    fn forward(&self, batch: &Batch, mode: Mode, rng: &mut Rng) -> Result<Output> {
-        let (train, sigma) = (mode.train, self.sigma_at(mode.progress));
-        let targets = batch.targets.classes("ram")?;
-        let mean_path = !train && self.cfg.eval_path == EvalPath::Mean;
-        let path = self.path(&batch.images, mean_path, sigma, rng)?;
-        let classify = candle_nn::loss::cross_entropy(&path.logits, targets)?;
-        let reward = path.logits.argmax(D::Minus1)?.eq(targets)?.to_dtype(path.logits.dtype())?;
-        let mut losses = vec![("classify".to_string(), classify)];
-        let mut stats = vec![("reward".to_string(), reward.mean_all()?)];
-        if let (Some(log_pi), Some(baselines)) = (&path.log_pi, &path.baselines) {
-            let r = reward.unsqueeze(1)?.broadcast_as(baselines.shape())?;
-            losses.push(("baseline".into(), (baselines - &r)?.sqr()?.mean_all()?));
-            let advantage = (r - baselines)?.detach();
-            let reinforce = (log_pi * advantage)?.sum(1)?.mean_all()?.neg()?;
-            losses.push(("reinforce".into(), (reinforce * self.cfg.reinforce_weight)?));
-            stats.push(("baseline".into(), baselines.mean_all()?));
-            stats.push(("sigma".into(), Tensor::new(sigma as f32, baselines.device())?));
+impl Ram {
+    /// Label log-probabilities: one path's (training, or a single evaluation path), or the log
+    /// of the mean probability over `mc_samples` sampled paths; with the first path.
+    fn evaluated(&self, images: &Tensor, mode: Mode, groups: usize, rng: &mut Rng) -> Result<(Tensor, Path)> {
+        let sigma = self.sigma_at(mode.progress);
+        let mean_path = !mode.train && self.cfg.eval_path == EvalPath::Mean;
+        let path = self.path(images, mean_path, sigma, groups, rng)?;
+        if mode.train || self.cfg.mc_samples == 1 {
+            return Ok((path.logits.clone(), path));
         }
-        let logits = if !train && self.cfg.mc_samples > 1 {
-            let mut probs = candle_nn::ops::softmax(&path.logits, D::Minus1)?;
-            for _ in 1..self.cfg.mc_samples {
-                probs = (probs
-                    + candle_nn::ops::softmax(&self.path(&batch.images, false, sigma, rng)?.logits, D::Minus1)?)?;
-            }
-            (probs / self.cfg.mc_samples as f64)?.clamp(1e-30, 1.0)?.log()?
-        } else {
-            path.logits
-        };
+        let mut probs = candle_nn::ops::softmax(&path.logits, D::Minus1)?;
+        for _ in 1..self.cfg.mc_samples {
+            probs =
+                (probs + candle_nn::ops::softmax(&self.path(images, false, sigma, groups, rng)?.logits, D::Minus1)?)?;
+        }
+        Ok(((probs / self.cfg.mc_samples as f64)?.clamp(1e-30, 1.0)?.log()?, path))
+    }
+
+    fn glimpse_map(&self, path: &Path, mean_path: bool, groups: usize) -> Result<AttentionMap> {
         let locs = path.locations.to_vec3::<f32>()?;
         let centres = locs.iter().map(|steps| steps.iter().map(|xy| (xy[0], xy[1])).collect()).collect();
         let title = match (self.cfg.random_glimpses, mean_path) {
@@ -432,19 +428,99 @@ impl Model for Ram {
             (false, true) => "glimpse path (policy means)",
             (false, false) => "glimpse path",
         };
+        Ok(AttentionMap::Glimpses {
+            centres,
+            sizes: self.cfg.sizes(),
+            per_object: if groups > 1 { self.cfg.glimpses } else { 0 },
+            fixed: 1,
+            title: title.into(),
+        })
+    }
+}
+
+impl Model for Ram {
+    /// Shapes: images (b, c, h, w) -> logits (b, classes), or for sequence targets (b, labels,
+    /// vocab) with a label after every `glimpses` glimpses; losses `classify`, `baseline`,
+    /// `reinforce` (for sequences each location's return is the labels right from its own on);
+    /// glimpse centres per step; statistics `reward` (labels right per image), `baseline` (mean
+    /// b_t) and `sigma` (the policy's standard deviation at this point of training).
+    fn forward(&self, batch: &Batch, mode: Mode, rng: &mut Rng) -> Result<Output> {
+        let sigma = self.sigma_at(mode.progress);
+        let mean_path = !mode.train && self.cfg.eval_path == EvalPath::Mean;
+        let (logits, classify, rewards, groups) = match &batch.targets {
+            Targets::Sequences { tokens, lengths } => {
+                let t = tokens.dim(1)?;
+                if t > self.labels {
+                    return Err(candle_core::Error::Msg(format!(
+                        "ram: targets of {t} tokens, the model was built for {} labels",
+                        self.labels
+                    )));
+                }
+                let (logits, path) = self.evaluated(&batch.images, mode, self.labels, rng)?;
+                let logits = if logits.rank() == 2 { logits.unsqueeze(1)? } else { logits }.narrow(1, 0, t)?;
+                let mask = crate::show_attend_tell::token_mask(lengths, t)?;
+                let right = (logits.argmax(D::Minus1)?.eq(tokens)?.to_dtype(logits.dtype())? * mask)?;
+                let classify = crate::show_attend_tell::sequence_loss(&logits, tokens, lengths)?;
+                (Scores::Steps(logits), classify, (right, path), t)
+            }
+            other => {
+                let targets = other.classes("ram")?;
+                let (logits, path) = self.evaluated(&batch.images, mode, 1, rng)?;
+                let classify = candle_nn::loss::cross_entropy(&logits, targets)?;
+                let right = logits.argmax(D::Minus1)?.eq(targets)?.to_dtype(logits.dtype())?.unsqueeze(1)?;
+                (Scores::Classes(logits), classify, (right, path), 1)
+            }
+        };
+        let (rewards, path) = rewards;
+        let mut losses = vec![("classify".to_string(), classify)];
+        let mut stats = vec![("reward".to_string(), rewards.sum(1)?.mean_all()?)];
+        if let (Some(log_pi), Some(baselines)) = (&path.log_pi, &path.baselines) {
+            // Location j is glimpse j + 1's: the first group has T - 1 sampled locations.
+            let labels = rewards.dim(1)?;
+            let mut sizes = vec![self.cfg.glimpses; labels];
+            sizes[0] -= 1;
+            let (b, n) = baselines.dims2()?;
+            let mut r = crate::dram::returns(&rewards, &sizes)?;
+            let have = r.dim(1)?;
+            if have < n {
+                // Sequences shorter than the model's labels: later locations earn nothing more.
+                r = Tensor::cat(&[r, Tensor::zeros((b, n - have), baselines.dtype(), baselines.device())?], 1)?;
+            }
+            losses.push(("baseline".into(), (baselines - &r)?.sqr()?.mean_all()?));
+            let advantage = (r - baselines)?.detach();
+            let reinforce = (log_pi * advantage)?.sum(1)?.mean_all()?.neg()?;
+            losses.push(("reinforce".into(), (reinforce * self.cfg.reinforce_weight)?));
+            stats.push(("baseline".into(), baselines.mean_all()?));
+            stats.push(("sigma".into(), Tensor::new(sigma as f32, baselines.device())?));
+        }
         Ok(Output {
-            scores: Scores::Classes(logits),
+            scores: logits,
             losses,
-            attention: Some(AttentionMap::Glimpses { centres, sizes: self.cfg.sizes(), title: title.into() }),
+            attention: Some(self.glimpse_map(&path, mean_path, if groups > 1 { self.labels } else { 1 })?),
             stats,
         })
+    }
+
+    /// For sequence targets: the labels of each image up to the first `EOS` (the search is
+    /// irrelevant: labels do not feed back).
+    fn decode(&self, batch: &Batch, _search: Search, max_steps: usize, rng: &mut Rng) -> Result<Decoded> {
+        if self.labels < 2 {
+            return Err(candle_core::Error::Msg("ram: this model was built for class targets".into()));
+        }
+        let (logits, path) = self.evaluated(&batch.images, Mode::eval(), self.labels, rng)?;
+        let best = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
+        let tokens = best
+            .into_iter()
+            .map(|row| row.into_iter().take(max_steps).take_while(|&t| t != crate::model::tokens::EOS).collect())
+            .collect();
+        let mean_path = self.cfg.eval_path == EvalPath::Mean;
+        Ok(Decoded { tokens, attention: Some(self.glimpse_map(&path, mean_path, self.labels)?) })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Targets;
     use crate::test_util::fit_fixed_batch;
     use candle_core::{Device, Var};
     use gaze_tensor::{Seed, SeededVarMap};
@@ -529,14 +605,14 @@ mod tests {
         assert_eq!(locator.len(), 2);
         let mut opt = <candle_nn::optim::SGD as candle_nn::Optimizer>::new(locator, 0.5)?;
         let mean_x = |rng: &mut Rng| -> Result<f32> {
-            let p = model.path(&b.images, false, model.sigma_at(0.0), rng)?;
+            let p = model.path(&b.images, false, model.sigma_at(0.0), 1, rng)?;
             let h0 = model.step(&model.glimpse(&b.images, &p.locations.narrow(1, 0, 1)?.squeeze(1)?)?, None)?;
             model.location_mean(h0.h())?.narrow(1, 0, 1)?.mean_all()?.to_scalar::<f32>()
         };
         let mut rng = Seed(6).rng();
         let before = mean_x(&mut rng)?;
         for _ in 0..60 {
-            let p = model.path(&b.images, false, model.sigma_at(0.0), &mut rng)?;
+            let p = model.path(&b.images, false, model.sigma_at(0.0), 1, &mut rng)?;
             let (Some(log_pi), Some(_)) = (&p.log_pi, &p.baselines) else { panic!("sampled path") };
             // toy reward from where the second glimpse went, fixed baseline 0.5
             let x = p.locations.narrow(1, 1, 1)?.squeeze(1)?.narrow(1, 0, 1)?.squeeze(1)?;
@@ -625,8 +701,8 @@ mod tests {
         let b = batch(&dev, 8)?;
         // How far a sampled path strays from the deterministic one (both start at the centre).
         let stray = |model: &Ram, p: f64| -> Result<f32> {
-            let sampled = model.path(&b.images, false, model.sigma_at(p), &mut Seed(1).rng())?.locations;
-            let mean = model.path(&b.images, true, model.sigma_at(p), &mut Seed(1).rng())?.locations;
+            let sampled = model.path(&b.images, false, model.sigma_at(p), 1, &mut Seed(1).rng())?.locations;
+            let mean = model.path(&b.images, true, model.sigma_at(p), 1, &mut Seed(1).rng())?.locations;
             (sampled - mean)?.abs()?.max_all()?.to_scalar::<f32>()
         };
         let wide = stray(&model, 0.0)?;
@@ -651,6 +727,34 @@ mod tests {
         let model = Ram::new(&RamConfig { random_glimpses: true, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
         let out = model.forward(&batch(&dev, 4)?, Mode::train(0.0), &mut Seed(1).rng())?;
         assert_eq!(out.losses.len(), 1);
+        Ok(())
+    }
+
+    /// Sequence targets: a label after every T glimpses, the state carried on (RAM's glimpses
+    /// run once per digit of a pair, then once for `EOS`).
+    #[test]
+    fn sequences_get_a_label_per_glimpse_group() -> Result<()> {
+        let dev = Device::Cpu;
+        let n = 12;
+        let toks: Vec<u32> = (0..n).flat_map(|i| [4 + (i % 3) as u32, 4 + ((i + 1) % 3) as u32, 3]).collect();
+        let mut b = batch(&dev, n)?;
+        b.targets = Targets::Sequences {
+            tokens: Tensor::from_vec(toks, (n, 3), &dev)?,
+            lengths: Tensor::from_vec(vec![3u32; n], n, &dev)?,
+        };
+        let vm = SeededVarMap::new(Seed(0));
+        let model = Ram::new(&RamConfig::tiny(), &DataShape::sequences((1, 8, 8), 7, 3), vm.builder(&dev))?;
+        let (first, last) = fit_fixed_batch(&model, &vm, &b, 60, 2e-2, Mode::train(0.0), &mut Seed(2).rng())?;
+        assert_eq!(first.scores.tensor().dims(), [n, 3, 7]);
+        let (f, l) = (loss_of(&first, "classify").to_scalar::<f32>()?, loss_of(&last, "classify").to_scalar::<f32>()?);
+        assert!(l < 0.5 * f, "{f} -> {l}");
+        let Some(AttentionMap::Glimpses { centres, per_object, fixed, .. }) = &first.attention else {
+            panic!("glimpses")
+        };
+        assert_eq!((centres[0].len(), *per_object, *fixed), (9, 3, 1));
+        // Returns: the 8 sampled locations' baselines are regressed on the labels still to come.
+        let d = model.decode(&b, Search::Greedy, 3, &mut Seed(3).rng())?;
+        assert!(d.tokens.iter().all(|t| t.len() <= 3 && !t.contains(&3)));
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
+use crate::dram::{Dram, DramConfig};
 use crate::han::{Han, HanConfig};
 use crate::model::{DataShape, Model};
 use crate::ram::{Ram, RamConfig};
@@ -30,6 +31,9 @@ pub enum ModelConfig {
     /// Show, Attend and Tell: a CNN grid read by an LSTM with soft, hard or no attention, one
     /// token per step (sequence targets: captions, digits in reading order).
     ShowAttendTell(ShowAttendTellConfig),
+    /// DRAM: glimpses read by two stacked LSTMs, a context network setting where to look first,
+    /// one label per object (several objects per image: the digits of a pair, or their sum).
+    Dram(DramConfig),
 }
 
 /// Builds the model of `cfg` for data of `shape`: every model is `new(config, shape, vb)`.
@@ -41,5 +45,6 @@ pub fn build(cfg: &ModelConfig, shape: &DataShape, vb: VarBuilder) -> Result<Box
         ModelConfig::Han(c) => Box::new(Han::new(c, shape, vb)?),
         ModelConfig::RelationNet(c) => Box::new(RelationNet::new(c, shape, vb)?),
         ModelConfig::ShowAttendTell(c) => Box::new(ShowAttendTell::new(c, shape, vb)?),
+        ModelConfig::Dram(c) => Box::new(Dram::new(c, shape, vb)?),
     })
 }

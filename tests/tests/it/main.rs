@@ -5,6 +5,7 @@ mod captions;
 mod common;
 mod data;
 mod determinism;
+mod dram;
 mod sequence;
 mod train;
 mod vqa;

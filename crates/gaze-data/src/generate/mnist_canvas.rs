@@ -162,37 +162,64 @@ impl<'a> MnistCanvas<'a> {
     }
 }
 
-/// Settings of MNIST pairs.
+/// Settings of MNIST pairs (and, with another `digits`, of more digits side by side).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PairsConfig {
     /// Side of the square canvas (100 in the DRAM paper).
     pub canvas: usize,
+    /// Digits per canvas, side by side in reading order (2: a pair).
+    pub digits: usize,
+    /// Clutter crops added before the digits (0: none).
+    pub distractors: usize,
+    /// Side of each clutter crop.
+    pub crop: usize,
 }
 
 impl Default for PairsConfig {
-    /// Two digits on a 100x100 canvas (DRAM paper, section 4.2).
+    /// Two digits on a 100x100 canvas, no clutter (DRAM paper, section 4.2).
     fn default() -> Self {
-        Self { canvas: 100 }
+        Self { canvas: 100, digits: 2, distractors: 0, crop: 8 }
     }
 }
 
-/// Two digits on a canvas.
+/// Classes of an unordered pair of digits: every {a, b} with a <= b.
+pub const PAIR_CLASSES: usize = 55;
+
+/// The class of the unordered pair {a, b} of digits 0..=9, in 0..55: pairs ordered by their
+/// smaller digit, then the larger (as DeepMind's generator's `combine` target counts them).
+pub fn pair_class(a: u8, b: u8) -> u8 {
+    let (lo, hi) = (a.min(b), a.max(b));
+    lo * (21 - lo) / 2 + (hi - lo)
+}
+
+/// Digits on a canvas.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairSample {
     /// The grey canvas.
     pub image: Image,
-    /// The two classes in reading order (left to right).
-    pub digits: [u8; 2],
-    /// `digits[0] + digits[1]` (0..=18).
+    /// The classes in reading order (left to right).
+    pub digits: Vec<u8>,
+    /// The sum of the digits (0..=18 for a pair).
     pub sum: u8,
-    /// The ink box of each digit, in reading order.
+    /// The ink box of each digit, in reading order, then one `"clutter"` box per crop.
     pub boxes: Vec<LabeledBox>,
 }
 
-/// MNIST pairs: sample `i` puts digit `i` of the source and a random other digit side by side
-/// (their 28x28 patches never share a column, so reading order is left to right), each at a
-/// random height.
+impl PairSample {
+    /// The unordered pair's class in 0..55 ([`pair_class`]); None unless there are two digits.
+    pub fn pair(&self) -> Option<u8> {
+        match self.digits[..] {
+            [a, b] => Some(pair_class(a, b)),
+            _ => None,
+        }
+    }
+}
+
+/// MNIST pairs: sample `i` puts digit `i` of the source and random other digits of the same
+/// source side by side (their 28x28 patches never share a column, so reading order is left to
+/// right), each at a random height, digit `i` in a random slot. Clutter crops (8x8 pieces of random
+/// digits of the source) are added first, then the digits, each clipped at 255.
 #[derive(Debug, Clone)]
 pub struct MnistPairs<'a> {
     cfg: PairsConfig,
@@ -201,12 +228,24 @@ pub struct MnistPairs<'a> {
 }
 
 impl<'a> MnistPairs<'a> {
-    /// Checks that two digits fit side by side.
+    /// Checks that the digits fit side by side.
     pub fn new(cfg: PairsConfig, source: &'a LabeledImages, seed: Seed) -> Result<Self> {
-        if cfg.canvas < 2 * source.cols || cfg.canvas < source.rows {
+        if cfg.digits == 0 {
+            return Err(DataError::config("digits", "a canvas needs at least one digit"));
+        }
+        if cfg.canvas < cfg.digits * source.cols || cfg.canvas < source.rows {
             return Err(DataError::config(
                 "canvas",
-                format!("{} cannot hold two {}x{} digits side by side", cfg.canvas, source.rows, source.cols),
+                format!(
+                    "{} cannot hold {} {}x{} digits side by side",
+                    cfg.canvas, cfg.digits, source.rows, source.cols
+                ),
+            ));
+        }
+        if cfg.distractors > 0 && (cfg.crop == 0 || cfg.crop > source.rows.min(source.cols)) {
+            return Err(DataError::config(
+                "crop",
+                format!("{} must be between 1 and the digit size {}", cfg.crop, source.rows.min(source.cols)),
             ));
         }
         if source.len() < 2 {
@@ -228,28 +267,61 @@ impl<'a> MnistPairs<'a> {
     /// Sample `i`.
     pub fn sample(&self, i: usize) -> Result<PairSample> {
         let mut rng = self.seed.index(i as u64).rng();
-        let (rows, cols, n) = (self.source.rows, self.source.cols, self.cfg.canvas);
-        let mut j = rng.random_range(0..self.source.len() - 1);
-        if j >= i {
-            j += 1;
+        let (rows, cols, n, k) = (self.source.rows, self.source.cols, self.cfg.canvas, self.cfg.digits);
+        let mut others: Vec<usize> = (1..k)
+            .map(|_| {
+                let j = rng.random_range(0..self.source.len() - 1);
+                if j >= i {
+                    j + 1
+                } else {
+                    j
+                }
+            })
+            .collect();
+        // Patch d starts after patch d - 1 ends and leaves room for the k - 1 - d after it.
+        let mut xs = Vec::with_capacity(k);
+        for d in 0..k {
+            let lo = xs.last().map_or(0, |&x: &usize| x + cols);
+            xs.push(rng.random_range(lo..=n - (k - d) * cols));
         }
-        // Left patch starts in [0, n - 2*cols], the right one after it ends.
-        let x0 = rng.random_range(0..=n - 2 * cols);
-        let x1 = rng.random_range(x0 + cols..=n - cols);
-        let (y0, y1) = (rng.random_range(0..=n - rows), rng.random_range(0..=n - rows));
-        let (left, right) = if rng.random_bool(0.5) { (i, j) } else { (j, i) };
+        let ys: Vec<usize> = (0..k).map(|_| rng.random_range(0..=n - rows)).collect();
+        let slot = match k {
+            1 => 0,
+            2 => usize::from(!rng.random_bool(0.5)),
+            _ => rng.random_range(0..k),
+        };
+        others.insert(slot, i);
         let mut canvas = Image::filled(n, n, 1, 0);
-        let mut boxes = vec![];
-        for (k, y, x) in [(left, y0, x0), (right, y1, x1)] {
-            let d = digit_image(self.source, k)?;
-            canvas.paste_max(&d, y as i64, x as i64);
-            boxes.push(LabeledBox {
-                label: format!("digit {}", self.source.labels[k]),
-                bbox: ink_box(&d.data, rows, cols, y, x),
+        let mut clutter = vec![];
+        for _ in 0..self.cfg.distractors {
+            let other = digit_image(self.source, rng.random_range(0..self.source.len()))?;
+            let c = self.cfg.crop;
+            let (cy, cx) = (rng.random_range(0..=rows - c), rng.random_range(0..=cols - c));
+            let mut crop = Image::filled(c, c, 1, 0);
+            for y in 0..c {
+                crop.data[y * c..(y + 1) * c]
+                    .copy_from_slice(&other.data[(cy + y) * cols + cx..(cy + y) * cols + cx + c]);
+            }
+            let (py, px) = (rng.random_range(0..=n - c), rng.random_range(0..=n - c));
+            canvas.paste_add(&crop, py as i64, px as i64);
+            clutter.push(LabeledBox {
+                label: "clutter".into(),
+                bbox: BBox::new(px as f32, py as f32, c as f32, c as f32),
             });
         }
-        let digits = [self.source.labels[left], self.source.labels[right]];
-        Ok(PairSample { image: canvas, digits, sum: digits[0] + digits[1], boxes })
+        let mut boxes = vec![];
+        for (&d, (&y, &x)) in others.iter().zip(ys.iter().zip(&xs)) {
+            let img = digit_image(self.source, d)?;
+            canvas.paste_add(&img, y as i64, x as i64);
+            boxes.push(LabeledBox {
+                label: format!("digit {}", self.source.labels[d]),
+                bbox: ink_box(&img.data, rows, cols, y, x),
+            });
+        }
+        boxes.extend(clutter);
+        let digits: Vec<u8> = others.iter().map(|&d| self.source.labels[d]).collect();
+        let sum = digits.iter().sum();
+        Ok(PairSample { image: canvas, digits, sum, boxes })
     }
 }
 
@@ -301,7 +373,12 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default()
             .contains("crop"));
-        assert!(MnistPairs::new(PairsConfig { canvas: 50 }, &m.test, Seed(0)).is_err());
+        assert!(MnistPairs::new(PairsConfig { canvas: 50, ..PairsConfig::default() }, &m.test, Seed(0)).is_err());
+        let three = PairsConfig { canvas: 80, digits: 3, ..PairsConfig::default() };
+        let e = MnistPairs::new(three, &m.test, Seed(0)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("cannot hold 3 28x28 digits"), "{e}");
+        let none = PairsConfig { digits: 0, ..PairsConfig::default() };
+        assert!(MnistPairs::new(none, &m.test, Seed(0)).is_err());
         Ok(())
     }
 
@@ -317,11 +394,64 @@ mod tests {
             assert!(a.inside(100, 100) && b.inside(100, 100));
             assert!(a.x + a.w <= b.x, "left digit ends before the right begins: {a:?} {b:?}");
             assert!(s.digits.contains(&m.test.labels[i]));
+            assert_eq!(s.boxes.len(), 2, "no clutter by default");
             if s.digits[1] == m.test.labels[i] && s.digits[0] != m.test.labels[i] {
                 swapped += 1;
             }
         }
         assert!(swapped > 5, "digit i should land on either side");
+        Ok(())
+    }
+
+    #[test]
+    fn pair_classes_count_unordered_pairs() {
+        let mut seen = std::collections::BTreeSet::new();
+        for a in 0..10u8 {
+            for b in 0..10u8 {
+                assert_eq!(pair_class(a, b), pair_class(b, a));
+                seen.insert(pair_class(a, b));
+            }
+        }
+        assert_eq!(seen.len(), PAIR_CLASSES);
+        assert_eq!(seen.iter().max().copied(), Some(PAIR_CLASSES as u8 - 1));
+        assert_eq!((pair_class(0, 0), pair_class(0, 9), pair_class(1, 1), pair_class(9, 9)), (0, 9, 10, 54));
+    }
+
+    #[test]
+    fn digits_and_clutter_are_added_and_clipped() -> Result<()> {
+        let m = Mnist::fixture()?;
+        let cfg = PairsConfig { canvas: 100, digits: 3, distractors: 8, crop: 8 };
+        let g = MnistPairs::new(cfg, &m.test, Seed(4))?;
+        let mut slots = [0usize; 3];
+        for i in 0..40 {
+            let s = g.sample(i)?;
+            assert_eq!(s.digits.len(), 3);
+            assert_eq!(s.boxes.len(), 3 + 8);
+            assert_eq!(u32::from(s.sum), s.digits.iter().map(|&d| u32::from(d)).sum::<u32>());
+            assert_eq!(s.pair(), None);
+            for w in s.boxes[..3].windows(2) {
+                assert!(w[0].bbox.x + w[0].bbox.w <= w[1].bbox.x, "reading order: {:?}", w);
+            }
+            assert!(s.boxes[3..].iter().all(|b| b.label == "clutter" && b.bbox.inside(100, 100)));
+            if let Some(k) = s.digits.iter().position(|&d| d == m.test.labels[i]) {
+                slots[k] += 1;
+            }
+            // The clutter is drawn after the digits' places: the same sample without it holds the
+            // same digits at the same places, and adding clutter never darkens a pixel.
+            let bare = MnistPairs::new(PairsConfig { distractors: 0, ..g.cfg.clone() }, &m.test, Seed(4))?.sample(i)?;
+            assert_eq!((&bare.digits, &bare.boxes[..]), (&s.digits, &s.boxes[..3]));
+            assert!(s.image.data.iter().zip(&bare.image.data).all(|(c, b)| c >= b));
+            assert!(
+                s.image.data.iter().map(|&v| u32::from(v)).sum::<u32>()
+                    > bare.image.data.iter().map(|&v| u32::from(v)).sum::<u32>()
+            );
+        }
+        assert!(slots.iter().all(|&c| c > 3), "digit i lands in every slot: {slots:?}");
+        // Adding is not keeping the brighter pixel: where two strokes overlap the sum shows.
+        let mut a = Image::filled(2, 2, 1, 100);
+        a.paste_add(&Image::filled(1, 1, 1, 200), 0, 0);
+        a.paste_add(&Image::filled(1, 1, 1, 50), 1, 1);
+        assert_eq!(a.data, [255, 100, 100, 150]);
         Ok(())
     }
 }

@@ -12,5 +12,7 @@ pub mod sort_of_clevr;
 
 pub use barn::{BarnConfig, BarnVqa};
 pub use captions::{Caption, CaptionConfig, CaptionSample, ShapeCaptions};
-pub use mnist_canvas::{CanvasConfig, DigitSample, MnistCanvas, MnistPairs, PairSample, PairsConfig};
+pub use mnist_canvas::{
+    pair_class, CanvasConfig, DigitSample, MnistCanvas, MnistPairs, PairSample, PairsConfig, PAIR_CLASSES,
+};
 pub use sort_of_clevr::{SortOfClevr, SortOfClevrConfig};

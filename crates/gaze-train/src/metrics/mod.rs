@@ -76,8 +76,11 @@ pub fn for_task(task: Task) -> Vec<Box<dyn Metric>> {
             Box::new(grounding::Grounding::default()),
         ],
         Task::Sequence { bleu } => {
-            let mut m: Vec<Box<dyn Metric>> =
-                vec![Box::new(sequence::SequenceError::default()), Box::new(word_grounding::WordGrounding::default())];
+            let mut m: Vec<Box<dyn Metric>> = vec![
+                Box::new(sequence::SequenceError::default()),
+                Box::new(word_grounding::WordGrounding::default()),
+                Box::new(glimpse_coverage::ObjectGlimpses::default()),
+            ];
             if bleu {
                 m.push(Box::new(bleu::Bleu::default()));
             }
@@ -149,6 +152,12 @@ pub enum Looked {
         centres: Vec<Vec<(f32, f32)>>,
         /// The finest patch.
         patch: usize,
+        /// Glimpses per named object (0: one path for the whole answer).
+        per_object: usize,
+        /// Leading glimpses the policy did not choose.
+        fixed: usize,
+        /// Pixels one glimpse reads: the squares of every scale's side.
+        pixels: usize,
     },
 }
 
