@@ -238,6 +238,9 @@ pub struct PairsData {
     pub pairs: PairsConfig,
     /// What a model predicts of a canvas.
     pub target: PairsTarget,
+    /// Draw new pairs (partners, places, clutter) for the training digits every epoch; validation
+    /// and test pairs stay fixed. Off: one fixed training set.
+    pub fresh_each_epoch: bool,
 }
 
 /// What a model predicts of an MNIST-pairs canvas.

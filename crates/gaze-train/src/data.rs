@@ -17,7 +17,7 @@ use gaze_data::{Image, LabeledImages, Mnist};
 use gaze_tensor::Seed;
 use gaze_zoo::{tokens, Batch, DataShape, Questions, Targets};
 
-use crate::config::{DataConfig, MnistData, PairsTarget};
+use crate::config::{DataConfig, MnistData, PairsData, PairsTarget};
 use crate::error::{Result, TrainError};
 use crate::metrics::{FracBox, Row, Task, Truth};
 
@@ -394,18 +394,29 @@ pub struct Prepared {
     /// Where the data came from, for reports.
     pub description: String,
     /// For generated canvases redrawn every epoch: the settings and the training digits.
-    fresh: Option<(CanvasConfig, LabeledImages)>,
+    fresh: Option<(Fresh, LabeledImages)>,
+}
+
+/// What is redrawn every epoch from the training digits.
+#[derive(Debug, Clone)]
+enum Fresh {
+    /// Translated / cluttered canvases.
+    Canvas(CanvasConfig),
+    /// MNIST pairs (with their target).
+    Pairs(PairsData),
 }
 
 impl Prepared {
     /// The training set of epoch `epoch` (0-based): `train` itself, unless the data is redrawn
     /// every epoch, then epoch e >= 1 is drawn from `seed.stream("data/train").index(e)`.
     pub fn train_for_epoch(&self, epoch: usize, seed: Seed) -> Result<Option<Examples>> {
+        let seed = seed.stream("data/train").index(epoch as u64);
         match &self.fresh {
-            Some((canvas, digits)) if epoch > 0 => {
-                let (set, objects) = canvases(canvas, digits, seed.stream("data/train").index(epoch as u64))?;
+            Some((Fresh::Canvas(canvas), digits)) if epoch > 0 => {
+                let (set, objects) = canvases(canvas, digits, seed)?;
                 Ok(Some(Examples::Images { set, objects }))
             }
+            Some((Fresh::Pairs(p), digits)) if epoch > 0 => Ok(Some(pairs(p, digits, seed, "train")?)),
             _ => Ok(None),
         }
     }
@@ -472,6 +483,58 @@ fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<(Labe
     Ok((out, centres))
 }
 
+/// The words of digit sequences: the four special tokens, then the digits 0-9.
+const DIGIT_WORDS: [&str; 14] = ["<pad>", "<unk>", "<bos>", "<eos>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+/// MNIST pairs over the digits of `set` drawn from `seed`, as examples of `p`'s target.
+fn pairs(p: &PairsData, set: &LabeledImages, seed: Seed, split: &str) -> Result<Examples> {
+    let n = p.pairs.canvas;
+    let g = MnistPairs::new(p.pairs.clone(), set, seed)?;
+    let mut samples = Vec::with_capacity(g.len());
+    for i in 0..g.len() {
+        let s = g.sample(i)?;
+        let objects: Vec<_> = s.boxes.iter().take(s.digits.len()).map(|b| frac(&b.bbox, n, n)).collect();
+        samples.push((s, objects));
+    }
+    if p.target != PairsTarget::Sequence {
+        let mut out = LabeledImages {
+            rows: n,
+            cols: n,
+            pixels: Vec::with_capacity(samples.len() * n * n),
+            labels: Vec::with_capacity(samples.len()),
+        };
+        let mut objects = Vec::with_capacity(samples.len());
+        for (s, o) in samples {
+            let label = match p.target {
+                PairsTarget::Pair => s.pair().ok_or_else(|| {
+                    TrainError::Other(format!("{split}: a pair class needs two digits, not {}", s.digits.len()))
+                })?,
+                _ => s.sum,
+            };
+            out.pixels.extend_from_slice(&s.image.data);
+            out.labels.push(label);
+            objects.push(o);
+        }
+        return Ok(Examples::Images { set: out, objects });
+    }
+    let mut out = SequenceSplit {
+        images: Vec::with_capacity(samples.len()),
+        references: Vec::with_capacity(samples.len()),
+        word_boxes: Vec::with_capacity(samples.len()),
+        objects: Vec::with_capacity(samples.len()),
+        words: Arc::new(DIGIT_WORDS.iter().map(|w| w.to_string()).collect()),
+        text: false,
+    };
+    for (s, o) in samples {
+        out.references.push(vec![s.digits.iter().map(|&d| 4 + u32::from(d)).collect()]);
+        // The boxes are in reading order: token k names box k.
+        out.word_boxes.push(vec![(0..s.digits.len()).map(Some).collect()]);
+        out.objects.push(o);
+        out.images.push(s.image);
+    }
+    Ok(Examples::Sequences(out))
+}
+
 fn digits(m: &MnistData) -> Result<(LabeledImages, LabeledImages, LabeledImages, String)> {
     let mnist = Mnist::load(&m.source)?;
     let val = ((mnist.train.len() as f64) * m.val_fraction).round() as usize;
@@ -509,7 +572,7 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             let [train_canvases, val, test] =
                 [train_canvases, val, test].map(|(set, objects)| Examples::Images { set, objects });
             let mut p = Prepared::images(train_canvases, val, test, input, description);
-            p.fresh = c.fresh_each_epoch.then(|| (c.canvas.clone(), train));
+            p.fresh = c.fresh_each_epoch.then(|| (Fresh::Canvas(c.canvas.clone()), train));
             Ok(p)
         }
         DataConfig::MnistPairs(p) => {
@@ -524,74 +587,21 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 0 => String::new(),
                 d => format!(", {d} clutter crops"),
             };
+            let fresh = if p.fresh_each_epoch { ", training pairs redrawn every epoch" } else { "" };
             let description =
-                format!("{} MNIST digits on a {n}x{n} canvas{clutter}, {what}, from {desc}", p.pairs.digits);
-            let words: Arc<Vec<String>> = Arc::new(
-                ["<pad>", "<unk>", "<bos>", "<eos>"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .chain((0..10).map(|d| d.to_string()))
-                    .collect(),
-            );
-            let gen = |set: &LabeledImages, split: &str| -> Result<Examples> {
-                let g = MnistPairs::new(p.pairs.clone(), set, seed.stream(&format!("data/{split}")))?;
-                let mut samples = Vec::with_capacity(g.len());
-                for i in 0..g.len() {
-                    let s = g.sample(i)?;
-                    let objects: Vec<_> = s.boxes.iter().take(s.digits.len()).map(|b| frac(&b.bbox, n, n)).collect();
-                    samples.push((s, objects));
-                }
-                if p.target != PairsTarget::Sequence {
-                    let mut out = LabeledImages {
-                        rows: n,
-                        cols: n,
-                        pixels: Vec::with_capacity(samples.len() * n * n),
-                        labels: Vec::with_capacity(samples.len()),
-                    };
-                    let mut objects = Vec::with_capacity(samples.len());
-                    for (s, o) in samples {
-                        let label = match p.target {
-                            PairsTarget::Pair => s.pair().ok_or_else(|| {
-                                TrainError::Other(format!(
-                                    "{split}: a pair class needs two digits, not {}",
-                                    s.digits.len()
-                                ))
-                            })?,
-                            _ => s.sum,
-                        };
-                        out.pixels.extend_from_slice(&s.image.data);
-                        out.labels.push(label);
-                        objects.push(o);
-                    }
-                    return Ok(Examples::Images { set: out, objects });
-                }
-                let mut out = SequenceSplit {
-                    images: Vec::with_capacity(samples.len()),
-                    references: Vec::with_capacity(samples.len()),
-                    word_boxes: Vec::with_capacity(samples.len()),
-                    objects: Vec::with_capacity(samples.len()),
-                    words: words.clone(),
-                    text: false,
-                };
-                for (s, o) in samples {
-                    out.references.push(vec![s.digits.iter().map(|&d| 4 + u32::from(d)).collect()]);
-                    // The boxes are in reading order: token k names box k.
-                    out.word_boxes.push(vec![(0..s.digits.len()).map(Some).collect()]);
-                    out.objects.push(o);
-                    out.images.push(s.image);
-                }
-                Ok(Examples::Sequences(out))
-            };
+                format!("{} MNIST digits on a {n}x{n} canvas{clutter}, {what}{fresh}, from {desc}", p.pairs.digits);
+            let gen = |set: &LabeledImages, split: &str| pairs(p, set, seed.stream(&format!("data/{split}")), split);
             let mut prepared =
                 Prepared::images(gen(&train, "train")?, gen(&val, "val")?, gen(&test, "test")?, (1, n, n), description);
             match p.target {
                 PairsTarget::Sequence => {
-                    prepared.classes = words.len();
+                    prepared.classes = DIGIT_WORDS.len();
                     prepared.max_steps = p.pairs.digits + 1;
                 }
                 PairsTarget::Sum => prepared.classes = 9 * p.pairs.digits + 1,
                 PairsTarget::Pair => prepared.classes = gaze_data::generate::PAIR_CLASSES,
             }
+            prepared.fresh = p.fresh_each_epoch.then(|| (Fresh::Pairs(p.clone()), train));
             Ok(prepared)
         }
         DataConfig::BarnVqa(b) => generated(
@@ -942,6 +952,46 @@ mod tests {
         want.push(tokens::EOS);
         assert_eq!(t[0], want);
         assert_eq!(p.max_steps, all.max_steps);
+        Ok(())
+    }
+
+    #[test]
+    fn pairs_targets_and_fresh_training_pairs() -> Result<()> {
+        use crate::config::PairsData;
+        use gaze_data::MnistSource;
+        let cfg = |target, fresh_each_epoch| {
+            DataConfig::MnistPairs(PairsData {
+                digits: MnistData {
+                    source: MnistSource::Fixture,
+                    train_limit: 60,
+                    test_limit: 20,
+                    ..Default::default()
+                },
+                pairs: gaze_data::generate::PairsConfig { canvas: 56, ..Default::default() },
+                target,
+                fresh_each_epoch,
+            })
+        };
+        let labels = |e: &Examples| e.as_images().map(|s| s.labels.clone()).unwrap_or_default();
+        let sum = prepare(&cfg(PairsTarget::Sum, false), Seed(2))?;
+        let pair = prepare(&cfg(PairsTarget::Pair, false), Seed(2))?;
+        let seq = prepare(&cfg(PairsTarget::Sequence, false), Seed(2))?;
+        assert_eq!((sum.classes, pair.classes, seq.classes, seq.max_steps), (19, 55, 14, 3));
+        // The same pairs under each target: the sum and the pair class agree with the digits read.
+        let Examples::Sequences(s) = &seq.test else { panic!("sequences") };
+        for (i, r) in s.references.iter().enumerate() {
+            let (a, b) = ((r[0][0] - 4) as u8, (r[0][1] - 4) as u8);
+            assert_eq!(labels(&sum.test)[i], a + b);
+            assert_eq!(labels(&pair.test)[i], gaze_data::generate::pair_class(a, b));
+        }
+        assert!(sum.train_for_epoch(1, Seed(2))?.is_none(), "fixed training pairs by default");
+        // Redrawn every epoch: new partners and places for epoch 1, the same again when asked again.
+        let fresh = prepare(&cfg(PairsTarget::Sum, true), Seed(2))?;
+        let e1 = fresh.train_for_epoch(1, Seed(2))?.map(|e| labels(&e)).unwrap_or_default();
+        assert_eq!(e1.len(), labels(&fresh.train).len());
+        assert_ne!(e1, labels(&fresh.train));
+        assert_eq!(Some(e1), fresh.train_for_epoch(1, Seed(2))?.map(|e| labels(&e)));
+        assert!(fresh.train_for_epoch(0, Seed(2))?.is_none(), "epoch 0 trains on the prepared set");
         Ok(())
     }
 }
