@@ -214,9 +214,9 @@ struct FolderRecord {
     split: Option<String>,
 }
 
-/// Loads `rel` under `dir` as RGB, resized when asked, with its `boxes` scaled to match; the
-/// image must stay inside `dir`'s tree as written (no checks beyond existence: the user owns the
-/// folder).
+/// Loads `rel` under `dir` as RGB, resized when asked, with its `boxes` scaled to match. The
+/// image must lie inside `dir`'s tree once `..` and links are resolved: a record naming
+/// `../x.png`, an absolute path or a link out of the folder is an error naming it.
 pub(crate) fn load_image(
     dir: &Path,
     rel: &str,
@@ -226,6 +226,17 @@ pub(crate) fn load_image(
     let p = dir.join(rel);
     if !p.is_file() {
         return Err(DataError::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "image file not found")));
+    }
+    let root = dir.canonicalize().map_err(|e| DataError::io(dir, e))?;
+    let real = p.canonicalize().map_err(|e| DataError::io(&p, e))?;
+    if !real.starts_with(&root) {
+        return Err(DataError::io(
+            &p,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("image {rel:?} lies outside the data folder {} (at {})", root.display(), real.display()),
+            ),
+        ));
     }
     let img = Image::load(&p, false)?;
     Ok(match size {
@@ -362,6 +373,27 @@ mod tests {
         assert!(e.contains("record 2") && e.contains("missing.png"), "{e}");
         let e = error_of(dir.path(), "\n\n");
         assert!(e.contains("questions.jsonl: no records"), "{e}");
+        // Records may only name images inside the folder: not by `..`, nor absolutely, nor by a link.
+        let outside = tempfile::tempdir().map_err(|e| DataError::io("tmp", e))?;
+        set().write_folder(outside.path())?;
+        let there = outside.path().join("images").join("000000.png");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir_all(&sub).map_err(|e| DataError::io(&sub, e))?;
+        std::fs::copy(dir.path().join("images/000000.png"), sub.join("in.png")).map_err(|e| DataError::io(&sub, e))?;
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&there, dir.path().join("link.png")).map_err(|e| DataError::io("link", e))?;
+        let rec = |image: &str| format!("{{\"image\":{image:?},\"question\":\"q?\",\"answer\":\"a\"}}\n");
+        let up = format!("../{}/images/000000.png", outside.path().file_name().and_then(|n| n.to_str()).unwrap_or(""));
+        let mut escapes = vec![up, there.display().to_string()];
+        if cfg!(unix) {
+            escapes.push("link.png".into());
+        }
+        for image in escapes {
+            let e = error_of(dir.path(), &rec(&image));
+            assert!(e.contains("outside the data folder") && e.contains("record 1"), "{image}: {e}");
+        }
+        // `..` that stays inside is fine.
+        assert_eq!(error_of(dir.path(), &rec("sub/../sub/in.png")), "");
         let e = error_of(dir.path(), &format!("{ok}\n{{not json\n"));
         assert!(e.contains("record 2"), "{e}");
         Ok(())

@@ -459,6 +459,18 @@ impl ExperimentConfig {
         if self.name.trim().is_empty() {
             return Err(bad(path, "name", "must not be empty"));
         }
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if !self.name.chars().all(plain) || self.name.starts_with('.') {
+            return Err(bad(
+                path,
+                "name",
+                format!(
+                    "{:?} must be a plain name (letters, digits, '-', '_', '.', not starting with '.'): it names \
+                     the run's folder under --runs",
+                    self.name
+                ),
+            ));
+        }
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return Err(bad(path, "optim.lr", format!("{} must be a positive number", o.lr)));
         }
@@ -643,5 +655,21 @@ epochs = 1
         }
         assert!(err(&GOOD.replace("lr = 0.01", "lr = 0.01\nschedule = { type = \"step\", every = 2, gamma = 1.0 }"))
             .is_empty());
+    }
+
+    #[test]
+    fn a_run_name_is_a_plain_name() {
+        let name = |n: &str| {
+            let text =
+                GOOD.lines().map(|l| if l.starts_with("name = ") { format!("name = {n:?}") } else { l.to_string() });
+            err(&text.collect::<Vec<_>>().join("\n"))
+        };
+        for bad in ["../../escape", "/tmp/x", "a/b", ".hidden", "two words", "a\\b"] {
+            let e = name(bad);
+            assert!(e.contains("`name`") && e.contains("plain name"), "{bad}: {e}");
+        }
+        for good in ["exp", "ram-cluttered-100", "v1.2_b"] {
+            assert!(name(good).is_empty(), "{good}: {}", name(good));
+        }
     }
 }
