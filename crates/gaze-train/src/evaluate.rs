@@ -161,6 +161,41 @@ pub fn evaluate(
     })
 }
 
+/// Grad-CAM graded like a trained attention map: for a class split whose images name their
+/// objects' boxes, each image's Grad-CAM map of its predicted class against its boxes
+/// (`gradcam_attention_in_box_pct`, `gradcam_pointing_pct`, beside `box_area_pct`). Empty for
+/// models without a convolutional feature map, and for other tasks.
+pub fn grad_cam_grounding(model: &dyn Model, set: &Examples, batch: usize, device: &Device) -> Result<Measured> {
+    let mut grounding = metrics::grounding::Grounding::default();
+    if set.task() != metrics::Task::Classify {
+        return Ok(Measured::default());
+    }
+    for idx in Batcher::new((0..set.len()).collect(), batch.max(1), false)? {
+        let b = set.batch(&idx, device)?;
+        let Some(cam) = gaze_zoo::explain::grad_cam(model, &b.images, None)? else { return Ok(Measured::default()) };
+        let rows: Vec<_> = set.row_info(&idx).into_iter().map(|i| i.row).collect();
+        let looked = Looked::Grid { maps: cam.to_vec3::<f32>()?, hard: false };
+        let view = Rows {
+            rows: &rows,
+            predicted: &[],
+            looked: Some(&looked),
+            steps: None,
+            stats: &[],
+            image_hw: (b.images.dim(2)?, b.images.dim(3)?),
+        };
+        metrics::Metric::update(&mut grounding, &view)?;
+    }
+    let mut plain = Measured::default();
+    metrics::Metric::finish(&grounding, &mut plain);
+    let mut out = Measured::default();
+    for (k, v) in plain.scores {
+        if k != "box_area_pct" {
+            out.scores.insert(format!("gradcam_{k}"), v);
+        }
+    }
+    Ok(out)
+}
+
 /// The softmax probabilities of one image batch (b, c, h, w) -> (b, classes), and the model
 /// output (a trained model, evaluation mode).
 pub fn predict(model: &dyn Model, images: &Tensor, seed: Seed) -> Result<(Vec<Vec<f32>>, Output)> {

@@ -356,6 +356,9 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         metrics.extend(test.named("test"));
         metrics.extend(test.measured.facts.clone());
+        // Attention read off afterwards, graded as the trained maps are (models with a CNN).
+        let cam = crate::evaluate::grad_cam_grounding(model, &data.test, bs, &device)?;
+        metrics.extend(cam.scores.iter().map(|(k, v)| (format!("test_{k}"), *v)));
         // Captions decoded by beam search are also read greedily, to show what the beam adds.
         if task == (Task::Sequence { bleu: true }) && cfg.train.decode != Search::Greedy {
             let how = (1.0, Search::Greedy, data.max_steps.max(1));

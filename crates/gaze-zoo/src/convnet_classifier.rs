@@ -84,6 +84,14 @@ impl ConvNetClassifier {
     }
 }
 
+impl ConvNetClassifier {
+    /// The layers after the conv blocks: class scores from a feature map (b, d, h', w'),
+    /// in evaluation mode (no dropout).
+    pub fn head_scores(&self, feats: &Tensor) -> Result<Tensor> {
+        self.out.forward(&self.fc.forward(&feats.flatten_from(1)?)?.relu()?)
+    }
+}
+
 impl Model for ConvNetClassifier {
     /// Shapes: images (b, c, h, w), targets (b,) -> logits (b, classes), loss `classify`,
     /// feature-norm map (b, h', w').
@@ -105,6 +113,13 @@ impl Model for ConvNetClassifier {
             attention: Some(AttentionMap::Grid { weights, title: "feature norm (no attention)".into() }),
             stats: vec![],
         })
+    }
+
+    fn conv_features(&self, images: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let feats = self.net.forward(images, false)?;
+        let held = candle_core::Var::from_tensor(&feats)?.as_tensor().clone();
+        let scores = self.head_scores(&held)?;
+        Ok(Some((held, scores)))
     }
 }
 

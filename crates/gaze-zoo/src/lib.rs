@@ -9,7 +9,9 @@
 pub mod convnet_classifier;
 pub mod decode;
 pub mod dram;
+pub mod explain;
 pub mod han;
+pub mod learn_to_pay_attention;
 pub mod model;
 pub mod ram;
 pub mod registry;
@@ -22,6 +24,7 @@ mod test_util;
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 pub use dram::{Dram, DramConfig};
 pub use han::{Han, HanConfig, Head, PairNorm, QuestionInput, Selection};
+pub use learn_to_pay_attention::{LearnToPayAttention, LtpaConfig, LtpaHead};
 pub use model::{
     tokens, AttentionMap, Batch, DataShape, Decoded, Mode, Model, Output, Questions, Scores, Search, Targets,
 };

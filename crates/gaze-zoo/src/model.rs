@@ -284,4 +284,12 @@ pub trait Model: Send + Sync {
         let _ = (batch, search, max_steps, rng);
         Err(candle_core::Error::Msg("this model scores classes; it has no sequence decoder".into()))
     }
+
+    /// For post-hoc explanations ([`crate::explain`]): the last convolutional feature map
+    /// (b, k, h, w) as a tensor whose gradient can be read, and the class scores (b, classes)
+    /// computed from it in evaluation mode. None for models without one.
+    fn conv_features(&self, images: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let _ = images;
+        Ok(None)
+    }
 }

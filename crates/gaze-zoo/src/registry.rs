@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 use crate::dram::{Dram, DramConfig};
 use crate::han::{Han, HanConfig};
+use crate::learn_to_pay_attention::{LearnToPayAttention, LtpaConfig};
 use crate::model::{DataShape, Model};
 use crate::ram::{Ram, RamConfig};
 use crate::relation_net::{RelationNet, RelationNetConfig};
@@ -34,6 +35,10 @@ pub enum ModelConfig {
     /// DRAM: glimpses read by two stacked LSTMs, a context network setting where to look first,
     /// one label per object (several objects per image: the digits of a pair, or their sum).
     Dram(DramConfig),
+    /// Learn to Pay Attention: attention estimators on a VGG backbone's blocks, the classifier
+    /// reading only the attended vectors (or, with `attention = false`, the same backbone's
+    /// global vector: the reference).
+    LearnToPayAttention(LtpaConfig),
 }
 
 /// Builds the model of `cfg` for data of `shape`: every model is `new(config, shape, vb)`.
@@ -46,5 +51,6 @@ pub fn build(cfg: &ModelConfig, shape: &DataShape, vb: VarBuilder) -> Result<Box
         ModelConfig::RelationNet(c) => Box::new(RelationNet::new(c, shape, vb)?),
         ModelConfig::ShowAttendTell(c) => Box::new(ShowAttendTell::new(c, shape, vb)?),
         ModelConfig::Dram(c) => Box::new(Dram::new(c, shape, vb)?),
+        ModelConfig::LearnToPayAttention(c) => Box::new(LearnToPayAttention::new(c, shape, vb)?),
     })
 }
