@@ -124,9 +124,9 @@ pub struct ImageBatch {
 }
 
 impl LabeledImages {
-    /// The images at `indices` as a `(b, 1, rows, cols)` batch with their labels.
+    /// The images at `indices` as a `(b, channels, rows, cols)` batch with their labels.
     pub fn batch(&self, indices: &[usize], device: &Device) -> Result<ImageBatch> {
-        let size = self.rows * self.cols;
+        let size = self.image_len();
         let mut data = Vec::with_capacity(indices.len() * size);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
@@ -136,7 +136,7 @@ impl LabeledImages {
             labels.push(u32::from(self.labels[i]));
         }
         Ok(ImageBatch {
-            images: Tensor::from_vec(data, (indices.len(), 1, self.rows, self.cols), device)?,
+            images: Tensor::from_vec(data, (indices.len(), self.channels, self.rows, self.cols), device)?,
             labels: Tensor::from_vec(labels, indices.len(), device)?,
         })
     }

@@ -14,6 +14,7 @@
 
 pub mod caption;
 pub mod catalog;
+pub mod cifar;
 pub mod dataset;
 pub mod error;
 pub mod generate;

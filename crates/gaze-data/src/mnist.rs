@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
 use crate::idx;
+use crate::image::Image;
 
 /// The environment variable naming a folder of IDX files.
 pub const DATA_DIR_ENV: &str = "GAZE_DATA_DIR";
@@ -23,14 +24,16 @@ const HUB_REVISION: &str = "refs/convert/parquet";
 pub const STANDARD_NAMES: [&str; 4] =
     ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 
-/// A set of grey-scale images of one size with one class label each.
+/// A set of images of one size with one class label each (grey MNIST digits, RGB CIFAR).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabeledImages {
+    /// Channels of every image (1: grey, 3: RGB), stored plane after plane.
+    pub channels: usize,
     /// Height of every image.
     pub rows: usize,
     /// Width of every image.
     pub cols: usize,
-    /// `len() * rows * cols` bytes, image after image, row-major.
+    /// `len() * channels * rows * cols` bytes, image after image, each channel's plane row-major.
     pub pixels: Vec<u8>,
     /// One class label per image.
     pub labels: Vec<u8>,
@@ -47,10 +50,32 @@ impl LabeledImages {
         self.labels.is_empty()
     }
 
-    /// Pixels of image `i` (`rows * cols` bytes), or `None` past the end.
+    /// Bytes of one image: channels x rows x cols.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.rows * self.cols
+    }
+
+    /// Pixels of image `i` (`channels * rows * cols` bytes, plane after plane), or `None` past
+    /// the end.
     pub fn image(&self, i: usize) -> Option<&[u8]> {
-        let size = self.rows * self.cols;
+        let size = self.image_len();
         self.pixels.get(i * size..(i + 1) * size)
+    }
+
+    /// Image `i` as an [`Image`] (grey, or RGB with its channels interleaved), for pictures.
+    pub fn to_image(&self, i: usize) -> Result<Image> {
+        let px = self.image(i).ok_or_else(|| DataError::config("index", format!("image {i} of {}", self.len())))?;
+        if self.channels == 1 {
+            return Image::grey(self.rows, self.cols, px.to_vec());
+        }
+        let plane = self.rows * self.cols;
+        let mut data = Vec::with_capacity(plane * 3);
+        for p in 0..plane {
+            for c in 0..3 {
+                data.push(px[c.min(self.channels - 1) * plane + p]);
+            }
+        }
+        Ok(Image { height: self.rows, width: self.cols, channels: 3, data })
     }
 
     /// How many images carry each label `0..classes`.
@@ -68,16 +93,17 @@ impl LabeledImages {
     pub fn take(&self, n: usize) -> Self {
         let n = n.min(self.len());
         Self {
+            channels: self.channels,
             rows: self.rows,
             cols: self.cols,
-            pixels: self.pixels[..n * self.rows * self.cols].to_vec(),
+            pixels: self.pixels[..n * self.image_len()].to_vec(),
             labels: self.labels[..n].to_vec(),
         }
     }
 
     /// The images at `indices`, in that order; an index past the end is an error.
     pub fn select(&self, indices: &[usize]) -> Result<Self> {
-        let mut pixels = Vec::with_capacity(indices.len() * self.rows * self.cols);
+        let mut pixels = Vec::with_capacity(indices.len() * self.image_len());
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
             let img = self.image(i).ok_or_else(|| {
@@ -86,7 +112,7 @@ impl LabeledImages {
             pixels.extend_from_slice(img);
             labels.push(self.labels[i]);
         }
-        Ok(Self { rows: self.rows, cols: self.cols, pixels, labels })
+        Ok(Self { channels: self.channels, rows: self.rows, cols: self.cols, pixels, labels })
     }
 
     /// Pairs an image file with a label file, checking that counts agree.
@@ -97,7 +123,7 @@ impl LabeledImages {
                 reason: format!("{} labels for {} images in the matching image file", labels.len(), images.count),
             });
         }
-        Ok(Self { rows: images.rows, cols: images.cols, pixels: images.pixels, labels })
+        Ok(Self { channels: 1, rows: images.rows, cols: images.cols, pixels: images.pixels, labels })
     }
 }
 
@@ -209,7 +235,7 @@ impl Mnist {
         let to_set = |images: &candle_core::Tensor, labels: &candle_core::Tensor| -> Result<LabeledImages> {
             let pixels = (images * 255.0)?.round()?.to_dtype(candle_core::DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
             let labels = labels.to_dtype(candle_core::DType::U8)?.to_vec1::<u8>()?;
-            Ok(LabeledImages { rows: 28, cols: 28, pixels, labels })
+            Ok(LabeledImages { channels: 1, rows: 28, cols: 28, pixels, labels })
         };
         Ok(Self { train: to_set(&ds.train_images, &ds.train_labels)?, test: to_set(&ds.test_images, &ds.test_labels)? })
     }

@@ -59,6 +59,29 @@ pub enum DataConfig {
     ShapeCaptions(CaptionsData),
     /// Any caption folder (`images/` with `captions.jsonl`, or the Karpathy JSON layout).
     CaptionFolder(CaptionFolderData),
+    /// A CIFAR-10 or CIFAR-100 folder in the binary format (`data_batch_*.bin` / `train.bin`).
+    Cifar(CifarData),
+}
+
+/// A CIFAR binary folder: its training file(s) split into train / val, its test file as test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CifarData {
+    /// The folder (see `gaze_data::cifar`).
+    pub path: std::path::PathBuf,
+    /// Fraction of the training images held out for validation, from the end.
+    pub val_fraction: f64,
+    /// Use at most this many training images (after the split); 0: all.
+    pub train_limit: usize,
+    /// Use at most this many test images; 0: all.
+    pub test_limit: usize,
+}
+
+impl Default for CifarData {
+    /// 45k / 5k / 10k for CIFAR's 50k / 10k.
+    fn default() -> Self {
+        Self { path: std::path::PathBuf::new(), val_fraction: 0.1, train_limit: 0, test_limit: 0 }
+    }
 }
 
 /// Generated shape-scene captions: images per split (each with all its correct captions).
@@ -580,13 +603,26 @@ impl ExperimentConfig {
                 }
                 None
             }
+            DataConfig::Cifar(c) => {
+                if !(c.val_fraction > 0.0 && c.val_fraction < 1.0) {
+                    return Err(bad(path, "data.val_fraction", format!("{} is not in (0, 1)", c.val_fraction)));
+                }
+                if t.augment_shift >= 16 {
+                    return Err(bad(
+                        path,
+                        "train.augment_shift",
+                        format!("{} moves a 32x32 image out of view", t.augment_shift),
+                    ));
+                }
+                None
+            }
         };
         if let Some(digits) = digits {
             if !(digits.val_fraction > 0.0 && digits.val_fraction < 1.0) {
                 return Err(bad(path, "data.val_fraction", format!("{} is not in (0, 1)", digits.val_fraction)));
             }
-        } else if t.augment_shift > 0 {
-            return Err(bad(path, "train.augment_shift", "shifts are for digit images; VQA and caption data need 0"));
+        } else if t.augment_shift > 0 && !matches!(self.data, DataConfig::Cifar(_)) {
+            return Err(bad(path, "train.augment_shift", "shifts are for class images; VQA and caption data need 0"));
         }
         Ok(())
     }

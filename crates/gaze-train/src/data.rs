@@ -276,7 +276,10 @@ impl Examples {
         let missing = || TrainError::Other(format!("example {i} of {}", self.len()));
         match self {
             Examples::Images { set: s, .. } => {
-                Ok(Image::grey(s.rows, s.cols, s.image(i).ok_or_else(missing)?.to_vec())?)
+                if i >= s.len() {
+                    return Err(missing());
+                }
+                Ok(s.to_image(i)?)
             }
             Examples::Vqa(v) => {
                 let j = *v.images.get(i).ok_or_else(missing)?;
@@ -297,26 +300,29 @@ pub fn shifted_batch(
     device: &Device,
 ) -> Result<Batch> {
     use rand::Rng as _;
-    let (h, w) = (set.rows, set.cols);
+    let (c, h, w) = (set.channels, set.rows, set.cols);
     let m = max as i64;
     let mut shifted = LabeledImages {
+        channels: c,
         rows: h,
         cols: w,
-        pixels: Vec::with_capacity(idx.len() * h * w),
+        pixels: Vec::with_capacity(idx.len() * set.image_len()),
         labels: Vec::with_capacity(idx.len()),
     };
     for &i in idx {
         let src = set.image(i).ok_or_else(|| TrainError::Other(format!("image {i} of {}", set.len())))?;
         let (dy, dx) = (rng.random_range(-m..=m), rng.random_range(-m..=m));
-        for y in 0..h as i64 {
-            for x in 0..w as i64 {
-                let (sy, sx) = (y - dy, x - dx);
-                let v = if sy < 0 || sx < 0 || sy >= h as i64 || sx >= w as i64 {
-                    0
-                } else {
-                    src[(sy as usize) * w + sx as usize]
-                };
-                shifted.pixels.push(v);
+        for plane in src.chunks_exact(h * w) {
+            for y in 0..h as i64 {
+                for x in 0..w as i64 {
+                    let (sy, sx) = (y - dy, x - dx);
+                    let v = if sy < 0 || sx < 0 || sy >= h as i64 || sx >= w as i64 {
+                        0
+                    } else {
+                        plane[(sy as usize) * w + sx as usize]
+                    };
+                    shifted.pixels.push(v);
+                }
             }
         }
         shifted.labels.push(set.labels[i]);
@@ -463,6 +469,7 @@ type Objects = Vec<Vec<(FracBox, (f32, f32))>>;
 fn canvases(cfg: &CanvasConfig, set: &LabeledImages, seed: Seed) -> Result<(LabeledImages, Objects)> {
     let g = MnistCanvas::new(cfg.clone(), set, seed)?;
     let mut out = LabeledImages {
+        channels: 1,
         rows: cfg.canvas,
         cols: cfg.canvas,
         pixels: Vec::with_capacity(g.len() * cfg.canvas * cfg.canvas),
@@ -498,6 +505,7 @@ fn pairs(p: &PairsData, set: &LabeledImages, seed: Seed, split: &str) -> Result<
     }
     if p.target != PairsTarget::Sequence {
         let mut out = LabeledImages {
+            channels: 1,
             rows: n,
             cols: n,
             pixels: Vec::with_capacity(samples.len() * n * n),
@@ -552,7 +560,7 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
     match cfg {
         DataConfig::Mnist(m) => {
             let (train, val, test, description) = digits(m)?;
-            let input = (1, train.rows, train.cols);
+            let input = (train.channels, train.rows, train.cols);
             let plain = |set| Examples::Images { set, objects: vec![] };
             Ok(Prepared::images(plain(train), plain(val), plain(test), input, description))
         }
@@ -660,6 +668,35 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 if c.any_order { "any order" } else { "reading order" }
             );
             captions(sets, 1, usize::MAX, description)
+        }
+        DataConfig::Cifar(c) => {
+            let set = gaze_data::cifar::Cifar::read_folder(&c.path)?;
+            let n = set.train.len();
+            let val = ((n as f64) * c.val_fraction).round().max(1.0) as usize;
+            if val >= n {
+                return Err(TrainError::Other(format!(
+                    "{}: {n} training images cannot spare {val} for validation",
+                    c.path.display()
+                )));
+            }
+            let mut train = set.train.select(&(0..n - val).collect::<Vec<_>>())?;
+            let held = set.train.select(&(n - val..n).collect::<Vec<_>>())?;
+            if c.train_limit > 0 {
+                train = train.take(c.train_limit);
+            }
+            let test = if c.test_limit > 0 { set.test.take(c.test_limit) } else { set.test };
+            let description = format!(
+                "CIFAR-{} from {}: {} train / {} val / {} test images",
+                set.kind.classes(),
+                c.path.display(),
+                train.len(),
+                held.len(),
+                test.len()
+            );
+            let plain = |set| Examples::Images { set, objects: vec![] };
+            let mut p = Prepared::images(plain(train), plain(held), plain(test), (3, 32, 32), description);
+            p.classes = set.kind.classes();
+            Ok(p)
         }
         DataConfig::CaptionFolder(f) => {
             let set = CaptionSet::read_folder(&f.path, Some((f.size[0], f.size[1])))?;
@@ -863,7 +900,7 @@ fn vqa_prepared(splits: [Examples; 3], encoder: Arc<VqaEncoder>, description: St
             let code = v.records.first().and_then(|r| r.first()).and_then(|&r| v.set.records.get(r));
             (input, code.map_or(0, |r| r.q.code.len()))
         }
-        Examples::Images { set: s, .. } => ((1, s.rows, s.cols), 0),
+        Examples::Images { set: s, .. } => ((s.channels, s.rows, s.cols), 0),
         Examples::Sequences(s) => (s.images.first().map_or((1, 0, 0), |im| (im.channels, im.height, im.width)), 0),
     };
     let description = format!(
@@ -896,6 +933,7 @@ mod tests {
     #[test]
     fn shifts_move_the_digit_and_keep_its_ink() -> Result<()> {
         let set = LabeledImages {
+            channels: 1,
             rows: 4,
             cols: 4,
             pixels: (0..16).map(|i| if i == 5 { 200 } else { 0 }).collect(),

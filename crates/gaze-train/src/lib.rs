@@ -41,6 +41,7 @@ impl ExperimentConfig {
             config::DataConfig::Mnist(m) => shrink(m),
             config::DataConfig::MnistCanvas(c) => shrink(&mut c.digits),
             config::DataConfig::MnistPairs(p) => shrink(&mut p.digits),
+            config::DataConfig::Cifar(c) => (c.train_limit, c.test_limit) = (256, 128),
             config::DataConfig::BarnVqa(b) => {
                 (b.train_scenes, b.val_scenes, b.test_scenes) = (96, 16, 16);
             }

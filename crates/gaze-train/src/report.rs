@@ -211,7 +211,7 @@ pub fn attention_tiles(
     let mut tiles = Vec::with_capacity(indices.len());
     let mut title = String::from("inputs");
     for (k, &i) in indices.iter().enumerate() {
-        let img = Image::grey(set.rows, set.cols, set.image(i).unwrap_or_default().to_vec())?;
+        let img = set.to_image(i)?;
         let (shown, t) = render_attention(&img, out.attention.as_ref(), k)?;
         if let Some(t) = t {
             title = t;

@@ -6,6 +6,7 @@ mod common;
 mod data;
 mod determinism;
 mod dram;
+mod ltpa;
 mod sequence;
 mod train;
 mod vqa;

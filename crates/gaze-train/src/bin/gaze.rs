@@ -54,6 +54,10 @@ enum Cmd {
         /// Where to write the overlay (default: <image>.attention.png).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write Grad-CAM of the predicted class (models with a CNN) to <image>.gradcam.png:
+        /// attention read off the trained network, beside the model's own.
+        #[arg(long)]
+        gradcam: bool,
     },
     /// Print a run's summary and the files it wrote.
     Show {
@@ -131,7 +135,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Infer { run, image, out } => {
+        Cmd::Infer { run, image, out, gradcam } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
             let (cfg, data, built) = trainer::load_run(&run, &device)?;
             let (c, h, w) = data.input;
@@ -167,6 +171,16 @@ fn main() -> anyhow::Result<()> {
             let drawn = (overlay.height / h.max(1)).max(1);
             overlay.upscale((224 / (w * drawn).max(1)).max(1)).save_png(&out)?;
             println!("overlay: {}", out.display());
+            if gradcam {
+                let Some(cam) = gaze_zoo::explain::grad_cam(built.model.as_ref(), &x, None)? else {
+                    anyhow::bail!("this model has no convolutional feature map for Grad-CAM");
+                };
+                let map = gaze_zoo::AttentionMap::Grid { weights: cam, title: "Grad-CAM".into() };
+                let (shown, _) = report::render_attention(&img, Some(&map), 0)?;
+                let path = image.with_extension("gradcam.png");
+                shown.upscale((224 / w.max(1)).max(1)).save_png(&path)?;
+                println!("Grad-CAM of class {best}: {}", path.display());
+            }
         }
         Cmd::Show { run } => {
             let s = std::fs::read_to_string(run.join("summary.json"))
