@@ -208,13 +208,25 @@ pub fn attention_tiles(
     }
     let b = set.batch(indices, device)?;
     let (_, out) = predict(model, &b.images, Seed(0))?;
+    // Models with a CNN: Grad-CAM of the predicted class beside what the model itself shows.
+    let cam = gaze_zoo::explain::grad_cam(model, &b.images, None)?
+        .map(|weights| AttentionMap::Grid { weights, title: "Grad-CAM".into() });
     let mut tiles = Vec::with_capacity(indices.len());
     let mut title = String::from("inputs");
     for (k, &i) in indices.iter().enumerate() {
         let img = set.to_image(i)?;
-        let (shown, t) = render_attention(&img, out.attention.as_ref(), k)?;
+        let (mut shown, t) = render_attention(&img, out.attention.as_ref(), k)?;
         if let Some(t) = t {
             title = t;
+        }
+        if let Some(cam) = &cam {
+            let (c, _) = render_attention(&img, Some(cam), k)?;
+            if c.height == shown.height {
+                shown = strip(&[shown, c], 2);
+                if !title.ends_with("right: Grad-CAM") {
+                    title = format!("left: {title}; right: Grad-CAM");
+                }
+            }
         }
         let pred = match predictions.get(i) {
             Some(Predicted::Class(p)) => *p,
