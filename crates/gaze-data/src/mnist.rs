@@ -299,6 +299,22 @@ pub enum MnistSource {
     EnvOrHub,
 }
 
+impl MnistSource {
+    /// Where this source reads from, now: the folder (named, with `GAZE_DATA_DIR` when it came
+    /// from there), the embedded fixture or the hub. Recorded with every run.
+    pub fn describe(&self) -> String {
+        let env = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty());
+        match (self, env) {
+            (MnistSource::Dir(d), _) => format!("MNIST IDX folder {}", d.display()),
+            (MnistSource::Auto | MnistSource::EnvOrHub, Some(d)) => {
+                format!("MNIST IDX folder {} ({DATA_DIR_ENV})", PathBuf::from(d).display())
+            }
+            (MnistSource::Auto | MnistSource::Fixture, _) => "the embedded MNIST fixture".into(),
+            (MnistSource::EnvOrHub | MnistSource::Hub, _) => "MNIST from the Hugging Face hub".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -551,7 +551,8 @@ fn digits(m: &MnistData) -> Result<(LabeledImages, LabeledImages, LabeledImages,
         train = train.take(m.train_limit);
     }
     let test = if m.test_limit > 0 { mnist.test.take(m.test_limit) } else { mnist.test };
-    let desc = format!("{:?}: {} train / {} val / {} test digits", m.source, train.len(), val.len(), test.len());
+    let desc =
+        format!("{}: {} train / {} val / {} test digits", m.source.describe(), train.len(), val.len(), test.len());
     Ok((train, val, test, desc))
 }
 

@@ -152,7 +152,14 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
     let metrics_path = run_dir.join("metrics.jsonl");
     let git = git_rev();
-    let command = opts.command.clone().unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let command = opts.command.clone().unwrap_or_else(|| {
+        // The data folder is part of how the run was made: say it as the shell would.
+        let args = std::env::args().collect::<Vec<_>>().join(" ");
+        match std::env::var_os(gaze_data::mnist::DATA_DIR_ENV).filter(|d| !d.is_empty()) {
+            Some(d) => format!("{}={} {args}", gaze_data::mnist::DATA_DIR_ENV, d.to_string_lossy()),
+            None => args,
+        }
+    });
     if opts.resume.is_none() {
         // The run records itself before step 1.
         gaze_data::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;

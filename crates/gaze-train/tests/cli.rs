@@ -43,5 +43,37 @@ fn train_eval_infer_show() -> anyhow::Result<()> {
     assert!(gaze_data::Image::load(&overlay, false)?.width >= 28);
     assert!(gaze(&["show", run])?.contains("test_acc_pct"));
     assert!(Path::new(run).join("report.md").is_file());
+    // Grad-CAM beside the model's own map.
+    let out = gaze(&["infer", run, png.to_str().unwrap_or_default(), "--gradcam"])?;
+    assert!(out.contains("Grad-CAM of class") && tmp.path().join("digit.gradcam.png").is_file(), "{out}");
+    Ok(())
+}
+
+/// `--data-dir` points an experiment's MNIST at a folder, and the run says which: in its data
+/// line and in the command it records (as the shell would set it).
+#[test]
+fn the_data_folder_is_given_by_flag_and_recorded() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = tmp.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "name = \"cli-dir\"\nseed = 2\n[model]\ntype = \"convnet\"\nhidden = 8\n[model.convnet]\nchannels = [4]\n\
+         [data]\ntype = \"mnist\"\nsource = \"env_or_hub\"\ntrain_limit = 32\ntest_limit = 16\n[train]\nepochs = 1\nbatch_size = 16\npictures = 0\n",
+    )?;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist-fixture").canonicalize()?;
+    let runs = tmp.path().join("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["--data-dir", fixture.to_str().unwrap_or_default(), "train", cfg.to_str().unwrap_or_default()])
+        .args(["--runs", runs.to_str().unwrap_or_default(), "--quiet", "--threads", "1"])
+        .env_remove("GAZE_DATA_DIR")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let run = stdout.lines().find_map(|l| l.strip_prefix("run: ")).ok_or_else(|| anyhow::anyhow!("{stdout}"))?;
+    let summary = std::fs::read_to_string(Path::new(run).join("summary.json"))?;
+    let folder = fixture.display().to_string();
+    assert!(summary.contains(&format!("MNIST IDX folder {folder} (GAZE_DATA_DIR)")), "{summary}");
+    assert!(summary.contains(&format!("GAZE_DATA_DIR={folder} ")), "{summary}");
     Ok(())
 }

@@ -19,6 +19,9 @@ struct Cli {
     /// CPU threads (default: the experiment's `train.threads`, else all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Folder of the four MNIST IDX files (sets GAZE_DATA_DIR for this command; recorded with a run).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -69,6 +72,13 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     gaze_train::keep_freed_memory();
     let cli = Cli::parse();
+    if let Some(d) = &cli.data_dir {
+        #[allow(unsafe_code)]
+        // Safe: set before any thread is spawned.
+        unsafe {
+            std::env::set_var(gaze_data::mnist::DATA_DIR_ENV, d);
+        }
+    }
     let device = Device::Cpu;
     match cli.cmd {
         Cmd::Train { config, resume, runs, quiet } => {
