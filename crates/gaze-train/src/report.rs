@@ -401,10 +401,25 @@ pub fn curves(run_dir: &Path) -> Result<()> {
     let steps: Vec<(f64, f64)> =
         lines.iter().filter(|v| v["kind"] == "step").filter_map(|v| Some((get(v, "step")?, get(v, "loss")?))).collect();
     let epochs: Vec<&serde_json::Value> = lines.iter().filter(|v| v["kind"] == "epoch").collect();
-    let train_acc: Vec<(f64, f64)> =
-        epochs.iter().filter_map(|v| Some((get(v, "epoch")?, get(v, "train_acc_pct")?))).collect();
-    let val_acc: Vec<(f64, f64)> =
-        epochs.iter().filter_map(|v| Some((get(v, "epoch")?, get(v, "val_acc_pct")?))).collect();
+    // Validation loss at the step each epoch ended, beside the training loss.
+    let val_loss: Vec<(f64, f64)> =
+        epochs.iter().filter_map(|v| Some((get(v, "step")?, get(v, "val_loss")?))).collect();
+    // The right panel follows the task's validation metric: accuracy (with training accuracy),
+    // BLEU-4, or sequence error.
+    let metric = ["val_acc_pct", "val_bleu4", "val_sequence_error_pct"]
+        .into_iter()
+        .find(|k| epochs.iter().any(|v| get(v, k).is_some()))
+        .unwrap_or("val_acc_pct");
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        epochs.iter().filter_map(|v| Some((get(v, "epoch")?, get(v, key)?))).collect()
+    };
+    let val = series(metric);
+    let train = if metric == "val_acc_pct" { series("train_acc_pct") } else { vec![] };
+    let caption = match metric {
+        "val_acc_pct" => "accuracy % by epoch (blue train, red val)",
+        "val_bleu4" => "validation BLEU-4 by epoch",
+        _ => "validation sequence error % by epoch",
+    };
     let (w, h) = (960u32, 360u32);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
@@ -413,29 +428,47 @@ pub fn curves(run_dir: &Path) -> Result<()> {
         root.fill(&WHITE).map_err(plot_err)?;
         let (left, right) = root.split_horizontally(w / 2);
         let max_step = steps.last().map_or(1.0, |s| s.0).max(1.0);
-        let max_loss = steps.iter().map(|s| s.1).fold(0.0, f64::max).max(1e-3);
+        let max_loss = steps.iter().chain(&val_loss).map(|s| s.1).fold(0.0, f64::max).max(1e-3);
+        let min_loss = steps.iter().chain(&val_loss).map(|s| s.1).fold(0.0, f64::min);
         let mut c = ChartBuilder::on(&left)
-            .caption("training loss (logged steps)", ("sans-serif", 16))
+            .caption("loss (blue: logged training steps, red: validation)", ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(50)
-            .build_cartesian_2d(0.0..max_step, 0.0..max_loss * 1.05)
+            .build_cartesian_2d(0.0..max_step, min_loss * 1.05..max_loss * 1.05)
             .map_err(plot_err)?;
-        c.configure_mesh().x_desc("step").label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
+        c.configure_mesh()
+            .x_desc("step")
+            .x_labels(6)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
         c.draw_series(LineSeries::new(steps.iter().copied(), &BLUE)).map_err(plot_err)?;
+        c.draw_series(val_loss.iter().map(|&p| Circle::new(p, 3, RED.filled()))).map_err(plot_err)?;
         let n_ep = epochs.len().max(1) as f64;
-        let lo = train_acc.iter().chain(&val_acc).map(|p| p.1).fold(100.0, f64::min).clamp(0.0, 99.0);
+        let (lo, hi) =
+            train.iter().chain(&val).map(|p| p.1).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        let (lo, hi) = if lo > hi { (0.0, 100.0) } else { ((lo - 0.5).max(0.0), (hi + 0.5).min(100.0).max(lo + 1.0)) };
         let mut c = ChartBuilder::on(&right)
-            .caption("accuracy % by epoch (blue train, red val)", ("sans-serif", 16))
+            .caption(caption, ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(50)
-            .build_cartesian_2d(0.5..n_ep + 0.5, (lo - 0.5).max(0.0)..100.0)
+            .build_cartesian_2d(0.5..n_ep + 0.5, lo..hi)
             .map_err(plot_err)?;
-        c.configure_mesh().x_desc("epoch").label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
-        c.draw_series(LineSeries::new(train_acc.iter().copied(), &BLUE)).map_err(plot_err)?;
-        c.draw_series(LineSeries::new(val_acc.iter().copied(), &RED)).map_err(plot_err)?;
-        c.draw_series(val_acc.iter().map(|&p| Circle::new(p, 3, RED.filled()))).map_err(plot_err)?;
+        c.configure_mesh()
+            .x_desc("epoch")
+            .x_labels((epochs.len()).clamp(1, 10))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.1}"))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        c.draw_series(LineSeries::new(train.iter().copied(), &BLUE)).map_err(plot_err)?;
+        c.draw_series(LineSeries::new(val.iter().copied(), &RED)).map_err(plot_err)?;
+        c.draw_series(val.iter().map(|&p| Circle::new(p, 3, RED.filled()))).map_err(plot_err)?;
         root.present().map_err(plot_err)?;
     }
     Image { height: h as usize, width: w as usize, channels: 3, data: buf }.save_png(&run_dir.join("curves.png"))?;
@@ -545,5 +578,31 @@ mod tests {
         // top-right cell is hot, bottom-left is not
         assert!(o.get(0, 3, 0) > 100);
         assert_eq!(o.get(3, 0, 0), 0);
+    }
+
+    /// The curves follow the task's validation metric and keep their labels apart on long runs.
+    #[test]
+    fn curves_draw_long_sequence_runs() -> Result<()> {
+        for metric in ["val_acc_pct", "val_sequence_error_pct"] {
+            let dir = tempfile::tempdir().map_err(|e| crate::TrainError::Other(e.to_string()))?;
+            let mut text = String::new();
+            for e in 1..=36u32 {
+                for k in 0..10u32 {
+                    let step = (e - 1) * 860 + k * 86;
+                    text += &format!("{{\"kind\":\"step\",\"step\":{step},\"loss\":{}}}\n", 2.0 / f64::from(step + 1));
+                }
+                text += &format!(
+                    "{{\"kind\":\"epoch\",\"epoch\":{e},\"step\":{},\"val_loss\":0.5,\"{metric}\":{},\"train_acc_pct\":50}}\n",
+                    e * 860,
+                    100.0 / f64::from(e)
+                );
+            }
+            std::fs::write(dir.path().join("metrics.jsonl"), text)
+                .map_err(|e| crate::TrainError::Other(e.to_string()))?;
+            curves(dir.path())?;
+            let png = Image::load(&dir.path().join("curves.png"), false)?;
+            assert_eq!((png.width, png.height), (960, 360));
+        }
+        Ok(())
     }
 }
