@@ -461,16 +461,26 @@ fn progress_bar(quiet: bool, len: u64, pos: u64, prefix: &str) -> indicatif::Pro
     bar
 }
 
-/// Loads a run's config and best (else last) parameters, for `eval` and `infer`.
-pub fn load_run(run_dir: &Path, device: &Device) -> Result<(ExperimentConfig, Prepared, Built)> {
+/// Loads a finished (or interrupted) run: its config, its data and its model with the `best`
+/// checkpoint, or with `last` when `last` is asked for. A missing `best` is an error that says
+/// so (training writes it after the first epoch), not a silent fall back to `last`. Returns the
+/// checkpoint read, for the caller to say.
+pub fn load_run(run_dir: &Path, last: bool, device: &Device) -> Result<(ExperimentConfig, Prepared, Built, PathBuf)> {
     let cfg = ExperimentConfig::load(&run_dir.join("config.toml"))?;
+    let name = if last { "last" } else { "best" };
+    let path = run_dir.join(format!("checkpoints/{name}.safetensors"));
+    if !path.is_file() {
+        return Err(TrainError::Other(format!(
+            "{}: no {name} checkpoint{}",
+            path.display(),
+            if last { "" } else { " (the run ended before its first epoch?); --last reads the latest parameters" }
+        )));
+    }
     let data = data::prepare(&cfg.data, Seed(cfg.seed))?;
     let built = build_model(&cfg, &data.shape(), device)?;
-    let best = run_dir.join("checkpoints/best.safetensors");
-    let path = if best.is_file() { best } else { run_dir.join("checkpoints/last.safetensors") };
     let loaded = checkpoint::load(&path, device)?;
     checkpoint::restore_vars(&built.vars, &loaded, &path)?;
-    Ok((cfg, data, built))
+    Ok((cfg, data, built, path))
 }
 
 #[cfg(test)]

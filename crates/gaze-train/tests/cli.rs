@@ -31,7 +31,17 @@ fn train_eval_infer_show() -> anyhow::Result<()> {
     ])?;
     let run =
         out.lines().find_map(|l| l.strip_prefix("run: ")).ok_or_else(|| anyhow::anyhow!("no run line in {out}"))?;
-    assert!(gaze(&["eval", run])?.contains("test accuracy"));
+    let out = gaze(&["eval", run])?;
+    assert!(out.contains("test accuracy") && out.contains("best.safetensors"), "{out}");
+    assert!(gaze(&["eval", run, "--last"])?.contains("last.safetensors"));
+    // Without `best`, eval says so instead of reading `last` unasked.
+    let best = Path::new(run).join("checkpoints/best.safetensors");
+    let kept = tmp.path().join("best.keep");
+    std::fs::rename(&best, &kept)?;
+    let failed = Command::new(env!("CARGO_BIN_EXE_gaze")).args(["eval", run]).output()?;
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && err.contains("no best checkpoint") && err.contains("--last"), "{err}");
+    std::fs::rename(&kept, &best)?;
     // A digit as a PNG: the first test digit of the fixture (a 7).
     let m = gaze_data::Mnist::fixture()?;
     let png = tmp.path().join("digit.png");

@@ -46,6 +46,9 @@ enum Cmd {
     Eval {
         /// The run folder.
         run: PathBuf,
+        /// Read the `last` checkpoint (the latest parameters) instead of `best`.
+        #[arg(long)]
+        last: bool,
     },
     /// Classify an image (or, for a sequence model, read it: a caption, digits) with a run's
     /// model and write a picture of where it looked (one per word for a sequence).
@@ -57,6 +60,9 @@ enum Cmd {
         /// Where to write the overlay (default: <image>.attention.png).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Read the `last` checkpoint instead of `best`.
+        #[arg(long)]
+        last: bool,
         /// Also write Grad-CAM of the predicted class (models with a CNN) to <image>.gradcam.png:
         /// attention read off the trained network, beside the model's own.
         #[arg(long)]
@@ -94,9 +100,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&s.metrics)?);
             println!("run: {}", s.run_dir.display());
         }
-        Cmd::Eval { run } => {
+        Cmd::Eval { run, last } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
-            let (cfg, data, built) = trainer::load_run(&run, &device)?;
+            let (cfg, data, built, checkpoint) = trainer::load_run(&run, last, &device)?;
+            println!("checkpoint: {}", checkpoint.display());
             let how = (1.0, cfg.train.decode, data.max_steps.max(1));
             let e = evaluate(
                 built.model.as_ref(),
@@ -145,9 +152,9 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Infer { run, image, out, gradcam } => {
+        Cmd::Infer { run, image, out, last, gradcam } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
-            let (cfg, data, built) = trainer::load_run(&run, &device)?;
+            let (cfg, data, built, _) = trainer::load_run(&run, last, &device)?;
             let (c, h, w) = data.input;
             let img = Image::load(&image, c == 1).with_context(|| format!("reading {}", image.display()))?.resize(h, w);
             let pixels: Vec<f32> = img.data.iter().map(|&v| f32::from(v) / 255.0).collect();
