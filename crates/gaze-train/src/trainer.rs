@@ -179,6 +179,12 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let higher = metrics::higher_is_better(&select);
     let eval_how = |progress: f64| (progress, cfg.train.decode, data.max_steps.max(1));
     if opts.resume.is_some() {
+        // Temp files of writes a killed process never finished.
+        let stale =
+            gaze_data::remove_stale_temps(&run_dir) + gaze_data::remove_stale_temps(&run_dir.join("checkpoints"));
+        if stale > 0 && !opts.quiet {
+            eprintln!("removed {stale} unfinished temporary file(s) from {}", run_dir.display());
+        }
         let loaded = checkpoint::load(&last_path, &device)?;
         checkpoint::restore_vars(&built.vars, &loaded, &last_path)?;
         opt.load_state(&|k| loaded.tensors.get(k).cloned(), loaded.state.opt_t, loaded.state.lr)?;
