@@ -427,6 +427,58 @@ impl Prepared {
         }
     }
 
+    /// Checks every split against what the model will be built for, before any training: no
+    /// split is empty, every image has the training images' size and channels, every label is
+    /// one of the classes, every target token is in the vocabulary. The error names the split,
+    /// the first bad example and where the data came from.
+    pub fn check(&self) -> Result<()> {
+        let from = &self.description;
+        for (name, split) in [("training", &self.train), ("validation", &self.val), ("test", &self.test)] {
+            if split.is_empty() {
+                return Err(TrainError::Other(format!("the {name} split is empty (data: {from})")));
+            }
+            match split {
+                Examples::Images { set, .. } => {
+                    let size = (set.channels, set.rows, set.cols);
+                    if size != self.input {
+                        return Err(TrainError::Other(format!(
+                            "the {name} images are {}x{}x{} (channels x height x width), the training images {}x{}x{} \
+                             (data: {from})",
+                            size.0, size.1, size.2, self.input.0, self.input.1, self.input.2
+                        )));
+                    }
+                    if let Some((i, l)) = set.labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= self.classes) {
+                        return Err(TrainError::Other(format!(
+                            "{name} image {i} has label {l}, outside the {} classes (data: {from})",
+                            self.classes
+                        )));
+                    }
+                }
+                Examples::Sequences(s) => {
+                    for (i, img) in s.images.iter().enumerate() {
+                        if (img.channels, img.height, img.width) != self.input {
+                            return Err(TrainError::Other(format!(
+                                "{name} image {i} is {}x{}x{}, the model reads {}x{}x{} (data: {from})",
+                                img.channels, img.height, img.width, self.input.0, self.input.1, self.input.2
+                            )));
+                        }
+                    }
+                    let bad = s.references.iter().enumerate().find_map(|(i, refs)| {
+                        refs.iter().flatten().find(|&&t| t as usize >= self.classes).map(|&t| (i, t))
+                    });
+                    if let Some((i, t)) = bad {
+                        return Err(TrainError::Other(format!(
+                            "{name} example {i} has token {t}, outside the vocabulary of {} (data: {from})",
+                            self.classes
+                        )));
+                    }
+                }
+                Examples::Vqa(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// What a model is built for.
     pub fn shape(&self) -> DataShape {
         DataShape {

@@ -134,6 +134,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let device = Device::Cpu;
     let seed = Seed(cfg.seed);
     let data = data::prepare(&cfg.data, seed)?;
+    data.check()?;
     let run_dir = match &opts.resume {
         Some(d) => d.clone(),
         None => {

@@ -75,3 +75,49 @@ fn without_the_hub_feature_the_error_says_how_to_get_data() {
     let e = gaze_data::Mnist::from_hub().err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("GAZE_DATA_DIR") && e.contains("--data-dir") && e.contains("--features hub"), "{e}");
 }
+
+/// Data checked against the model before training: a label outside the classes and an empty
+/// test file are errors naming the split and the first bad image, not a failure inside a tensor
+/// op (or an "accuracy" of 0 on nothing) after the run.
+#[test]
+fn bad_labels_and_empty_splits_stop_the_run_before_it_starts() -> anyhow::Result<()> {
+    use gaze_data::idx::{encode_images, encode_labels, write_maybe_gzipped, IdxImages};
+    let m = gaze_data::Mnist::fixture()?;
+    let write = |dir: &std::path::Path, test_labels: Vec<u8>, test_count: usize| -> anyhow::Result<()> {
+        let imgs = |set: &gaze_data::LabeledImages, n: usize| IdxImages {
+            count: n,
+            rows: 28,
+            cols: 28,
+            pixels: set.pixels[..n * 784].to_vec(),
+        };
+        write_maybe_gzipped(&dir.join("train-images-idx3-ubyte.gz"), &encode_images(&imgs(&m.train, 200)))?;
+        write_maybe_gzipped(&dir.join("train-labels-idx1-ubyte.gz"), &encode_labels(&m.train.labels[..200]))?;
+        write_maybe_gzipped(&dir.join("t10k-images-idx3-ubyte.gz"), &encode_images(&imgs(&m.test, test_count)))?;
+        write_maybe_gzipped(&dir.join("t10k-labels-idx1-ubyte.gz"), &encode_labels(&test_labels))?;
+        Ok(())
+    };
+    let run = |dir: &std::path::Path| -> String {
+        let text = format!(
+            "name = \"bad-data\"\nseed = 1\n[model]\ntype = \"convnet\"\nhidden = 8\n[model.convnet]\nchannels = [4]\n\
+             [data]\ntype = \"mnist\"\nsource = {{ dir = {:?} }}\n[train]\nepochs = 1\nbatch_size = 16\npictures = 0\n",
+            dir.display().to_string()
+        );
+        let runs = tempfile::tempdir().ok();
+        gaze_train::ExperimentConfig::from_toml(&text, "bad.toml".as_ref())
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| Ok(gaze_train::run(&cfg, &crate::common::opts(runs.as_ref().map_or(dir, |r| r.path())))?))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let dir = tempfile::tempdir()?;
+    let mut labels = m.test.labels[..40].to_vec();
+    labels[17] = 200;
+    write(dir.path(), labels, 40)?;
+    let e = run(dir.path());
+    assert!(e.contains("test image 17 has label 200, outside the 10 classes") && e.contains("MNIST IDX folder"), "{e}");
+    write(dir.path(), vec![], 0)?;
+    let e = run(dir.path());
+    assert!(e.contains("the test split is empty"), "{e}");
+    Ok(())
+}
