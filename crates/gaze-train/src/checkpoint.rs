@@ -63,8 +63,32 @@ pub struct EpochSums {
 }
 
 const STATE_KEY: &str = "gaze.state";
+const CHECKSUM_KEY: &str = "gaze.checksum";
 
-/// Serialises the model, optimiser and state to safetensors bytes.
+/// FNV-1a (64 bits) over every tensor of safetensors `bytes`, by name: each name, dtype, shape
+/// and data. A flipped byte anywhere in the tensors changes it.
+fn checksum(bytes: &[u8]) -> std::result::Result<String, safetensors::SafeTensorError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)?;
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for n in &names {
+        let t = st.tensor(n)?;
+        eat(n.as_bytes());
+        eat(format!("{:?}{:?}", t.dtype(), t.shape()).as_bytes());
+        eat(t.data());
+    }
+    Ok(format!("fnv1a64:{h:016x}"))
+}
+
+/// Serialises the model, optimiser and state to safetensors bytes, with a checksum of the
+/// tensors in the metadata (`gaze.checksum`) that [`load`] checks.
 pub fn encode(vars: &SeededVarMap, opt: Option<&Optimizer>, state: &TrainState) -> Result<Vec<u8>> {
     let mut tensors: Vec<(String, Tensor)> =
         vars.sorted_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
@@ -72,9 +96,12 @@ pub fn encode(vars: &SeededVarMap, opt: Option<&Optimizer>, state: &TrainState) 
         tensors.extend(o.state_tensors());
     }
     let json = serde_json::to_string(state).map_err(|e| TrainError::Other(format!("state to JSON: {e}")))?;
-    let meta: HashMap<String, String> = [(STATE_KEY.to_string(), json)].into();
-    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-        .map_err(|e| TrainError::Other(format!("safetensors: {e}")))
+    let mut meta: HashMap<String, String> = [(STATE_KEY.to_string(), json)].into();
+    let err = |e: safetensors::SafeTensorError| TrainError::Other(format!("safetensors: {e}"));
+    let plain =
+        safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone())).map_err(err)?;
+    meta.insert(CHECKSUM_KEY.to_string(), checksum(&plain).map_err(err)?);
+    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta)).map_err(err)
 }
 
 /// Saves a checkpoint atomically, then a readable copy of its state beside it (`last.json` for
@@ -111,6 +138,16 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         Some(json) => serde_json::from_str(json).map_err(|e| bad(format!("bad `{STATE_KEY}`: {e}")))?,
         None => TrainState::default(),
     };
+    // Checkpoints written before the checksum have none to check.
+    if let Some(want) = header.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) {
+        let got = checksum(&bytes).map_err(|e| bad(e.to_string()))?;
+        if &got != want {
+            return Err(bad(format!(
+                "its tensors do not match the checksum written with them ({got}, written {want}): the file is \
+                 corrupt; resume from another checkpoint"
+            )));
+        }
+    }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
     Ok(Loaded { tensors, state })
 }
@@ -174,6 +211,28 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() / 2]).map_err(|e| TrainError::io("w", e))?;
         let e = load(&path, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("last.safetensors: checkpoint"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_flipped_byte_is_caught_by_the_checksum_and_old_checkpoints_still_load() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| TrainError::io("tmp", e))?;
+        let path = dir.path().join("best.safetensors");
+        let a = model(1)?;
+        save(&path, &a, None, &TrainState::default())?;
+        let mut bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+        let last = bytes.len() - 1; // the data section ends the file
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, &bytes).map_err(|e| TrainError::io(&path, e))?;
+        let e = load(&path, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("best.safetensors") && e.contains("checksum"), "{e}");
+        // Written without a checksum (as before it existed): loads unchecked.
+        let tensors: Vec<(String, Tensor)> =
+            a.sorted_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let old = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
+            .map_err(|e| TrainError::Other(e.to_string()))?;
+        std::fs::write(&path, &old).map_err(|e| TrainError::io(&path, e))?;
+        assert_eq!(load(&path, &Device::Cpu)?.tensors.len(), 2);
         Ok(())
     }
 }
