@@ -60,7 +60,8 @@ pub struct Cifar {
 
 /// Reads the records of one file of `kind`.
 pub fn read_file(path: &Path, kind: CifarKind) -> Result<LabeledImages> {
-    let bytes = crate::idx::read_maybe_gzipped(path)?;
+    // The largest CIFAR file (CIFAR-100's train.bin) is 50,000 records, 154 MB.
+    let bytes = crate::idx::read_maybe_gzipped_capped(path, 60_000 * (PIXELS as u64 + 2))?;
     let (lb, record) = (kind.label_bytes(), kind.label_bytes() + PIXELS);
     if bytes.is_empty() {
         return Err(DataError::Empty { path: path.into() });

@@ -41,16 +41,53 @@ impl IdxImages {
 
 /// Reads a whole file, un-gzipping it when it starts with the gzip magic bytes.
 pub fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Idx { path: path.into(), reason: format!("bad gzip data: {e}") })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    read_maybe_gzipped_capped(path, u64::MAX)
+}
+
+/// [`read_maybe_gzipped`], refusing a file whose (decompressed) content exceeds `cap` bytes
+/// before holding more than that: a small gzip that inflates to gigabytes is an error, not an
+/// exhausted memory.
+pub fn read_maybe_gzipped_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let mut reader = open(path)?;
+    let mut out = Vec::new();
+    reader
+        .by_ref()
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| DataError::Idx { path: path.into(), reason: format!("bad gzip data: {e}") })?;
+    if out.len() as u64 > cap {
+        return Err(DataError::Idx { path: path.into(), reason: format!("holds more than the {cap} bytes allowed") });
     }
+    Ok(out)
+}
+
+/// A reader of the file's content, un-gzipped when it starts with the gzip magic bytes.
+fn open(path: &Path) -> Result<Box<dyn Read>> {
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(|e| DataError::io(path, e))?;
+    let head = std::io::Cursor::new(magic[..n].to_vec()).chain(f);
+    Ok(if n == 2 && magic == [0x1f, 0x8b] { Box::new(flate2::read::MultiGzDecoder::new(head)) } else { Box::new(head) })
+}
+
+/// An IDX file's bytes, reading no more data than its header says (plus one byte, to tell a
+/// file with trailing bytes): the header bounds the memory a file can take.
+fn read_idx(path: &Path, dims_expected: u8) -> Result<Vec<u8>> {
+    let mut reader = open(path)?;
+    let header_len = 4 + 4 * u64::from(dims_expected);
+    let mut bytes = Vec::new();
+    let gz = |e: std::io::Error| DataError::Idx { path: path.into(), reason: format!("bad gzip data: {e}") };
+    reader.by_ref().take(header_len).read_to_end(&mut bytes).map_err(gz)?;
+    if bytes.len() as u64 == header_len {
+        let total = (0..usize::from(dims_expected)).try_fold(1u64, |acc, d| {
+            let o = 4 + 4 * d;
+            acc.checked_mul(u64::from(u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]])))
+        });
+        if let Some(t) = total.filter(|&t| t <= MAX_ELEMENTS) {
+            reader.take(t + 1).read_to_end(&mut bytes).map_err(gz)?;
+        }
+    }
+    Ok(bytes)
 }
 
 fn header(bytes: &[u8], path: &Path, dims_expected: u8) -> Result<(Vec<usize>, usize)> {
@@ -89,9 +126,11 @@ fn header(bytes: &[u8], path: &Path, dims_expected: u8) -> Result<(Vec<usize>, u
         _ => return Err(bad(format!("dimensions {dims:?} describe an impossible size"))),
     };
     let have = bytes.len() - header_len;
-    if have != total {
-        let what = if have < total { "truncated" } else { "has trailing bytes" };
-        return Err(bad(format!("{what}: header {dims:?} needs {total} data bytes, the file has {have}")));
+    if have < total {
+        return Err(bad(format!("truncated: header {dims:?} needs {total} data bytes, the file has {have}")));
+    }
+    if have > total {
+        return Err(bad(format!("has trailing bytes: header {dims:?} needs {total} data bytes, the file has more")));
     }
     Ok((dims, header_len))
 }
@@ -110,12 +149,12 @@ pub fn parse_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
 
 /// Reads an IDX image file, raw or gzipped.
 pub fn read_images(path: &Path) -> Result<IdxImages> {
-    parse_images(&read_maybe_gzipped(path)?, path)
+    parse_images(&read_idx(path, 3)?, path)
 }
 
 /// Reads an IDX label file, raw or gzipped.
 pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
-    parse_labels(&read_maybe_gzipped(path)?, path)
+    parse_labels(&read_idx(path, 1)?, path)
 }
 
 /// Encodes images as IDX bytes.
@@ -209,6 +248,24 @@ mod tests {
             b.extend_from_slice(&u32::MAX.to_be_bytes());
         }
         assert!(err_text(parse_images(&b, Path::new("f"))).contains("impossible size"));
+    }
+
+    /// A small gzip that inflates far past what its header says is refused after reading what
+    /// the header allows plus a byte, not inflated whole; a capped read refuses past its cap.
+    #[test]
+    fn a_gzip_bomb_is_refused_without_inflating_it() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| DataError::io("tempdir", e))?;
+        let p = dir.path().join("train-labels-idx1-ubyte.gz");
+        let mut bytes = encode_labels(&[1, 2, 3]);
+        bytes.extend(std::iter::repeat_n(0u8, 64 << 20)); // 64 MiB of zeros: ~64 KiB gzipped
+        write_maybe_gzipped(&p, &bytes)?;
+        assert!(std::fs::metadata(&p).map_err(|e| DataError::io(&p, e))?.len() < 1 << 20);
+        let e = err_text(read_labels(&p));
+        assert!(e.contains("train-labels-idx1-ubyte.gz") && e.contains("trailing bytes"), "{e}");
+        let e = err_text(read_maybe_gzipped_capped(&p, 1 << 20));
+        assert!(e.contains("more than the 1048576 bytes allowed"), "{e}");
+        assert_eq!(read_maybe_gzipped_capped(&p, 128 << 20)?.len(), bytes.len());
+        Ok(())
     }
 
     #[test]
