@@ -87,3 +87,31 @@ fn the_data_folder_is_given_by_flag_and_recorded() -> anyhow::Result<()> {
     assert!(summary.contains(&format!("GAZE_DATA_DIR={folder} ")), "{summary}");
     Ok(())
 }
+
+/// `gaze infer` on a VQA run answers a question given with `--question`, and without one says
+/// what it needs.
+#[test]
+fn infer_answers_a_question_about_an_image() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/han-barn.toml");
+    let text = std::fs::read_to_string(file)?
+        .replace("train_scenes = 8000", "train_scenes = 24")
+        .replace("val_scenes = 300", "val_scenes = 4")
+        .replace("test_scenes = 400       # 2,400 test questions", "test_scenes = 4")
+        .replace("epochs = 15", "epochs = 1\npictures = 0");
+    let cfg = tmp.path().join("han.toml");
+    std::fs::write(&cfg, text)?;
+    let runs = tmp.path().join("runs");
+    let out =
+        gaze(&["train", cfg.to_str().unwrap_or_default(), "--runs", runs.to_str().unwrap_or_default(), "--quiet"])?;
+    let run = out.lines().find_map(|l| l.strip_prefix("run: ")).ok_or_else(|| anyhow::anyhow!("no run in {out}"))?;
+    let png = tmp.path().join("scene.png");
+    gaze_data::Image::filled(64, 64, 3, 90).save_png(&png)?;
+    let out = gaze(&["infer", run, png.to_str().unwrap_or_default(), "--question", "what color is the cow?"])?;
+    assert!(out.lines().count() >= 2 && out.contains("overlay:"), "{out}");
+    let failed =
+        Command::new(env!("CARGO_BIN_EXE_gaze")).args(["infer", run, png.to_str().unwrap_or_default()]).output()?;
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && err.contains("--question"), "{err}");
+    Ok(())
+}

@@ -63,6 +63,9 @@ enum Cmd {
         /// Read the `last` checkpoint instead of `best`.
         #[arg(long)]
         last: bool,
+        /// For a VQA run: the question to answer about the image.
+        #[arg(long)]
+        question: Option<String>,
         /// Also write Grad-CAM of the predicted class (models with a CNN) to <image>.gradcam.png:
         /// attention read off the trained network, beside the model's own.
         #[arg(long)]
@@ -152,7 +155,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Infer { run, image, out, last, gradcam } => {
+        Cmd::Infer { run, image, out, last, question, gradcam } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
             let (cfg, data, built, _) = trainer::load_run(&run, last, &device)?;
             let (c, h, w) = data.input;
@@ -176,6 +179,38 @@ fn main() -> anyhow::Result<()> {
                 let picture = report::decoded_strip(&img, &d, 0, seqs)?;
                 picture.save_png(&out)?;
                 println!("attention per word: {}", out.display());
+                return Ok(());
+            }
+            if let gaze_train::data::Examples::Vqa(v) = &data.test {
+                // A VQA model: answer the question about the image, draw what it looked at.
+                let Some(q) = question else {
+                    anyhow::bail!("this run answers questions about images: give one with --question \"...\"");
+                };
+                if data.code_dim > 0 {
+                    anyhow::bail!(
+                        "this model reads the generator's question codes, which free text does not have: ask it \
+                         through `gaze eval` on its data"
+                    );
+                }
+                let (ids, len) = v.encoder.encode_question(&q);
+                let t = ids.len();
+                let batch = gaze_zoo::Batch {
+                    images: x,
+                    targets: gaze_zoo::Targets::Answers(Tensor::zeros(1, candle_core::DType::U32, &device)?),
+                    questions: Some(gaze_zoo::Questions {
+                        image: Tensor::zeros(1, candle_core::DType::U32, &device)?,
+                        tokens: Tensor::from_vec(ids, (1, t), &device)?,
+                        lengths: Tensor::from_vec(vec![len], 1, &device)?,
+                        codes: None,
+                    }),
+                };
+                let o = built.model.forward(&batch, gaze_zoo::Mode::eval(), &mut Seed(0).rng())?;
+                let best = o.scores.classes()?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+                let answer = best.first().and_then(|&c| v.encoder.answers.name(c)).unwrap_or("?");
+                println!("{answer}");
+                let (overlay, _) = report::render_attention(&img, o.attention.as_ref(), 0)?;
+                overlay.upscale((224 / w.max(1)).max(1)).save_png(&out)?;
+                println!("overlay: {}", out.display());
                 return Ok(());
             }
             let (probs, out_) = predict(built.model.as_ref(), &x, Seed(0))?;
