@@ -61,24 +61,18 @@ impl Image {
     /// Pastes a grey `src` with its top-left corner at (`y`, `x`), keeping the brighter pixel
     /// (MNIST digits are white on black, so overlapping strokes stay visible).
     pub fn paste_max(&mut self, src: &Image, y: i64, x: i64) {
-        for sy in 0..src.height as i64 {
-            for sx in 0..src.width as i64 {
-                let (ty, tx) = (y + sy, x + sx);
-                if ty < 0 || tx < 0 || ty as usize >= self.height || tx as usize >= self.width {
-                    continue;
-                }
-                for c in 0..self.channels {
-                    let v = src.get(sy, sx, c.min(src.channels - 1));
-                    let o = (ty as usize * self.width + tx as usize) * self.channels + c;
-                    self.data[o] = self.data[o].max(v);
-                }
-            }
-        }
+        self.paste_with(src, y, x, u8::max);
     }
 
     /// Adds a grey `src` with its top-left corner at (`y`, `x`), clipping at 255 (as DeepMind's
     /// cluttered-MNIST generator adds its patches and clips at 1).
     pub fn paste_add(&mut self, src: &Image, y: i64, x: i64) {
+        self.paste_with(src, y, x, u8::saturating_add);
+    }
+
+    /// Combines `src`'s pixels into this image's at (`y`, `x`) with `f(old, new)`, clipped to the
+    /// image.
+    fn paste_with(&mut self, src: &Image, y: i64, x: i64, f: impl Fn(u8, u8) -> u8) {
         for sy in 0..src.height as i64 {
             for sx in 0..src.width as i64 {
                 let (ty, tx) = (y + sy, x + sx);
@@ -88,7 +82,7 @@ impl Image {
                 for c in 0..self.channels {
                     let v = src.get(sy, sx, c.min(src.channels - 1));
                     let o = (ty as usize * self.width + tx as usize) * self.channels + c;
-                    self.data[o] = self.data[o].saturating_add(v);
+                    self.data[o] = f(self.data[o], v);
                 }
             }
         }

@@ -554,19 +554,7 @@ mod tests {
         let vm = SeededVarMap::new(Seed(4));
         let model = Dram::new(&DramConfig::tiny(), &seq_shape(), vm.builder(&dev))?;
         let out = model.forward(&sequence_batch(&dev, 6)?, Mode::train(0.0), &mut Seed(5).rng())?;
-        let vars = vm.sorted_vars();
-        let touched = |loss: &Tensor| -> Result<Vec<String>> {
-            let grads = loss.backward()?;
-            let mut names = vec![];
-            for (name, v) in &vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    if g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0 {
-                        names.push(name.clone());
-                    }
-                }
-            }
-            Ok(names)
-        };
+        let touched = |loss: &Tensor| crate::test_util::touched(&vm, loss);
         let classify = touched(&loss_of(&out, "classify"))?;
         for must in ["glimpse.what.weight", "glimpse.where.weight", "r1.weight_ih_l0", "classifier.weight"] {
             assert!(classify.contains(&must.to_string()), "classify misses {must}: {classify:?}");

@@ -566,19 +566,7 @@ mod tests {
         let vm = SeededVarMap::new(Seed(3));
         let model = Ram::new(&RamConfig::tiny(), &shape(), vm.builder(&dev))?;
         let out = model.forward(&batch(&dev, 6)?, Mode::train(0.0), &mut Seed(4).rng())?;
-        let vars = vm.sorted_vars();
-        let touched = |loss: &Tensor| -> Result<Vec<String>> {
-            let grads = loss.backward()?;
-            let mut names = vec![];
-            for (name, v) in &vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    if g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0 {
-                        names.push(name.clone());
-                    }
-                }
-            }
-            Ok(names)
-        };
+        let touched = |loss: &Tensor| crate::test_util::touched(&vm, loss);
         let reinforce = touched(&loss_of(&out, "reinforce"))?;
         assert!(!reinforce.is_empty() && reinforce.iter().all(|n| n.starts_with("locator.")), "{reinforce:?}");
         let baseline = touched(&loss_of(&out, "baseline"))?;

@@ -33,3 +33,17 @@ pub(crate) fn fit_fixed_batch(
 pub(crate) fn total(out: &Output) -> Result<f32> {
     out.total_loss()?.to_scalar::<f32>()
 }
+
+/// The names of the variables of `vm` that `loss`'s gradient reaches (a non-zero gradient).
+pub(crate) fn touched(vm: &SeededVarMap, loss: &candle_core::Tensor) -> Result<Vec<String>> {
+    let grads = loss.backward()?;
+    let mut names = vec![];
+    for (name, v) in vm.sorted_vars() {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            if g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0 {
+                names.push(name);
+            }
+        }
+    }
+    Ok(names)
+}
