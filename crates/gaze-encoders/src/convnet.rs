@@ -141,6 +141,15 @@ struct Block {
     layers: Vec<(Conv2d, Option<Norm>)>,
 }
 
+/// One block's output, before and after its pooling.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// After the block's last ReLU, (b, c, h, w).
+    pub unpooled: Tensor,
+    /// After its pooling, (b, c, h / pool, w / pool).
+    pub pooled: Tensor,
+}
+
 /// A stack of conv blocks.
 #[derive(Debug, Clone)]
 pub struct ConvNet {
@@ -186,7 +195,7 @@ impl ConvNet {
                 let stride = if j == 0 { cfg.stride.max(1) } else { 1 };
                 let padding = match cfg.padding {
                     Padding::Zeros => cfg.same_pad(),
-                    Padding::Replicate => 0, // padded in `forward_all`
+                    Padding::Replicate => 0, // padded in `forward_stages`
                 };
                 let conv_cfg = candle_nn::Conv2dConfig { padding, stride, ..Default::default() };
                 let conv = candle_nn::conv2d(c_in, c, cfg.kernel, conv_cfg, vb.pp(cn))?;
@@ -213,6 +222,11 @@ impl ConvNet {
 
     /// Shapes: images (b, c, h, w) -> every block's output, the last (b, d, h / p^k, w / p^k).
     pub fn forward_all(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        Ok(self.forward_stages(x, train)?.into_iter().map(|s| s.pooled).collect())
+    }
+
+    /// Every block's output before and after its pooling (the same tensor when `pool = 1`).
+    pub fn forward_stages(&self, x: &Tensor, train: bool) -> Result<Vec<Stage>> {
         let (_, c, h, w) = x.dims4()?;
         if c != self.cfg.in_channels {
             return Err(candle_core::Error::Msg(format!(
@@ -245,12 +259,19 @@ impl ConvNet {
                 }
                 x = x.relu()?;
             }
-            if p > 1 {
-                x = gaze_tensor::ops::max_pool2d(&x, p)?; // candle's pool backward is off by p^2
-            }
-            outs.push(x.clone());
+            let unpooled = x;
+            x = self.pool(&unpooled)?;
+            outs.push(Stage { unpooled, pooled: x.clone() });
         }
         Ok(outs)
+    }
+
+    /// A block's pooling (max-pool with window and stride `pool`; the identity when `pool = 1`).
+    pub fn pool(&self, x: &Tensor) -> Result<Tensor> {
+        match self.cfg.pool.max(1) {
+            1 => Ok(x.clone()),
+            p => gaze_tensor::ops::max_pool2d(x, p), // candle's pool backward is off by p^2
+        }
     }
 
     /// Shapes: images (b, c, h, w) -> last feature map (b, d, h', w').

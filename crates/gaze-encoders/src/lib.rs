@@ -7,5 +7,5 @@
 pub mod convnet;
 pub mod text;
 
-pub use convnet::{ConvNet, ConvNetConfig, Padding};
+pub use convnet::{ConvNet, ConvNetConfig, Padding, Stage};
 pub use text::{TextEncoder, TextEncoderConfig, TextEncoding};

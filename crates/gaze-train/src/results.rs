@@ -11,19 +11,23 @@ use crate::record::RunSummary;
 /// The table's header row.
 pub const HEADER: &str = "| experiment | metric | value | target | wall_s | samples_per_s | git_rev | date | command |";
 
-const PREAMBLE: &str = "# Measured results\n\nWritten by `cargo xtask experiment <name>`: one row per metric of the newest full run of each\nexperiment. Nothing here is typed by hand.\n\n";
+const PREAMBLE: &str = "# Measured results\n\nWritten by `cargo xtask experiment <name>`: one row per metric of the newest full run of each\nexperiment. Nothing here is typed by hand. `git_rev` is the revision the run started at (and, for a\nrun resumed at another, \"(resumed at REV)\"). A row is *stale* when code its experiment runs has\nchanged since that revision: it was measured on the code it names and may differ at HEAD.\n`cargo xtask results check` lists the stale rows and the changes that make them so.\n\n";
+
+/// The table's rows in `text`, each its nine cells (lines of another width are skipped).
+pub fn rows(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| l.starts_with('|') && !l.starts_with("| experiment ") && !l.starts_with("|---"))
+        .map(|l| l.trim().trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect::<Vec<_>>())
+        .filter(|r| r.len() == 9)
+        .collect()
+}
 
 /// Replaces the rows of `summary.name` in the table at `path` (creating it if needed) with one row
 /// per metric of `summary`; other experiments' rows are kept; rows are sorted by experiment then
 /// metric.
 pub fn update(path: &Path, summary: &RunSummary, targets: &BTreeMap<String, String>) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut rows: Vec<Vec<String>> = text
-        .lines()
-        .filter(|l| l.starts_with('|') && !l.starts_with("| experiment ") && !l.starts_with("|---"))
-        .map(|l| l.trim().trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect::<Vec<_>>())
-        .filter(|r| r.len() == 9 && r[0] != summary.name)
-        .collect();
+    let mut rows: Vec<Vec<String>> = rows(&text).into_iter().filter(|r| r[0] != summary.name).collect();
     for (metric, value) in &summary.metrics {
         rows.push(vec![
             summary.name.clone(),

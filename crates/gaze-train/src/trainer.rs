@@ -83,6 +83,31 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 /// The run's wall time before this process, from the state it resumes at (a new run: 0): the
 /// checkpoint's count, or, from a checkpoint written before it kept one, the larger of a finished
 /// run's summary and the training time alone (a lower bound: it leaves out evaluation).
+/// The revision a resumed run reports: the one it started at (its `run.json`), and the one that
+/// resumes it when they differ ("START (resumed at NOW)"), so a results row never names only code
+/// that trained part of the run. Each resume at a new revision is also appended to `run.json`.
+fn resumed_revision(run_dir: &Path, now: &str) -> Result<String> {
+    let path = run_dir.join("run.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(now.to_string()) };
+    let mut info: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
+    let started = info.get("git_rev").and_then(|v| v.as_str()).unwrap_or(now).to_string();
+    let first = started.split_whitespace().next().unwrap_or(now).to_string();
+    if first == now {
+        return Ok(now.to_string());
+    }
+    if let Some(obj) = info.as_object_mut() {
+        let resumed = obj.entry("resumed_at").or_insert_with(|| serde_json::json!([]));
+        if let Some(list) = resumed.as_array_mut() {
+            if list.last().and_then(|v| v.get("git_rev")).and_then(|v| v.as_str()) != Some(now) {
+                list.push(serde_json::json!({ "git_rev": now, "at": now_utc() }));
+                gaze_data::write_atomic(&path, info.to_string().as_bytes())?;
+            }
+        }
+    }
+    Ok(format!("{first} (resumed at {now})"))
+}
+
 fn wall_before(state: &TrainState, summary_wall_s: Option<f64>) -> f64 {
     if state.wall_seconds > 0.0 {
         state.wall_seconds
@@ -152,7 +177,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let ckpt_dir = run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let git = git_rev();
+    let mut git = git_rev();
     let command = opts.command.clone().unwrap_or_else(|| {
         // The data folder is part of how the run was made: say it as the shell would.
         let args = std::env::args().collect::<Vec<_>>().join(" ");
@@ -191,6 +216,7 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         opt.load_state(&|k| loaded.tensors.get(k).cloned(), loaded.state.opt_t, loaded.state.lr)?;
         st = loaded.state;
         truncate_metrics(&metrics_path, st.step)?;
+        git = resumed_revision(&run_dir, &git)?;
     }
     let summary_wall = std::fs::read_to_string(run_dir.join("summary.json"))
         .ok()
@@ -493,6 +519,23 @@ pub fn load_run(run_dir: &Path, last: bool, device: &Device) -> Result<(Experime
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_resumed_at_another_revision_names_both() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let info = dir.path().join("run.json");
+        std::fs::write(&info, r#"{"git_rev":"aaaa","command":"x"}"#)?;
+        assert_eq!(resumed_revision(dir.path(), "aaaa")?, "aaaa");
+        assert_eq!(resumed_revision(dir.path(), "bbbb")?, "aaaa (resumed at bbbb)");
+        assert_eq!(resumed_revision(dir.path(), "bbbb")?, "aaaa (resumed at bbbb)");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&info)?)?;
+        assert_eq!(v["git_rev"], "aaaa", "the start is kept");
+        assert_eq!(v["resumed_at"].as_array().map(Vec::len), Some(1), "one entry per new revision: {v}");
+        assert_eq!(v["resumed_at"][0]["git_rev"], "bbbb");
+        // A run folder without run.json (made by hand) reports the current revision.
+        assert_eq!(resumed_revision(&dir.path().join("none"), "cccc")?, "cccc");
+        Ok(())
+    }
 
     #[test]
     fn a_resumed_run_counts_the_wall_time_before_it() {

@@ -21,7 +21,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use gaze_attention::{Attend, Compatibility, CompatibilityConfig, CompatibilityKind, Normalization};
-use gaze_encoders::{ConvNet, ConvNetConfig};
+use gaze_encoders::{ConvNet, ConvNetConfig, Stage};
 use gaze_tensor::seed::Rng;
 
 use crate::model::{AttentionMap, Batch, DataShape, Mode, Model, Output, Scores};
@@ -56,6 +56,9 @@ pub struct LtpaConfig {
     pub head: LtpaHead,
     /// False: the reference, classifying g without attention.
     pub attention: bool,
+    /// Attend each block's output before its pooling (a grid `pool` times finer) rather than
+    /// after it. The same either way when the backbone does not pool.
+    pub before_pool: bool,
 }
 
 impl Default for LtpaConfig {
@@ -70,6 +73,7 @@ impl Default for LtpaConfig {
             normalization: Normalization::Softmax,
             head: LtpaHead::Concat,
             attention: true,
+            before_pool: false,
         }
     }
 }
@@ -93,7 +97,7 @@ pub struct LearnToPayAttention {
 
 /// What one pass computes, for the model and for Grad-CAM.
 struct Pass {
-    /// The backbone's last feature map (b, c, h, w).
+    /// The backbone's last feature map after its pooling (b, c, h, w).
     last: Tensor,
     /// Class scores (b, classes).
     logits: Tensor,
@@ -153,14 +157,20 @@ impl LearnToPayAttention {
     }
 
     fn pass(&self, images: &Tensor, train: bool) -> Result<Pass> {
-        let outs = self.backbone.forward_all(images, train)?;
-        let last = outs.last().cloned().ok_or_else(|| candle_core::Error::Msg("ltpa: no blocks".into()))?;
-        self.after_backbone(&outs, last)
+        let stages = self.backbone.forward_stages(images, train)?;
+        let last = self.last_unpooled(&stages)?;
+        self.after_backbone(&stages, last)
     }
 
-    /// Everything after the backbone, from its block outputs (`last` is the final one, passed
-    /// separately so that Grad-CAM can hold it).
-    fn after_backbone(&self, outs: &[Tensor], last: Tensor) -> Result<Pass> {
+    fn last_unpooled(&self, stages: &[Stage]) -> Result<Tensor> {
+        stages.last().map(|s| s.unpooled.clone()).ok_or_else(|| candle_core::Error::Msg("ltpa: no blocks".into()))
+    }
+
+    /// Everything after the backbone, from its block outputs (`last_unpooled` is the final
+    /// block's output before its pooling, passed separately so that Grad-CAM can hold it: every
+    /// path to the scores, through g and through an estimator on the last block, goes through it).
+    fn after_backbone(&self, stages: &[Stage], last_unpooled: Tensor) -> Result<Pass> {
+        let last = self.backbone.pool(&last_unpooled)?;
         let g = self.global.forward(&last.mean(D::Minus1)?.mean(D::Minus1)?)?.relu()?;
         if !self.cfg.attention {
             let logits = self.heads[0].forward(&g)?;
@@ -168,7 +178,12 @@ impl LearnToPayAttention {
         }
         let (mut attended, mut maps) = (vec![], vec![]);
         for (est, &b) in self.estimators.iter().zip(&self.cfg.attend) {
-            let l = if b + 1 == outs.len() { &last } else { &outs[b] };
+            let l = match (b + 1 == stages.len(), self.cfg.before_pool) {
+                (true, true) => &last_unpooled,
+                (true, false) => &last,
+                (false, true) => &stages[b].unpooled,
+                (false, false) => &stages[b].pooled,
+            };
             let (n, _, h, w) = l.dims4()?;
             let local = l.flatten_from(2)?.transpose(1, 2)?.contiguous()?; // (b, h*w, c)
             let a = est.attend(&local, &g)?;
@@ -226,12 +241,14 @@ impl Model for LearnToPayAttention {
         })
     }
 
+    /// The last block's output before its pooling (the last conv layer's ReLU, where Grad-CAM
+    /// reads VGG) and the class scores computed from it.
     fn conv_features(&self, images: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-        let outs = self.backbone.forward_all(images, false)?;
-        let Some(last) = outs.last() else { return Ok(None) };
+        let stages = self.backbone.forward_stages(images, false)?;
+        let Some(last) = stages.last() else { return Ok(None) };
         // A fresh leaf of the same values, so its gradient is read without reaching the backbone.
-        let held = candle_core::Var::from_tensor(last)?.as_tensor().clone();
-        let p = self.after_backbone(&outs, held.clone())?;
+        let held = candle_core::Var::from_tensor(&last.unpooled)?.as_tensor().clone();
+        let p = self.after_backbone(&stages, held.clone())?;
         Ok(Some((held, p.logits)))
     }
 }
@@ -280,6 +297,7 @@ mod tests {
             LtpaConfig { head: LtpaHead::Indep, compatibility: CompatibilityKind::Dp, ..LtpaConfig::tiny() },
             LtpaConfig { normalization: Normalization::Sigmoid, ..LtpaConfig::tiny() },
             LtpaConfig { attention: false, ..LtpaConfig::tiny() },
+            LtpaConfig { before_pool: true, attend: vec![1, 2], ..LtpaConfig::tiny() },
         ] {
             let vm = SeededVarMap::new(Seed(0));
             let model = LearnToPayAttention::new(&cfg, &shape(), vm.builder(&dev))?;
@@ -320,6 +338,16 @@ mod tests {
         let got = model.forward(&b, Mode::eval(), &mut Seed(0).rng())?.scores.tensor().clone();
         let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
+        // Before pooling, each map is the block's own grid, twice as fine; the last block's
+        // unpooled map is what Grad-CAM holds.
+        let before = LtpaConfig { before_pool: true, attend: vec![1, 2], ..cfg.clone() };
+        let model = LearnToPayAttention::new(&before, &shape(), vm.builder(&dev))?;
+        let maps = model.maps(&b.images)?;
+        assert_eq!((maps[0].dims(), maps[1].dims()), (&[5, 8, 8][..], &[5, 4, 4][..]), "blocks 1 and 2 before pooling");
+        let Some((held, logits)) = model.conv_features(&b.images)? else { panic!("a feature map") };
+        assert_eq!((held.dims(), logits.dims()), (&[5, 8, 4, 4][..], &[5, 3][..]));
+        let scores = model.forward(&b, Mode::eval(), &mut Seed(0).rng())?.scores.tensor().clone();
+        assert!((scores - logits)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5, "the held map gives the same scores");
         // A block the backbone does not have is named.
         let bad = LtpaConfig { attend: vec![0, 3], ..LtpaConfig::tiny() };
         let e =
