@@ -4,10 +4,12 @@
 //! - `experiment <name> [--quick] | --list`: run and record an experiment.
 //! - `bench convnet | ram | <experiment> | layers`: time a training step and its parts;
 //!   `bench suite`, `bench compare`: the fixed set CI compares with `benchmarks/baseline.json`.
+//! - `results check`: which rows of `experiments/RESULTS.md` are stale (code they run changed).
 
 mod bench;
 mod data;
 mod experiment;
+mod results;
 mod suite;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,8 @@ enum Task {
     Experiment(experiment::ExperimentArgs),
     /// Time training steps and their parts.
     Bench(bench::BenchArgs),
+    /// Check `experiments/RESULTS.md` against the code: which rows are stale.
+    Results(results::ResultsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Task::Data(a) => data::run(a),
         Task::Experiment(a) => experiment::run(a),
         Task::Bench(a) => bench::run(a),
+        Task::Results(a) => results::run(a),
     }
 }
