@@ -233,6 +233,9 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut stopped_early = false;
     let shards = cfg.train.shards.max(1);
     shard::check_model(&cfg.name, shards, &built.vars.sorted_vars())?;
+    // This sitting's speed, for the time estimates.
+    let (sitting_step0, sitting_secs0) = (st.step, st.train_seconds);
+    let mut estimate_said = false;
 
     'epochs: while st.epoch < cfg.train.epochs {
         let fresh = data.train_for_epoch(st.epoch, seed)?;
@@ -297,13 +300,26 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             st.partial.correct += correct;
             st.partial.count += n;
             let sps = st.examples as f64 / st.train_seconds.max(1e-9);
+            let per_step = (st.train_seconds - sitting_secs0) / (st.step - sitting_step0).max(1) as f64;
+            let run_left = per_step * total_steps.saturating_sub(st.step) as f64;
+            if !estimate_said && !opts.quiet && st.step - sitting_step0 == ESTIMATE_AFTER_STEPS {
+                estimate_said = true;
+                bar.println(format!(
+                    "at {:.0} ms a step: about {} an epoch, {} of training left ({} steps; evaluation not counted)",
+                    1e3 * per_step,
+                    human_duration(per_step * steps_per_epoch as f64),
+                    human_duration(run_left),
+                    total_steps.saturating_sub(st.step)
+                ));
+            }
             bar.set_position(st.batch_in_epoch as u64);
             bar.set_message(format!(
-                "loss {:.4} {} {:.1}% {:.0} samples/s",
+                "loss {:.4} {} {:.1}% {:.0} samples/s, run ~{} left",
                 st.partial.loss / st.partial.count as f64,
                 if matches!(task, Task::Sequence { .. }) { "tokens right" } else { "acc" },
                 100.0 * st.partial.correct as f64 / st.partial.count as f64,
-                sps
+                sps,
+                human_duration(run_left)
             ));
             if st.step % cfg.train.log_every.max(1) == 0 {
                 let stats = shard::combined_stats(&passes)?;
@@ -481,12 +497,30 @@ fn train_correct(out: &gaze_zoo::Output, targets: &Targets) -> Result<(u64, usiz
     }
 }
 
+/// Steps timed before the first estimate of the epoch's and the run's time is printed.
+const ESTIMATE_AFTER_STEPS: u64 = 20;
+
+/// A duration for people: "45 s", "12 min", "2 h 05 min".
+pub fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=89 => format!("{s} s"),
+        90..=5399 => format!("{} min", (s + 30) / 60),
+        _ => {
+            let m = (s + 30) / 60;
+            format!("{} h {:02} min", m / 60, m % 60)
+        }
+    }
+}
+
 fn progress_bar(quiet: bool, len: u64, pos: u64, prefix: &str) -> indicatif::ProgressBar {
     if quiet {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed} {msg}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed}, epoch ~{eta} left, {msg}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(prefix.to_string());
@@ -535,6 +569,17 @@ mod tests {
         // A run folder without run.json (made by hand) reports the current revision.
         assert_eq!(resumed_revision(&dir.path().join("none"), "cccc")?, "cccc");
         Ok(())
+    }
+
+    #[test]
+    fn durations_read_as_seconds_minutes_or_hours() {
+        assert_eq!(human_duration(0.4), "0 s");
+        assert_eq!(human_duration(89.0), "89 s");
+        assert_eq!(human_duration(90.0), "2 min");
+        assert_eq!(human_duration(1799.0), "30 min");
+        assert_eq!(human_duration(5400.0), "1 h 30 min");
+        assert_eq!(human_duration(7265.0), "2 h 01 min");
+        assert_eq!(human_duration(-3.0), "0 s");
     }
 
     #[test]

@@ -117,7 +117,8 @@ pub struct HanConfig {
     /// Whether the cells' (x, y) coordinates count in the presence (true: they are appended to
     /// the CNN features before the question is added). With false they are appended only after
     /// selection, for the head: otherwise corner cells (|x|, |y| near 1) outrank empty centre
-    /// cells on coordinates alone, and a net trained from scratch keeps picking empty corners.
+    /// cells on coordinates alone, and a net trained from scratch keeps picking empty corners
+    /// (default false).
     pub coords_in_presence: bool,
     /// Append to each cell, after presence is measured, the previous conv layer's features at the
     /// 2x2 positions under it (that map must be exactly twice the grid, as with stride-2 or
@@ -158,7 +159,7 @@ impl Default for HanConfig {
             f_layers: 1,
             pair_norm: PairNorm::Sum,
             fuse_layers: 0,
-            coords_in_presence: true,
+            coords_in_presence: false,
             sub_cells: false,
             topk_warmup: 0.0,
             cap_at_k: false,
