@@ -26,6 +26,10 @@ pub struct ExperimentArgs {
     /// Continue the run in this folder from its last checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Write the run folder under this folder (default: `runs/` in the repository). A folder
+    /// outside the work tree keeps long runs resumable when the tree is laid anew.
+    #[arg(long)]
+    runs: Option<PathBuf>,
 }
 
 /// The repository root (xtask lives one below it).
@@ -76,10 +80,13 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
     if a.quick {
         command += " --quick";
     }
+    if let Some(t) = a.threads {
+        command += &format!(" --threads {t}");
+    }
     if let Some(d) = std::env::var_os(gaze_data::mnist::DATA_DIR_ENV).filter(|_| !a.quick) {
         command = format!("GAZE_DATA_DIR={} {command}", d.to_string_lossy());
     }
-    let runs = root().join("runs");
+    let runs = a.runs.clone().unwrap_or_else(|| root().join("runs"));
     let opts = RunOptions { runs_root: Some(runs), resume: a.resume, command: Some(command), ..RunOptions::default() };
     let s = gaze_train::run(&cfg, &opts)?;
     println!("run folder: {}", s.run_dir.display());
