@@ -41,6 +41,10 @@ enum Cmd {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+        /// Train with this seed instead of the experiment's (every random draw follows it; the
+        /// run folder ends in -s<seed>): for the spread of a result over seeds.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Evaluate a run's best checkpoint on its test set.
     Eval {
@@ -90,13 +94,16 @@ fn main() -> anyhow::Result<()> {
     }
     let device = Device::Cpu;
     match cli.cmd {
-        Cmd::Train { config, resume, runs, quiet } => {
+        Cmd::Train { config, resume, runs, quiet, seed } => {
             let path = match (&config, &resume) {
                 (Some(c), _) => c.clone(),
                 (None, Some(r)) => r.join("config.toml"),
                 (None, None) => anyhow::bail!("give an experiment file, or --resume RUN_DIR"),
             };
-            let cfg = ExperimentConfig::load(&path)?;
+            let mut cfg = ExperimentConfig::load(&path)?;
+            if let Some(s) = seed {
+                cfg.seed = s;
+            }
             gaze_train::set_threads(cli.threads.unwrap_or(cfg.train.threads));
             let opts = RunOptions { runs_root: Some(runs), resume, quiet, ..RunOptions::default() };
             let s = gaze_train::run(&cfg, &opts)?;
