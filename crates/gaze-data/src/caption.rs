@@ -309,4 +309,20 @@ mod tests {
         assert!(e.contains("captions.jsonl: record 1: no `caption`"), "{e}");
         Ok(())
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Random JSON-ish text as a caption file (each layout): an error naming the file, or a
+        /// set, never a panic.
+        #[test]
+        fn random_caption_files_never_panic(text in "[\\[\\]{}\":,a-z0-9 ./\n]{0,160}", layout in 0usize..3) {
+            let dir = tempfile::tempdir().map_err(|e| DataError::io("tmp", e))?;
+            let name = ["captions.jsonl", "captions.json", "dataset_flickr8k.json"][layout];
+            std::fs::write(dir.path().join(name), &text).map_err(|e| DataError::io(name, e))?;
+            if let Err(e) = CaptionSet::read_folder(dir.path(), Some((8, 8))) {
+                proptest::prop_assert!(e.to_string().contains(name) || e.to_string().contains("images"), "{}", e);
+            }
+        }
+    }
 }

@@ -223,4 +223,39 @@ mod tests {
         assert!(e.contains("not a CIFAR binary folder"), "{e}");
         Ok(())
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any bytes: an error or whole records, never a panic.
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..7000), hundred in proptest::prelude::any::<bool>()) {
+            let dir = tempfile::tempdir().map_err(|e| DataError::io("tmp", e))?;
+            let p = dir.path().join("data_batch_1.bin");
+            write(&p, &bytes)?;
+            let kind = if hundred { CifarKind::Hundred } else { CifarKind::Ten };
+            if let Ok(set) = read_file(&p, kind) {
+                proptest::prop_assert_eq!(set.labels.len() * (PIXELS + kind.label_bytes()), bytes.len());
+            }
+        }
+
+        /// A valid file with one byte changed or its end cut: the labels read are the ones
+        /// written (or the error names the file), never a panic.
+        #[test]
+        fn mutated_files_read_right_or_fail_by_name(at in 0usize..3 * 3073, value in proptest::prelude::any::<u8>(), cut in 0usize..3 * 3073) {
+            let mut bytes = [record(&[1], 0), record(&[2], 9), record(&[3], 200)].concat();
+            bytes[at] = value;
+            bytes.truncate(bytes.len() - cut % 3073);
+            let dir = tempfile::tempdir().map_err(|e| DataError::io("tmp", e))?;
+            let p = dir.path().join("test_batch.bin");
+            write(&p, &bytes)?;
+            match read_file(&p, CifarKind::Ten) {
+                Ok(set) => {
+                    let labels: Vec<u8> = (0..3).map(|i| if at == i * 3073 { value } else { i as u8 + 1 }).collect();
+                    proptest::prop_assert_eq!(set.labels, labels);
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().contains("test_batch.bin"), "{}", e),
+            }
+        }
+    }
 }

@@ -235,4 +235,33 @@ mod tests {
         assert_eq!(load(&path, &Device::Cpu)?.tensors.len(), 2);
         Ok(())
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A checkpoint with one byte changed, or cut short, is an error naming the file, or it
+        /// loads the very tensors written (a change the header tolerates): never a panic, never
+        /// other values.
+        #[test]
+        fn a_mutated_checkpoint_fails_by_name_or_loads_what_was_written(at in proptest::prelude::any::<proptest::sample::Index>(), value in proptest::prelude::any::<u8>(), cut in 0usize..64) {
+            let vm = model(5)?;
+            let mut bytes = encode(&vm, None, &TrainState { step: 3, ..TrainState::default() })?;
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+            bytes.truncate(bytes.len() - cut.min(bytes.len()));
+            let dir = tempfile::tempdir().map_err(|e| TrainError::io("tmp", e))?;
+            let path = dir.path().join("last.safetensors");
+            std::fs::write(&path, &bytes).map_err(|e| TrainError::io(&path, e))?;
+            match load(&path, &Device::Cpu) {
+                Ok(loaded) => {
+                    for (name, var) in vm.sorted_vars() {
+                        let got = loaded.tensors.get(&name).map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()));
+                        let want = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                        proptest::prop_assert!(matches!(&got, Some(Ok(g)) if *g == want), "{name}: {got:?}");
+                    }
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().contains("last.safetensors"), "{}", e),
+            }
+        }
+    }
 }
