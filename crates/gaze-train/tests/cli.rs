@@ -115,3 +115,90 @@ fn infer_answers_a_question_about_an_image() -> anyhow::Result<()> {
     assert!(!failed.status.success() && err.contains("--question"), "{err}");
     Ok(())
 }
+
+/// The parameters of a run's `last` checkpoint, by name, and its per-epoch metrics without the
+/// timing fields.
+fn finished(run: &Path) -> anyhow::Result<(Vec<(String, Vec<u32>)>, Vec<String>)> {
+    let loaded = gaze_train::checkpoint::load(&run.join("checkpoints/last.safetensors"), &candle_core::Device::Cpu)?;
+    let mut params: Vec<(String, Vec<u32>)> = loaded
+        .tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect())))
+        .collect::<anyhow::Result<_>>()?;
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut epochs = vec![];
+    for line in std::fs::read_to_string(run.join("metrics.jsonl"))?.lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line)?;
+        if v["kind"] == "epoch" {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("samples_per_s");
+            }
+            epochs.push(v.to_string());
+        }
+    }
+    Ok((params, epochs))
+}
+
+/// kill -9 in the middle of a run (a checkpoint is written every step, so the kill may land in a
+/// write), then `--resume`: the same parameters to the bit and the same per-epoch metrics as a
+/// run never interrupted.
+#[test]
+fn a_run_killed_mid_way_resumes_to_the_same_bits() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = tmp.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "name = \"killed\"\nseed = 4\n[model]\ntype = \"convnet\"\nhidden = 16\n[model.convnet]\nchannels = [4, 8]\n\
+         [data]\ntype = \"mnist\"\nsource = \"fixture\"\ntrain_limit = 320\ntest_limit = 32\n\
+         [train]\nepochs = 3\nbatch_size = 16\nlog_every = 1\ncheckpoint_every = 1\npictures = 0\n",
+    )?;
+    let train = |runs: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gaze"));
+        c.args(["--threads", "1", "train"]).arg(&cfg).arg("--runs").arg(runs).arg("--quiet");
+        c
+    };
+    let whole = tmp.path().join("whole");
+    let out = train(&whole).output()?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run_of = |runs: &Path| -> anyhow::Result<std::path::PathBuf> {
+        let dir = runs.join("killed");
+        let mut found = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path()));
+        found.next().ok_or_else(|| anyhow::anyhow!("no run in {}", dir.display()))
+    };
+    let want = finished(&run_of(&whole)?)?;
+    assert_eq!(want.1.len(), 3);
+
+    let cut = tmp.path().join("cut");
+    let mut child = train(&cut).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?;
+    // Wait for step 25 of 60 (epoch 2), then kill.
+    let started = std::time::Instant::now();
+    loop {
+        let steps = run_of(&cut)
+            .ok()
+            .and_then(|r| std::fs::read_to_string(r.join("metrics.jsonl")).ok())
+            .map_or(0, |t| t.lines().filter(|l| l.contains("\"kind\":\"step\"")).count());
+        if steps >= 25 {
+            break;
+        }
+        anyhow::ensure!(child.try_wait()?.is_none(), "the run ended before it could be killed");
+        anyhow::ensure!(started.elapsed().as_secs() < 120, "no progress in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    let run = run_of(&cut)?;
+    let out = Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["--threads", "1", "train", "--quiet", "--resume"])
+        .arg(&run)
+        .arg("--runs")
+        .arg(&cut)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got = finished(&run)?;
+    assert_eq!(got.0.len(), want.0.len());
+    for ((ka, a), (kb, b)) in want.0.iter().zip(&got.0) {
+        assert!(ka == kb && a == b, "`{ka}` differs after the kill and resume");
+    }
+    assert_eq!(got.1, want.1, "per-epoch metrics");
+    Ok(())
+}
