@@ -116,11 +116,14 @@ fn infer_answers_a_question_about_an_image() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each parameter's name and the bits of its values.
+type Params = Vec<(String, Vec<u32>)>;
+
 /// The parameters of a run's `last` checkpoint, by name, and its per-epoch metrics without the
 /// timing fields.
-fn finished(run: &Path) -> anyhow::Result<(Vec<(String, Vec<u32>)>, Vec<String>)> {
+fn finished(run: &Path) -> anyhow::Result<(Params, Vec<String>)> {
     let loaded = gaze_train::checkpoint::load(&run.join("checkpoints/last.safetensors"), &candle_core::Device::Cpu)?;
-    let mut params: Vec<(String, Vec<u32>)> = loaded
+    let mut params: Params = loaded
         .tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect())))
