@@ -475,6 +475,106 @@ pub fn curves(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A confusion matrix of a classifier on a test set: `counts[t][p]` rows of true class t predicted
+/// as p.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confusion {
+    /// Rows: true classes; columns: predicted classes.
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl Confusion {
+    /// Counts `truth` against `predicted` over `classes` classes; an error names a length mismatch
+    /// or a class outside the range.
+    pub fn new(classes: usize, truth: &[u32], predicted: &[u32]) -> Result<Self> {
+        if truth.len() != predicted.len() {
+            return Err(TrainError::Other(format!(
+                "confusion: {} true classes for {} predictions",
+                truth.len(),
+                predicted.len()
+            )));
+        }
+        let mut counts = vec![vec![0u64; classes]; classes];
+        for (&t, &p) in truth.iter().zip(predicted) {
+            let cell = counts.get_mut(t as usize).and_then(|row| row.get_mut(p as usize)).ok_or_else(|| {
+                TrainError::Other(format!("confusion: class {t} or {p} is outside the {classes} classes"))
+            })?;
+            *cell += 1;
+        }
+        Ok(Self { counts })
+    }
+
+    /// Each class's accuracy in percent (None for a class with no rows), and its row count.
+    pub fn per_class(&self) -> Vec<(Option<f64>, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(t, row)| {
+                let n: u64 = row.iter().sum();
+                ((n > 0).then(|| 100.0 * row[t] as f64 / n as f64), n)
+            })
+            .collect()
+    }
+
+    /// Per-class accuracy, the classes most often confused, and (for at most 20 classes) the
+    /// whole matrix, as text for a terminal or markdown file. `names` label the classes (their
+    /// numbers where missing).
+    pub fn describe(&self, names: &[String]) -> String {
+        let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| i.to_string());
+        let mut out = String::from(
+            "per class (true class: accuracy %, test rows):
+",
+        );
+        for (t, (acc, n)) in self.per_class().iter().enumerate() {
+            let acc = acc.map_or("-".to_string(), |a| format!("{a:.2}"));
+            out += &format!(
+                "  {:<12} {acc:>6}  {n}
+",
+                name(t)
+            );
+        }
+        let mut mistakes: Vec<(u64, usize, usize)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .flat_map(|(t, row)| {
+                row.iter().enumerate().filter(move |&(p, &c)| p != t && c > 0).map(move |(p, &c)| (c, t, p))
+            })
+            .collect();
+        mistakes.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        if !mistakes.is_empty() {
+            out += "most confused (true -> predicted: rows):";
+            for (c, t, p) in mistakes.iter().take(5) {
+                out += &format!(" {} -> {}: {c};", name(*t), name(*p));
+            }
+            out.pop();
+            out += "
+";
+        }
+        let k = self.counts.len();
+        if k <= 20 {
+            out += "confusion matrix (rows: true class, columns: predicted):
+";
+            let width = self.counts.iter().flatten().max().map_or(1, |m| m.to_string().len()).max(3);
+            out += &format!("{:>12} ", "");
+            for p in 0..k {
+                out += &format!(" {:>width$}", name(p));
+            }
+            out += "
+";
+            for (t, row) in self.counts.iter().enumerate() {
+                out += &format!("{:>12} ", name(t));
+                for c in row {
+                    out += &format!(" {c:>width$}");
+                }
+                out += "
+";
+            }
+        }
+        out
+    }
+}
+
 /// Writes `report.md` (and `curves.png`): config, final metrics against targets, pictures.
 pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<()> {
     curves(run_dir)?;
@@ -541,6 +641,26 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_confusion_matrix_counts_truth_against_prediction() -> Result<()> {
+        let c = Confusion::new(3, &[0, 0, 1, 1, 1, 2], &[0, 1, 1, 1, 0, 1])?;
+        assert_eq!(c.counts, vec![vec![1, 1, 0], vec![1, 2, 0], vec![0, 1, 0]]);
+        let per = c.per_class();
+        assert_eq!(per[0], (Some(50.0), 2));
+        assert_eq!(per[2], (Some(0.0), 1));
+        assert!((per[1].0.unwrap_or_default() - 200.0 / 3.0).abs() < 1e-9);
+        assert_eq!(Confusion::new(3, &[0, 1], &[0, 1])?.per_class()[2], (None, 0));
+        let text = c.describe(&["cat".into(), "dog".into()]);
+        assert!(
+            text.contains("cat") && text.contains("most confused (true -> predicted: rows): cat -> dog: 1;"),
+            "{text}"
+        );
+        assert!(text.contains("confusion matrix"), "{text}");
+        assert!(Confusion::new(3, &[0, 3], &[0, 0]).is_err(), "a class out of range");
+        assert!(Confusion::new(3, &[0], &[0, 0]).is_err(), "lengths differ");
+        Ok(())
+    }
     use super::*;
 
     #[test]

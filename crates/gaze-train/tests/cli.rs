@@ -33,6 +33,15 @@ fn train_eval_infer_show() -> anyhow::Result<()> {
         out.lines().find_map(|l| l.strip_prefix("run: ")).ok_or_else(|| anyhow::anyhow!("no run line in {out}"))?;
     let out = gaze(&["eval", run])?;
     assert!(out.contains("test accuracy") && out.contains("best.safetensors"), "{out}");
+    // Per-class accuracy and the confusion matrix over the 32 test digits.
+    assert!(out.contains("per class") && out.contains("confusion matrix"), "{out}");
+    let matrix: u64 = out
+        .lines()
+        .skip_while(|l| !l.starts_with("confusion matrix"))
+        .skip(2)
+        .flat_map(|l| l.split_whitespace().skip(1).filter_map(|c| c.parse::<u64>().ok()).collect::<Vec<_>>())
+        .sum();
+    assert_eq!(matrix, 32, "every test digit counted once: {out}");
     assert!(gaze(&["eval", run, "--last"])?.contains("last.safetensors"));
     // Without `best`, eval says so instead of reading `last` unasked.
     let best = Path::new(run).join("checkpoints/best.safetensors");

@@ -146,6 +146,21 @@ fn main() -> anyhow::Result<()> {
             for (k, v) in e.named("test").iter().chain(&e.measured.facts) {
                 println!("  {k:<28} {v}");
             }
+            if let gaze_train::data::Examples::Images { set, .. } = &data.test {
+                let predicted: Vec<u32> = e
+                    .predictions
+                    .iter()
+                    .filter_map(|p| match p {
+                        gaze_train::metrics::Predicted::Class(c) => Some(*c),
+                        gaze_train::metrics::Predicted::Tokens(_) => None,
+                    })
+                    .collect();
+                if predicted.len() == set.labels.len() && data.classes > 1 {
+                    let truth: Vec<u32> = set.labels.iter().map(|&l| u32::from(l)).collect();
+                    let confusion = gaze_train::report::Confusion::new(data.classes, &truth, &predicted)?;
+                    print!("{}", confusion.describe(&[]));
+                }
+            }
             if !e.measured.per_kind.is_empty() {
                 println!("per question kind (accuracy %, questions, cells kept %, focus kept %, accuracy focus kept / missed %):");
                 let pct = |p: Option<f64>| p.map_or("-".into(), |p| format!("{p:.1}"));
