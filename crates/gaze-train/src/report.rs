@@ -475,6 +475,100 @@ pub fn curves(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The settings in which the configs differ: each as its dotted key (`optim.lr`) and its value in
+/// each config (`-` where a config lacks it), sorted by key. The run's name is left out.
+pub fn config_differences(configs: &[toml::Value]) -> Vec<(String, Vec<String>)> {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let flat: Vec<std::collections::BTreeMap<String, String>> = configs
+        .iter()
+        .map(|c| {
+            let mut m = std::collections::BTreeMap::new();
+            flatten("", c, &mut m);
+            m.remove("name");
+            m
+        })
+        .collect();
+    let keys: std::collections::BTreeSet<&String> = flat.iter().flat_map(|m| m.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let vals: Vec<String> = flat.iter().map(|m| m.get(k).cloned().unwrap_or_else(|| "-".into())).collect();
+            vals.iter().any(|v| v != &vals[0]).then(|| (k.clone(), vals))
+        })
+        .collect()
+}
+
+/// One run's validation curve for [`compare_curves`]: its label and (epoch, value) points.
+pub type Curve = (String, Vec<(f64, f64)>);
+
+/// A run's per-epoch values of `key` from its `metrics.jsonl`.
+pub fn epoch_series(run_dir: &Path, key: &str) -> Vec<(f64, f64)> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "epoch")
+        .filter_map(|v| Some((v.get("epoch")?.as_f64()?, v.get(key)?.as_f64()?)))
+        .collect()
+}
+
+/// Draws several runs' curves of one metric (`what`, by epoch) in one chart, a colour and a legend
+/// entry per run, to `out` (PNG).
+pub fn compare_curves(curves: &[Curve], what: &str, out: &Path) -> Result<()> {
+    let (w, h) = (900u32, 420u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let pts = || curves.iter().flat_map(|c| c.1.iter());
+        let max_ep = pts().map(|p| p.0).fold(1.0, f64::max);
+        let (lo, hi) = pts().map(|p| p.1).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9)) };
+        let mut c = ChartBuilder::on(&root)
+            .caption(format!("{what} by epoch"), ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.5..max_ep + 0.5, lo..hi)
+            .map_err(plot_err)?;
+        c.configure_mesh()
+            .x_desc("epoch")
+            .x_labels((max_ep as usize).clamp(1, 10))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (label, points)) in curves.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            c.draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+                .map_err(plot_err)?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
+        }
+        c.configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Image { height: h as usize, width: w as usize, channels: 3, data: buf }.save_png(out)?;
+    Ok(())
+}
+
 /// A confusion matrix of a classifier on a test set: `counts[t][p]` rows of true class t predicted
 /// as p.
 #[derive(Debug, Clone, PartialEq)]
@@ -641,6 +735,22 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn config_differences_name_each_differing_setting() -> Result<()> {
+        let parse = |t: &str| toml::from_str::<toml::Value>(t).map_err(|e| TrainError::Other(e.to_string()));
+        let a = parse("name = \"a\"\nseed = 1\n[optim]\nlr = 0.1\nkind = \"adamw\"\n")?;
+        let b = parse("name = \"b\"\nseed = 1\n[optim]\nlr = 0.01\nkind = \"adamw\"\n[train]\nepochs = 3\n")?;
+        let d = config_differences(&[a, b]);
+        assert_eq!(
+            d,
+            vec![
+                ("optim.lr".to_string(), vec!["0.1".to_string(), "0.01".to_string()]),
+                ("train.epochs".to_string(), vec!["-".to_string(), "3".to_string()]),
+            ]
+        );
+        Ok(())
+    }
 
     #[test]
     fn a_confusion_matrix_counts_truth_against_prediction() -> Result<()> {

@@ -214,3 +214,40 @@ fn a_run_killed_mid_way_resumes_to_the_same_bits() -> anyhow::Result<()> {
     assert_eq!(got.1, want.1, "per-epoch metrics");
     Ok(())
 }
+
+/// `gaze compare` on two tiny runs that differ in their learning rate: the setting, both runs'
+/// metrics, and one chart of their curves.
+#[test]
+fn compare_names_what_differs_and_shows_both_runs() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let runs = tmp.path().join("runs");
+    let mut dirs = vec![];
+    for lr in ["0.003", "0.03"] {
+        let cfg = tmp.path().join(format!("lr{lr}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "name = \"cmp\"\nseed = 2\n[model]\ntype = \"convnet\"\nhidden = 16\n[model.convnet]\nchannels = [4, 8]\n\
+                 [data]\ntype = \"mnist\"\nsource = \"fixture\"\ntrain_limit = 64\ntest_limit = 32\n[optim]\nlr = {lr}\n\
+                 [train]\nepochs = 2\nbatch_size = 16\npictures = 0\n"
+            ),
+        )?;
+        let (cfg, runs) = (cfg.to_str().unwrap_or_default(), runs.to_str().unwrap_or_default());
+        let out = gaze(&["--threads", "1", "train", cfg, "--runs", runs, "--quiet"])?;
+        let run = out.lines().find_map(|l| l.strip_prefix("run: ")).ok_or_else(|| anyhow::anyhow!("{out}"))?;
+        dirs.push(run.to_string());
+    }
+    let png = tmp.path().join("cmp.png");
+    let out = gaze(&["compare", &dirs[0], &dirs[1], "--out", png.to_str().unwrap_or_default()])?;
+    let lr_line = out.lines().find(|l| l.trim_start().starts_with("optim.lr")).unwrap_or_default();
+    assert!(lr_line.contains("0.003") && lr_line.contains("0.03"), "{out}");
+    assert!(!out.contains("  seed "), "equal settings are not listed: {out}");
+    let acc = out.lines().find(|l| l.trim_start().starts_with("test_acc_pct")).unwrap_or_default();
+    assert_eq!(acc.split_whitespace().count(), 3, "a value for each run: {out}");
+    assert!(png.is_file() && gaze_data::Image::load(&png, false)?.width == 900);
+    let e = Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["compare", &dirs[0], tmp.path().to_str().unwrap_or_default()])
+        .output()?;
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("is not a run folder"));
+    Ok(())
+}

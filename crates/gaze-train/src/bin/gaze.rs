@@ -1,6 +1,6 @@
 //! The `gaze` binary: train, evaluate, run on an image, and show a run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
@@ -74,6 +74,16 @@ enum Cmd {
         /// attention read off the trained network, beside the model's own.
         #[arg(long)]
         gradcam: bool,
+    },
+    /// Compare runs: the settings in which their configs differ, their metrics side by side, and
+    /// their validation curves in one chart.
+    Compare {
+        /// Two or more run folders.
+        #[arg(num_args = 2.., required = true)]
+        runs: Vec<PathBuf>,
+        /// Where to draw the curves (PNG).
+        #[arg(long, default_value = "compare.png")]
+        out: PathBuf,
     },
     /// Print a run's summary and the files it wrote.
     Show {
@@ -256,6 +266,7 @@ fn main() -> anyhow::Result<()> {
                 println!("Grad-CAM of class {best}: {}", path.display());
             }
         }
+        Cmd::Compare { runs, out } => compare(&runs, &out)?,
         Cmd::Show { run } => {
             let s = std::fs::read_to_string(run.join("summary.json"))
                 .with_context(|| format!("{} has no summary.json (unfinished?)", run.display()))?;
@@ -282,6 +293,76 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `gaze compare`: configs diffed, metrics side by side (the test metrics of finished runs, else
+/// the last epoch's), validation curves overlaid.
+fn compare(runs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let label = |r: &Path| r.file_name().map_or_else(|| r.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let mut configs = vec![];
+    let mut metrics: Vec<std::collections::BTreeMap<String, f64>> = vec![];
+    let mut names = vec![];
+    for r in runs {
+        let path = r.join("config.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a run folder", r.display()))?;
+        let cfg: toml::Value = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let name = cfg.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        names.push(format!("{name}/{}", label(r)));
+        configs.push(cfg);
+        let finished = std::fs::read_to_string(r.join("summary.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<gaze_train::RunSummary>(&s).ok())
+            .map(|s| s.metrics);
+        let m = finished.unwrap_or_else(|| {
+            let text = std::fs::read_to_string(r.join("metrics.jsonl")).unwrap_or_default();
+            let last = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["kind"] == "epoch")
+                .last();
+            last.and_then(|v| v.as_object().cloned())
+                .map(|o| {
+                    o.into_iter()
+                        .filter(|(k, _)| k.starts_with("val_") || k == "epoch")
+                        .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        metrics.push(m);
+    }
+    for (i, n) in names.iter().enumerate() {
+        println!("[{}] {n}", i + 1);
+    }
+    let diff = gaze_train::report::config_differences(&configs);
+    if diff.is_empty() {
+        println!("settings: the same in every run");
+    } else {
+        println!("settings that differ:");
+        for (k, vals) in &diff {
+            println!("  {k:<32} {}", vals.iter().map(|v| format!("{v:>14}")).collect::<Vec<_>>().join(" "));
+        }
+    }
+    println!("metrics (test for finished runs, else the last epoch's validation):");
+    let keys: std::collections::BTreeSet<&String> = metrics.iter().flat_map(|m| m.keys()).collect();
+    for k in keys {
+        let vals: Vec<String> =
+            metrics.iter().map(|m| m.get(k).map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))).collect();
+        println!("  {k:<32} {}", vals.iter().map(|v| format!("{v:>14}")).collect::<Vec<_>>().join(" "));
+    }
+    let key = ["val_acc_pct", "val_bleu4", "val_sequence_error_pct", "val_loss"]
+        .into_iter()
+        .find(|k| runs.iter().all(|r| !gaze_train::report::epoch_series(r, k).is_empty()));
+    match key {
+        Some(k) => {
+            let curves: Vec<gaze_train::report::Curve> =
+                names.iter().zip(runs).map(|(n, r)| (n.clone(), gaze_train::report::epoch_series(r, k))).collect();
+            gaze_train::report::compare_curves(&curves, k, out)?;
+            println!("curves of {k}: {}", out.display());
+        }
+        None => println!("no validation metric every run logged: no curves drawn"),
     }
     Ok(())
 }
