@@ -319,9 +319,9 @@ fn compare(runs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(r.join("metrics.jsonl")).unwrap_or_default();
             let last = text
                 .lines()
+                .rev()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["kind"] == "epoch")
-                .last();
+                .find(|v| v["kind"] == "epoch");
             last.and_then(|v| v.as_object().cloned())
                 .map(|o| {
                     o.into_iter()
