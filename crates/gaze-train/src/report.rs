@@ -249,6 +249,9 @@ pub fn pictures(
     run_dir: &Path,
     device: &Device,
 ) -> Result<()> {
+    if let Examples::Images { set, .. } = &data.test {
+        confusion_files(set, test, data.classes, run_dir)?;
+    }
     let dir = run_dir.join("attention");
     let n = cfg.train.pictures;
     if n == 0 {
@@ -569,6 +572,21 @@ pub fn compare_curves(curves: &[Curve], what: &str, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `confusion.md` (per-class accuracy, the matrix) and `confusion.png` for an image
+/// classifier's test predictions; nothing for other outputs or more than 100 classes.
+fn confusion_files(set: &LabeledImages, test: &Evaluation, classes: usize, run_dir: &Path) -> Result<()> {
+    let predicted: Vec<u32> =
+        test.predictions.iter().filter_map(|p| if let Predicted::Class(c) = p { Some(*c) } else { None }).collect();
+    if predicted.len() != set.labels.len() || classes < 2 || classes > 100 {
+        return Ok(());
+    }
+    let truth: Vec<u32> = set.labels.iter().map(|&l| u32::from(l)).collect();
+    let c = Confusion::new(classes, &truth, &predicted)?;
+    let md = format!("```text\n{}```\n", c.describe(&[]));
+    gaze_data::write_atomic(&run_dir.join("confusion.md"), md.as_bytes())?;
+    c.picture(&run_dir.join("confusion.png"))
+}
+
 /// A confusion matrix of a classifier on a test set: `counts[t][p]` rows of true class t predicted
 /// as p.
 #[derive(Debug, Clone, PartialEq)]
@@ -608,6 +626,52 @@ impl Confusion {
                 ((n > 0).then(|| 100.0 * row[t] as f64 / n as f64), n)
             })
             .collect()
+    }
+
+    /// The matrix as a picture (`out`, PNG): each cell coloured by its share of the true class's
+    /// rows, with its count.
+    pub fn picture(&self, out: &Path) -> Result<()> {
+        let k = self.counts.len().max(1);
+        let cell = (560 / k as u32).clamp(12, 48);
+        let (w, h) = (cell * k as u32 + 90, cell * k as u32 + 80);
+        let mut buf = vec![255u8; (w * h * 3) as usize];
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            let font = ("sans-serif", (cell as f64 * 0.4).clamp(8.0, 14.0)).into_font();
+            root.draw(&Text::new(
+                "confusion (rows: true, columns: predicted; colour: share of the row)",
+                (8, 6),
+                ("sans-serif", 13),
+            ))
+            .map_err(plot_err)?;
+            let (x0, y0) = (60i32, 50i32);
+            let c = cell as i32;
+            for (t, row) in self.counts.iter().enumerate() {
+                let n: u64 = row.iter().sum::<u64>().max(1);
+                root.draw(&Text::new(t.to_string(), (x0 - 24, y0 + t as i32 * c + c / 3), font.clone()))
+                    .map_err(plot_err)?;
+                for (p, &v) in row.iter().enumerate() {
+                    let [r, g, b] = heat(v as f32 / n as f32);
+                    let colour = RGBColor((255.0 * r) as u8, (255.0 * g) as u8, (255.0 * b) as u8);
+                    let (x, y) = (x0 + p as i32 * c, y0 + t as i32 * c);
+                    root.draw(&Rectangle::new([(x, y), (x + c - 1, y + c - 1)], colour.filled())).map_err(plot_err)?;
+                    if v > 0 {
+                        let ink = if (v as f32 / n as f32) > 0.5 { BLACK } else { WHITE };
+                        root.draw(&Text::new(v.to_string(), (x + 2, y + c / 3), font.clone().color(&ink)))
+                            .map_err(plot_err)?;
+                    }
+                }
+            }
+            for p in 0..self.counts.len() {
+                root.draw(&Text::new(p.to_string(), (x0 + p as i32 * c + c / 3, y0 - 16), font.clone()))
+                    .map_err(plot_err)?;
+            }
+            root.present().map_err(plot_err)?;
+        }
+        Image { height: h as usize, width: w as usize, channels: 3, data: buf }.save_png(out)?;
+        Ok(())
     }
 
     /// Per-class accuracy, the classes most often confused, and (for at most 20 classes) the
@@ -669,6 +733,26 @@ impl Confusion {
     }
 }
 
+/// Which epoch's parameters the test metrics come from, and why (from `checkpoints/best.json`).
+fn best_epoch(cfg: &ExperimentConfig, run_dir: &Path) -> String {
+    let path = run_dir.join("checkpoints").join("best.json");
+    let Some(state) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("state").cloned())
+    else {
+        return String::new();
+    };
+    let epoch = state.get("epoch").and_then(serde_json::Value::as_u64).unwrap_or_default();
+    let value = state.get("best_value").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let select = cfg.train.select.clone().unwrap_or_else(|| "the task's main validation metric".into());
+    format!(
+        "The test metrics are those of the parameters after epoch {epoch} of {}: the best by {select} \
+         ({value}) on the validation split (`checkpoints/best.safetensors`).\n\n",
+        cfg.train.epochs
+    )
+}
+
 /// Writes `report.md` (and `curves.png`): config, final metrics against targets, pictures.
 pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<()> {
     curves(run_dir)?;
@@ -679,10 +763,23 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
     for (k, v) in &s.metrics {
         md += &format!("| {k} | {v} | {} |\n", cfg.targets.get(k).map_or("", String::as_str));
     }
+    let unit = match &cfg.data {
+        crate::config::DataConfig::BarnVqa(_)
+        | crate::config::DataConfig::SortOfClevr(_)
+        | crate::config::DataConfig::VqaFolder(_) => "questions/s",
+        crate::config::DataConfig::ShapeCaptions(_) | crate::config::DataConfig::CaptionFolder(_) => {
+            "images/s (each with its caption)"
+        }
+        _ => "images/s",
+    };
     md += &format!(
-        "| wall_s | {} | |\n| samples_per_s | {} | |\n| steps | {} | |\n\n",
+        "| wall_s | {} | |\n| samples_per_s | {} | training {unit} |\n| steps | {} | |\n\n",
         s.wall_s, s.samples_per_s, s.steps
     );
+    md += &best_epoch(cfg, run_dir);
+    if let Ok(text) = std::fs::read_to_string(run_dir.join("confusion.md")) {
+        md += &format!("## Per class (test)\n\n{text}\n![confusion](confusion.png)\n\n");
+    }
     if !s.stats.is_empty() {
         md += "## Statistics on the test set\n\n| statistic | mean |\n|---|---|\n";
         for (k, v) in &s.stats {
@@ -735,6 +832,7 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn config_differences_name_each_differing_setting() -> Result<()> {
@@ -771,7 +869,6 @@ mod tests {
         assert!(Confusion::new(3, &[0], &[0, 0]).is_err(), "lengths differ");
         Ok(())
     }
-    use super::*;
 
     #[test]
     fn glimpse_paths_and_kept_cells_are_drawn() {

@@ -61,7 +61,9 @@ fn train_eval_infer_show() -> anyhow::Result<()> {
     assert!(overlay.is_file());
     assert!(gaze_data::Image::load(&overlay, false)?.width >= 28);
     assert!(gaze(&["show", run])?.contains("test_acc_pct"));
-    assert!(Path::new(run).join("report.md").is_file());
+    let report = std::fs::read_to_string(Path::new(run).join("report.md"))?;
+    assert!(report.contains("## Per class (test)") && Path::new(run).join("confusion.png").is_file(), "{report}");
+    assert!(report.contains("after epoch 1 of 1: the best by") && report.contains("training images/s"), "{report}");
     // Grad-CAM beside the model's own map.
     let out = gaze(&["infer", run, png.to_str().unwrap_or_default(), "--gradcam"])?;
     assert!(out.contains("Grad-CAM of class") && tmp.path().join("digit.gradcam.png").is_file(), "{out}");
