@@ -577,7 +577,7 @@ pub fn compare_curves(curves: &[Curve], what: &str, out: &Path) -> Result<()> {
 fn confusion_files(set: &LabeledImages, test: &Evaluation, classes: usize, run_dir: &Path) -> Result<()> {
     let predicted: Vec<u32> =
         test.predictions.iter().filter_map(|p| if let Predicted::Class(c) = p { Some(*c) } else { None }).collect();
-    if predicted.len() != set.labels.len() || classes < 2 || classes > 100 {
+    if predicted.len() != set.labels.len() || !(2..=100).contains(&classes) {
         return Ok(());
     }
     let truth: Vec<u32> = set.labels.iter().map(|&l| u32::from(l)).collect();
