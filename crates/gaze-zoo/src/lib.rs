@@ -31,5 +31,5 @@ pub use model::{
 pub use ram::{Core, EvalPath, Ram, RamConfig, Start};
 pub use registry::{build, ModelConfig};
 pub use relation_net::{RelationHead, RelationNet, RelationNetConfig};
-pub use show_attend_tell::{Looking, ShowAttendTell, ShowAttendTellConfig};
+pub use show_attend_tell::{Looking, Query, ShowAttendTell, ShowAttendTellConfig};
 pub use soft_attention_mnist::{Relation, SoftAttentionMnist, SoftAttentionMnistConfig};

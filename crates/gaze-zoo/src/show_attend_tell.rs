@@ -18,6 +18,10 @@
 //!   unless `sample_at_eval`;
 //! - `none`: the mean annotation at every step, no attention (the "Show and Tell" reference).
 //!
+//! With `query = "current"` the step reads its word first (the LSTM on [E y_{t-1}; mean(a)]) and
+//! attends with the new state h_t instead ("Knowing When to Look", Lu et al. 2017), so the map of
+//! step t belongs to the state that scores word t.
+//!
 //! With `gate`, z_t is scaled by beta_t = sigmoid(f_beta(h_{t-1})) (section 4.2.1). The LSTM reads
 //! [E y_{t-1}; z_t]. With `deep_output` the token scores are
 //! L_o(dropout(tanh(E y_{t-1} + L_h h_t + L_z z_t))) (the paper's eq. 7 with the tanh of the
@@ -60,12 +64,28 @@ pub enum Looking {
     None,
 }
 
+/// Which LSTM state asks where to look at step t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    /// h_{t-1}, before the step reads its word (the paper): the LSTM reads [E y_{t-1}; z_t].
+    #[default]
+    Previous,
+    /// h_t, after the step has read its word and the mean annotation ("Knowing When to Look",
+    /// Lu et al. 2017): the LSTM reads [E y_{t-1}; mean(a)], then attends, and the token is
+    /// scored from h_t and z_t. The map of step t is then drawn by the state that scores word t,
+    /// not by the one before it.
+    Current,
+}
+
 /// Settings of [`ShowAttendTell`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShowAttendTellConfig {
     /// Soft, hard or no attention.
     pub attention: Looking,
+    /// Which state asks where to look: `previous` (the paper) or `current`.
+    pub query: Query,
     /// The CNN whose last feature map is the annotation grid (`in_channels` from the data).
     pub convnet: ConvNetConfig,
     /// Append each cell's centre (x, y in [-1, 1]) to its annotation vector, so that the context
@@ -109,6 +129,7 @@ impl Default for ShowAttendTellConfig {
     fn default() -> Self {
         Self {
             attention: Looking::Soft,
+            query: Query::Previous,
             convnet: ConvNetConfig::default(),
             cell_coords: true,
             embed: 64,
@@ -341,7 +362,15 @@ impl ShowAttendTell {
         (how, train): (Context, bool),
         rng: &mut Rng,
     ) -> Result<Stepped> {
-        let h = &s.lstm.h;
+        let e = self.embed.forward(prev)?;
+        // With `current`, the step first reads its word (and the mean annotation), then asks.
+        let read_first = match (self.cfg.query, how) {
+            (Query::Current, Context::Expected | Context::Sampled) => {
+                Some(w.step(&Tensor::cat(&[&e, &s.mean], 1)?, Some(&s.lstm))?)
+            }
+            _ => None,
+        };
+        let h = read_first.as_ref().map_or(&s.lstm.h, |l| &l.h);
         let (mut z, alpha, log_pick) = match how {
             Context::Mean => (s.mean.clone(), None, None),
             Context::Expected | Context::Sampled => {
@@ -360,8 +389,10 @@ impl ShowAttendTell {
         if let Some(beta) = self.attention.gate(h)? {
             z = z.broadcast_mul(&beta)?;
         }
-        let e = self.embed.forward(prev)?;
-        let lstm = w.step(&Tensor::cat(&[&e, &z], 1)?, Some(&s.lstm))?;
+        let lstm = match read_first {
+            Some(l) => l,
+            None => w.step(&Tensor::cat(&[&e, &z], 1)?, Some(&s.lstm))?,
+        };
         let scores = match &self.head {
             Head::Deep { l_h, l_z, l_o } => {
                 let mut o = (e + l_h.forward(&lstm.h)? + l_z.forward(&z)?)?.tanh()?;
@@ -568,9 +599,13 @@ mod tests {
     }
 
     fn tiny(attention: Looking) -> Result<(SeededVarMap, ShowAttendTell)> {
+        tiny_asking(attention, Query::Previous)
+    }
+
+    fn tiny_asking(attention: Looking, query: Query) -> Result<(SeededVarMap, ShowAttendTell)> {
         let vm = SeededVarMap::new(Seed(0));
         let shape = DataShape::sequences((1, 12, 16), 6, 3);
-        let cfg = ShowAttendTellConfig { attention, ..ShowAttendTellConfig::tiny() };
+        let cfg = ShowAttendTellConfig { attention, query, ..ShowAttendTellConfig::tiny() };
         let model = ShowAttendTell::new(&cfg, &shape, vm.builder(&Device::Cpu))?;
         Ok((vm, model))
     }
@@ -579,8 +614,14 @@ mod tests {
     fn each_kind_of_attention_fits_the_fixed_batch_and_decodes_it() -> Result<()> {
         let batch = halves()?;
         let want = vec![vec![4], vec![5], vec![4, 5], vec![]];
-        for looking in [Looking::Soft, Looking::Hard, Looking::None] {
-            let (vm, model) = tiny(looking)?;
+        for (looking, query) in [
+            (Looking::Soft, Query::Previous),
+            (Looking::Hard, Query::Previous),
+            (Looking::None, Query::Previous),
+            (Looking::Soft, Query::Current),
+            (Looking::Hard, Query::Current),
+        ] {
+            let (vm, model) = tiny_asking(looking, query)?;
             let mut r = Seed(1).rng();
             // Hard attention learns from half its batches' samples: more steps.
             let steps = if looking == Looking::Hard { 500 } else { 200 };
@@ -603,6 +644,28 @@ mod tests {
                 (_, Some(AttentionMap::Steps { weights, .. })) => assert_eq!(weights.dims(), &[4, 3, 3, 4]),
                 (_, other) => panic!("{looking:?}: {other:?}"),
             }
+        }
+        Ok(())
+    }
+
+    /// With `current`, where step t looks depends on the word it has just read; with `previous`
+    /// (the paper) it cannot.
+    #[test]
+    fn the_current_query_looks_after_reading_the_word() -> Result<()> {
+        let batch = halves()?;
+        for (query, depends) in [(Query::Previous, false), (Query::Current, true)] {
+            let (_vm, model) = tiny_asking(Looking::Soft, query)?;
+            let w = model.lstm.weights()?;
+            let s = model.start(&batch.images, false)?;
+            let mut r = Seed(0).rng();
+            let mut alpha = |word: u32| -> Result<Vec<f32>> {
+                let prev = Tensor::full(word, 4, batch.images.device())?;
+                let out = model.step(&w, &s, &prev, (Context::Expected, false), &mut r)?;
+                out.alpha.ok_or_else(|| err("no alpha".into()))?.flatten_all()?.to_vec1::<f32>()
+            };
+            let (a, b) = (alpha(4)?, alpha(5)?);
+            let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert_eq!(diff > 1e-6, depends, "{query:?}: {diff}");
         }
         Ok(())
     }
