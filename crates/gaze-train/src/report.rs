@@ -759,6 +759,17 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
     let mut md = format!("# {}\n\n", cfg.name);
     md +=
         &format!("- data: {}\n- git: `{}`\n- finished: {}\n- command: `{}`\n\n", s.data, s.git_rev, s.date, s.command);
+    // Where the model looked comes first: it is what an attention library is for.
+    let pictures: Vec<&str> = ["test_right", "test_wrong"]
+        .into_iter()
+        .filter(|f| run_dir.join("attention").join(format!("{f}.png")).is_file())
+        .collect();
+    if !pictures.is_empty() {
+        md += "## Where it looked (test images it got right, then wrong)\n\n";
+        for f in &pictures {
+            md += &format!("![{f}](attention/{f}.png)\n\n");
+        }
+    }
     md += "## Final metrics\n\n| metric | value | target |\n|---|---|---|\n";
     for (k, v) in &s.metrics {
         md += &format!("| {k} | {v} | {} |\n", cfg.targets.get(k).map_or("", String::as_str));
@@ -819,12 +830,7 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
         }
         md += "\n";
     }
-    md += "## Training curves\n\n![curves](curves.png)\n\n## Where it looked\n\n";
-    for f in ["test_right", "test_wrong"] {
-        if run_dir.join("attention").join(format!("{f}.png")).is_file() {
-            md += &format!("![{f}](attention/{f}.png)\n\n");
-        }
-    }
+    md += "## Training curves\n\n![curves](curves.png)\n\n";
     md += &format!("## Config\n\n```toml\n{}```\n", cfg.to_toml()?);
     gaze_data::write_atomic(&run_dir.join("report.md"), md.as_bytes())?;
     Ok(())

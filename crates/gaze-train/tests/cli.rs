@@ -64,6 +64,8 @@ fn train_eval_infer_show() -> anyhow::Result<()> {
     let report = std::fs::read_to_string(Path::new(run).join("report.md"))?;
     assert!(report.contains("## Per class (test)") && Path::new(run).join("confusion.png").is_file(), "{report}");
     assert!(report.contains("after epoch 1 of 1: the best by") && report.contains("training images/s"), "{report}");
+    let (looked, metrics) = (report.find("## Where it looked"), report.find("## Final metrics"));
+    assert!(looked.is_some() && looked < metrics, "the report opens with the attention pictures: {report}");
     // Grad-CAM beside the model's own map.
     let out = gaze(&["infer", run, png.to_str().unwrap_or_default(), "--gradcam"])?;
     assert!(out.contains("Grad-CAM of class") && tmp.path().join("digit.gradcam.png").is_file(), "{out}");
