@@ -206,58 +206,63 @@ fn only_tests_changed(root: &Path, rev: &str, path: &str) -> anyhow::Result<bool
     Ok(true)
 }
 
+/// What `git` says of the repository at `root`, asked once per revision and file.
+struct History<'a> {
+    root: &'a Path,
+    /// The files changed between a revision and HEAD (None: the revision is unknown).
+    changed: BTreeMap<String, Option<Vec<String>>>,
+    /// Whether a file's change since a revision touched only its test module.
+    test_only: BTreeMap<(String, String), bool>,
+}
+
+impl History<'_> {
+    fn changed_since(&mut self, rev: &str) -> anyhow::Result<Option<Vec<String>>> {
+        if !self.changed.contains_key(rev) {
+            let known = git(self.root, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])?.is_some();
+            let names = if known {
+                git(self.root, &["diff", "--name-only", rev, "HEAD"])?
+                    .map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
+            } else {
+                None
+            };
+            self.changed.insert(rev.to_string(), names);
+        }
+        Ok(self.changed.get(rev).cloned().flatten())
+    }
+
+    fn only_tests(&mut self, rev: &str, file: &str) -> anyhow::Result<bool> {
+        let key = (rev.to_string(), file.to_string());
+        if let Some(&t) = self.test_only.get(&key) {
+            return Ok(t);
+        }
+        let t = file.ends_with(".rs") && only_tests_changed(self.root, rev, file)?;
+        self.test_only.insert(key, t);
+        Ok(t)
+    }
+
+    fn status(&mut self, r: &Recorded) -> anyhow::Result<Status> {
+        if r.rev.ends_with("+dirty") {
+            return Ok(Status::Dirty);
+        }
+        let recipe = match Recipe::load(&self.root.join("experiments").join(format!("{}.toml", r.experiment))) {
+            Ok(recipe) => recipe,
+            Err(e) => return Ok(Status::NoExperiment(format!("{e:#}"))),
+        };
+        let Some(files) = self.changed_since(&r.rev)? else { return Ok(Status::UnknownRevision) };
+        let mut hits = vec![];
+        for f in files.iter().filter(|f| recipe.runs(f)) {
+            if !self.only_tests(&r.rev, f)? {
+                hits.push(f.clone());
+            }
+        }
+        Ok(if hits.is_empty() { Status::Fresh } else { Status::Stale(hits) })
+    }
+}
+
 /// The status of each recorded experiment against HEAD of the repository at `root`.
 pub fn check(root: &Path, rows: &[Recorded]) -> anyhow::Result<Vec<(Recorded, Status)>> {
-    let mut changed_since: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
-    let mut test_only: BTreeMap<(String, String), bool> = BTreeMap::new();
-    let mut out = vec![];
-    for r in rows {
-        let status = if r.rev.ends_with("+dirty") {
-            Status::Dirty
-        } else {
-            match Recipe::load(&root.join("experiments").join(format!("{}.toml", r.experiment))) {
-                Err(e) => Status::NoExperiment(format!("{e:#}")),
-                Ok(recipe) => {
-                    if !changed_since.contains_key(&r.rev) {
-                        let names =
-                            match git(root, &["rev-parse", "--verify", "--quiet", &format!("{}^{{commit}}", r.rev)])? {
-                                None => None,
-                                Some(_) => git(root, &["diff", "--name-only", &r.rev, "HEAD"])?
-                                    .map(|s| s.lines().map(str::to_string).collect::<Vec<_>>()),
-                            };
-                        changed_since.insert(r.rev.clone(), names);
-                    }
-                    match changed_since.get(&r.rev).cloned().flatten() {
-                        None => Status::UnknownRevision,
-                        Some(files) => {
-                            let mut hits = vec![];
-                            for f in files.iter().filter(|f| recipe.runs(f)) {
-                                let key = (r.rev.clone(), f.clone());
-                                let t = match test_only.get(&key) {
-                                    Some(t) => *t,
-                                    None => {
-                                        let t = f.ends_with(".rs") && only_tests_changed(root, &r.rev, f)?;
-                                        test_only.insert(key, t);
-                                        t
-                                    }
-                                };
-                                if !t {
-                                    hits.push(f.clone());
-                                }
-                            }
-                            if hits.is_empty() {
-                                Status::Fresh
-                            } else {
-                                Status::Stale(hits)
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        out.push((r.clone(), status));
-    }
-    Ok(out)
+    let mut history = History { root, changed: BTreeMap::new(), test_only: BTreeMap::new() };
+    rows.iter().map(|r| Ok((r.clone(), history.status(r)?))).collect()
 }
 
 pub fn run(a: ResultsArgs) -> anyhow::Result<()> {
