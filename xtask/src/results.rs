@@ -4,8 +4,10 @@
 //! The code an experiment runs: `Cargo.lock`, the numeric crates (`gaze-tensor`, `gaze-attention`,
 //! `gaze-encoders`), the zoo's shared files and its model's own, the data crate's shared files and
 //! those of its data type, the trainer, and its experiment file. Not counted: files no result
-//! depends on ([`NEVER`]), other models' and other data types' own files, and changes that only
-//! touch a file's test module (`#[cfg(test)] mod tests` at its end).
+//! depends on ([`NEVER`]), other models' and other data types' own files, and changes that leave
+//! a file's code as it was: only its test module (`#[cfg(test)] mod tests` at its end), comments,
+//! blank lines, `use` and `mod` declarations ([`code_of`]); for `Cargo.lock`, only dependency
+//! lists, no package added, removed or of another version ([`locked_packages`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -175,35 +177,70 @@ fn git(root: &Path, args: &[&str]) -> anyhow::Result<Option<String>> {
     Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-/// The 1-based line where a file's trailing test module starts (its `#[cfg(test)]`), if the
+/// The 0-based line where a file's trailing test module starts (its `#[cfg(test)]`), if the
 /// module runs to the end of the file.
 fn test_module_start(text: &str) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     let at = lines.windows(2).position(|w| w[0].trim() == "#[cfg(test)]" && w[1].starts_with("mod tests"))?;
     let last = lines.iter().rposition(|l| !l.trim().is_empty())?;
-    (lines[last] == "}").then_some(at + 1)
+    (lines[last] == "}").then_some(at)
 }
 
-/// Whether every hunk of the change to `path` between `rev` and HEAD lies inside the file's
-/// trailing test module, before and after.
-fn only_tests_changed(root: &Path, rev: &str, path: &str) -> anyhow::Result<bool> {
+/// The code of a Rust file that can change what it computes: its lines before the trailing test
+/// module, trimmed, without blank lines, comments (`//`, `///`, `//!` lines), `use` declarations
+/// (also over several lines) and `mod name;` lines.
+pub fn code_of(text: &str) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let end = test_module_start(text).unwrap_or(lines.len());
+    let mut out = vec![];
+    let mut in_use = false;
+    for l in lines[..end].iter().map(|l| l.trim()) {
+        let starts_use = ["use ", "pub use ", "pub(crate) use "].iter().any(|p| l.starts_with(p));
+        if in_use || starts_use {
+            in_use = !l.ends_with(';');
+            continue;
+        }
+        let is_mod = (l.starts_with("mod ") || l.starts_with("pub mod ")) && l.ends_with(';');
+        if l.is_empty() || l.starts_with("//") || is_mod {
+            continue;
+        }
+        out.push(l);
+    }
+    out
+}
+
+/// The packages of a `Cargo.lock` (name, version, source): what a change to it can change in
+/// the build. Dependency lists alone (a dev-dependency on a package already locked) cannot.
+pub fn locked_packages(text: &str) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for block in text.split("[[package]]").skip(1) {
+        let field = |k: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k} = ")))
+                .map(|v| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        out.insert((field("name"), field("version"), field("source")));
+    }
+    out
+}
+
+/// Whether the change to `path` between `rev` and HEAD leaves what it computes as it was: for a
+/// Rust file, equal [`code_of`]; for `Cargo.lock`, equal [`locked_packages`].
+fn same_code(root: &Path, rev: &str, path: &str) -> anyhow::Result<bool> {
     let (Some(old), Some(new)) =
         (git(root, &["show", &format!("{rev}:{path}")])?, git(root, &["show", &format!("HEAD:{path}")])?)
     else {
-        return Ok(false); // added or removed: not a test-only change
+        return Ok(false); // added or removed
     };
-    let (Some(old_t), Some(new_t)) = (test_module_start(&old), test_module_start(&new)) else { return Ok(false) };
-    let Some(diff) = git(root, &["diff", "-U0", rev, "HEAD", "--", path])? else { return Ok(false) };
-    for hunk in diff.lines().filter(|l| l.starts_with("@@")) {
-        // "@@ -a[,b] +c[,d] @@": a removal of 0 lines sits after line a, an addition after c.
-        let mut parts = hunk.split_whitespace().skip(1);
-        let start = |s: Option<&str>| s.and_then(|s| s[1..].split(',').next()).and_then(|n| n.parse::<usize>().ok());
-        let (Some(a), Some(c)) = (start(parts.next()), start(parts.next())) else { return Ok(false) };
-        if a < old_t || c < new_t {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(if path.ends_with(".rs") {
+        code_of(&old) == code_of(&new)
+    } else if path.ends_with("Cargo.lock") {
+        locked_packages(&old) == locked_packages(&new)
+    } else {
+        false
+    })
 }
 
 /// What `git` says of the repository at `root`, asked once per revision and file.
@@ -211,8 +248,8 @@ struct History<'a> {
     root: &'a Path,
     /// The files changed between a revision and HEAD (None: the revision is unknown).
     changed: BTreeMap<String, Option<Vec<String>>>,
-    /// Whether a file's change since a revision touched only its test module.
-    test_only: BTreeMap<(String, String), bool>,
+    /// Whether a file's change since a revision left its code as it was (see [`same_code`]).
+    same: BTreeMap<(String, String), bool>,
 }
 
 impl History<'_> {
@@ -230,13 +267,13 @@ impl History<'_> {
         Ok(self.changed.get(rev).cloned().flatten())
     }
 
-    fn only_tests(&mut self, rev: &str, file: &str) -> anyhow::Result<bool> {
+    fn same(&mut self, rev: &str, file: &str) -> anyhow::Result<bool> {
         let key = (rev.to_string(), file.to_string());
-        if let Some(&t) = self.test_only.get(&key) {
+        if let Some(&t) = self.same.get(&key) {
             return Ok(t);
         }
-        let t = file.ends_with(".rs") && only_tests_changed(self.root, rev, file)?;
-        self.test_only.insert(key, t);
+        let t = same_code(self.root, rev, file)?;
+        self.same.insert(key, t);
         Ok(t)
     }
 
@@ -251,7 +288,7 @@ impl History<'_> {
         let Some(files) = self.changed_since(&r.rev)? else { return Ok(Status::UnknownRevision) };
         let mut hits = vec![];
         for f in files.iter().filter(|f| recipe.runs(f)) {
-            if !self.only_tests(&r.rev, f)? {
+            if !self.same(&r.rev, f)? {
                 hits.push(f.clone());
             }
         }
@@ -261,7 +298,7 @@ impl History<'_> {
 
 /// The status of each recorded experiment against HEAD of the repository at `root`.
 pub fn check(root: &Path, rows: &[Recorded]) -> anyhow::Result<Vec<(Recorded, Status)>> {
-    let mut history = History { root, changed: BTreeMap::new(), test_only: BTreeMap::new() };
+    let mut history = History { root, changed: BTreeMap::new(), same: BTreeMap::new() };
     rows.iter().map(|r| Ok((r.clone(), history.status(r)?))).collect()
 }
 
@@ -387,10 +424,24 @@ mod tests {
     }
 
     #[test]
-    fn a_test_module_is_found_only_at_the_end_of_a_file() {
-        assert_eq!(test_module_start("fn a() {}\n\n#[cfg(test)]\nmod tests {\n    fn t() {}\n}\n"), Some(3));
+    fn code_leaves_out_tests_comments_and_declarations() {
+        assert_eq!(test_module_start("fn a() {}\n\n#[cfg(test)]\nmod tests {\n    fn t() {}\n}\n"), Some(2));
         assert_eq!(test_module_start("fn a() {}\n"), None);
         assert_eq!(test_module_start("#[cfg(test)]\nmod tests {\n}\nfn after() {}\n"), None);
+        let a = "//! Docs.\nuse a::b;\npub use c::{\n    D,\n    E,\n};\nmod m;\n\n/// f.\nfn f() -> u32 {\n    1 // one\n}\n";
+        assert_eq!(code_of(a), ["fn f() -> u32 {", "1 // one", "}"]);
+        let b = "//! Other docs.\nuse a::{b, c};\npub mod m;\nfn f() -> u32 {\n    1 // one\n}\n#[cfg(test)]\nmod tests {\n}\n";
+        assert_eq!(code_of(a), code_of(b));
+        assert_ne!(code_of(a), code_of(&a.replace("    1 //", "    2 //")));
+    }
+
+    #[test]
+    fn a_lock_file_changes_the_build_only_through_its_packages() {
+        let one = "version = 4\n\n[[package]]\nname = \"a\"\nversion = \"1.0.0\"\ndependencies = [\n \"b\",\n]\n\n[[package]]\nname = \"b\"\nversion = \"0.2.0\"\nsource = \"registry+x\"\n";
+        let more_deps = one.replace(" \"b\",\n", " \"b\",\n \"c\",\n");
+        assert_eq!(locked_packages(one), locked_packages(&more_deps));
+        assert_ne!(locked_packages(one), locked_packages(&one.replace("0.2.0", "0.2.1")));
+        assert_eq!(locked_packages(one).len(), 2);
     }
 
     /// A fixture repository: two experiments recorded at one revision, then changes of each kind.
