@@ -28,8 +28,32 @@ fn heat(v: f32) -> [f32; 3] {
 /// Overlays a grid of non-negative `weights` (gh rows of gw) on `image` as a heat map: each
 /// pixel is blended with the heat colour of its cell's weight (scaled so the largest is 1).
 pub fn overlay(image: &Image, weights: &[f32], gh: usize, gw: usize) -> Image {
+    let max = weights.iter().copied().fold(0f32, f32::max);
+    overlay_on_scale(image, weights, gh, gw, max)
+}
+
+/// Each cell's weight as a multiple of the uniform map's (weight x cells / total), so maps over
+/// grids of any size, and sums over steps, can be drawn on one scale. Zeros for an empty map.
+pub fn densities(weights: &[f32]) -> Vec<f32> {
+    let total: f32 = weights.iter().sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return vec![0.0; weights.len()];
+    }
+    weights.iter().map(|w| w * weights.len() as f32 / total).collect()
+}
+
+/// Maps compared side by side drawn on one scale ([`densities`], full heat at the largest of
+/// them all), each with its grid: a flat map looks faint beside a peaked one, as it is.
+pub fn overlays_on_common_scale(image: &Image, maps: &[(Vec<f32>, usize, usize)]) -> Vec<Image> {
+    let dens: Vec<Vec<f32>> = maps.iter().map(|(w, _, _)| densities(w)).collect();
+    let top = dens.iter().flatten().copied().fold(0f32, f32::max);
+    dens.iter().zip(maps).map(|(d, (_, gh, gw))| overlay_on_scale(image, d, *gh, *gw, top)).collect()
+}
+
+/// [`overlay`] with full heat at `top` instead of the map's own largest weight.
+pub fn overlay_on_scale(image: &Image, weights: &[f32], gh: usize, gw: usize, top: f32) -> Image {
     let rgb = image.to_rgb();
-    let max = weights.iter().copied().fold(0f32, f32::max).max(1e-12);
+    let max = top.max(1e-12);
     let mut out = rgb.clone();
     for y in 0..rgb.height {
         for x in 0..rgb.width {
@@ -122,14 +146,16 @@ fn labelled(image: &Image, text: &str) -> Image {
 }
 
 /// A sequence read word by word, as "Show, Attend and Tell" draws its captions: the image, then
-/// for each word the image under that step's attention with the word beneath. `maps[s]` holds
+/// for each word the image under that step's attention with the word beneath, every word's map
+/// on one scale ([`overlays_on_common_scale`]). `maps[s]` holds
 /// step s's weights over a `gh` x `gw` grid; images narrower than 128 pixels are scaled up so that
 /// a word fits under its picture.
 pub fn word_strip(image: &Image, maps: &[Vec<f32>], (gh, gw): (usize, usize), words: &[String]) -> Image {
     let big = image.to_rgb().upscale((128 / image.width.max(1)).max(1));
     let mut panels = vec![labelled(&big, "")];
-    for (map, word) in maps.iter().zip(words) {
-        panels.push(labelled(&overlay(&big, map, gh, gw), word));
+    let grids: Vec<(Vec<f32>, usize, usize)> = maps.iter().map(|m| (m.clone(), gh, gw)).collect();
+    for (shown, word) in overlays_on_common_scale(&big, &grids).iter().zip(words) {
+        panels.push(labelled(shown, word));
     }
     strip(&panels, 4)
 }
@@ -168,12 +194,12 @@ pub fn render_attention(img: &Image, map: Option<&AttentionMap>, k: usize) -> Re
         Some(AttentionMap::Steps { weights, title }) => {
             let w = weights.get(k)?; // (t, gh, gw)
             let (steps, gh, gw) = w.dims3()?;
-            let mut panels = Vec::with_capacity(steps + 1);
+            let mut maps = Vec::with_capacity(steps + 1);
             for s in 0..steps {
-                panels.push(overlay(img, &w.get(s)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+                maps.push((w.get(s)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
             }
-            panels.push(overlay(img, &w.sum(0)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
-            (strip(&panels, 2), Some(title.clone()))
+            maps.push((w.sum(0)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+            (strip(&overlays_on_common_scale(img, &maps), 2), Some(format!("{title} (one scale)")))
         }
         Some(AttentionMap::Cells { mask, title }) => {
             let m = mask.get(k)?;
@@ -219,12 +245,26 @@ pub fn attention_tiles(
         if let Some(t) = t {
             title = t;
         }
-        if let Some(cam) = &cam {
-            let (c, _) = render_attention(&img, Some(cam), k)?;
-            if c.height == shown.height {
-                shown = strip(&[shown, c], 2);
-                if !title.ends_with("right: Grad-CAM") {
-                    title = format!("left: {title}; right: Grad-CAM");
+        let grid = |m: Option<&AttentionMap>| -> Result<Option<(Vec<f32>, usize, usize)>> {
+            Ok(match m {
+                Some(AttentionMap::Grid { weights, .. }) => {
+                    let w = weights.get(k)?;
+                    let (gh, gw) = w.dims2()?;
+                    Some((w.flatten_all()?.to_vec1::<f32>()?, gh, gw))
+                }
+                _ => None,
+            })
+        };
+        if let Some(c) = grid(cam.as_ref())? {
+            // The model's own map and Grad-CAM on one scale when both are grids, else apart.
+            let pair = match grid(out.attention.as_ref())? {
+                Some(own) => overlays_on_common_scale(&img, &[own, c]),
+                None => vec![shown.clone(), overlay(&img, &c.0, c.1, c.2)],
+            };
+            if pair[0].height == pair[1].height {
+                shown = strip(&pair, 2);
+                if !title.ends_with("Grad-CAM") {
+                    title = format!("left: {title}; right: Grad-CAM; grid maps on one scale");
                 }
             }
         }
@@ -839,6 +879,25 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_compared_share_one_scale() -> Result<()> {
+        assert_eq!(densities(&[1.0, 1.0, 2.0, 0.0]), vec![1.0, 1.0, 2.0, 0.0]);
+        assert_eq!(densities(&[0.0, 0.0]), vec![0.0, 0.0]);
+        let img = Image::grey(4, 4, vec![0; 16])?;
+        let uniform = vec![0.25f32; 4];
+        let peaked = vec![1.0f32, 0.0, 0.0, 0.0];
+        // Alone, a uniform map is drawn at full heat everywhere, like the peak of a peaked one.
+        let alone = overlay(&img, &uniform, 2, 2);
+        let both = overlays_on_common_scale(&img, &[(uniform.clone(), 2, 2), (peaked, 2, 2)]);
+        let red = |im: &Image| im.data[0]; // the top-left pixel, in the top-left cell
+        assert!(red(&both[0]) < red(&alone), "on one scale the uniform map is fainter");
+        assert!(red(&both[1]) > red(&both[0]), "than the peak beside it");
+        // A 1x1 grid and a 2x2 grid with the same density look the same.
+        let same = overlays_on_common_scale(&img, &[(vec![3.0], 1, 1), (uniform, 2, 2)]);
+        assert_eq!(same[0].data, same[1].data);
+        Ok(())
+    }
 
     #[test]
     fn config_differences_name_each_differing_setting() -> Result<()> {
