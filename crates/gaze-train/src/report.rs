@@ -264,7 +264,7 @@ pub fn attention_tiles(
             if pair[0].height == pair[1].height {
                 shown = strip(&pair, 2);
                 if !title.ends_with("Grad-CAM") {
-                    title = format!("left: {title}; right: Grad-CAM; grid maps on one scale");
+                    title = format!("left: {title}; right: Grad-CAM (one scale)");
                 }
             }
         }
