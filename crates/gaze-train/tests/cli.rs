@@ -57,6 +57,22 @@ fn train_eval_infer_show() -> anyhow::Result<()> {
     gaze_data::Image::grey(28, 28, m.test.image(0).unwrap_or_default().to_vec())?.save_png(&png)?;
     let out = gaze(&["infer", run, png.to_str().unwrap_or_default()])?;
     assert!(out.starts_with("class "), "{out}");
+    // Exported, the model runs without its run folder or data, and says the same.
+    let shared = tmp.path().join("shared");
+    assert!(gaze(&["export", run, shared.to_str().unwrap_or_default()])?.contains("best.safetensors"));
+    for f in ["model.safetensors", "config.json", "README.md"] {
+        assert!(shared.join(f).is_file(), "{f}");
+    }
+    let card = std::fs::read_to_string(shared.join("README.md"))?;
+    assert!(card.contains("test_acc_pct") && card.contains("gaze infer"), "{card}");
+    let again = gaze(&["infer", shared.to_str().unwrap_or_default(), png.to_str().unwrap_or_default()])?;
+    assert_eq!(again.lines().next(), out.lines().next(), "the exported model gives the run's answer");
+    // A damaged export is named.
+    std::fs::write(shared.join("model.safetensors"), b"not tensors")?;
+    let e = Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["infer", shared.to_str().unwrap_or_default(), png.to_str().unwrap_or_default()])
+        .output()?;
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("model.safetensors"));
     let overlay = tmp.path().join("digit.attention.png");
     assert!(overlay.is_file());
     assert!(gaze_data::Image::load(&overlay, false)?.width >= 28);
@@ -126,6 +142,11 @@ fn infer_answers_a_question_about_an_image() -> anyhow::Result<()> {
         Command::new(env!("CARGO_BIN_EXE_gaze")).args(["infer", run, png.to_str().unwrap_or_default()]).output()?;
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success() && err.contains("--question"), "{err}");
+    // Not exported yet: the question vocabulary would have to travel with it.
+    let e = Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["export", run, tmp.path().join("vqa-export").to_str().unwrap_or_default()])
+        .output()?;
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("not exported yet"));
     Ok(())
 }
 

@@ -83,3 +83,26 @@ fn a_selection_metric_the_task_does_not_measure_is_named() -> anyhow::Result<()>
     assert!(bad.err().map(|e| e.to_string()).unwrap_or_default().contains("train.select"));
     Ok(())
 }
+
+/// Exported, a sequence model reads a canvas as its run does: the same tokens, spelt with the
+/// vocabulary the export carries.
+#[test]
+fn an_exported_sequence_model_reads_as_its_run() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = ExperimentConfig::from_toml(&PAIRS.replace("epochs = 2", "epochs = 1"), std::path::Path::new("p.toml"))?;
+    let s = gaze_train::run(&cfg, &opts(tmp.path()))?;
+    let dev = candle_core::Device::Cpu;
+    let card = gaze_train::export::export(&s.run_dir, &tmp.path().join("shared"), false, &dev)?;
+    let e = gaze_train::export::load(&tmp.path().join("shared"), &dev)?;
+    assert_eq!(e.card, card);
+    let (_, data, built, _) = gaze_train::trainer::load_run(&s.run_dir, false, &dev)?;
+    let gaze_train::data::Examples::Sequences(seqs) = &data.test else { anyhow::bail!("a sequence split") };
+    assert_eq!(&card.words, seqs.words.as_ref());
+    assert_eq!((card.input, card.max_steps), (data.input, data.max_steps));
+    let batch = data.test.batch(&[0, 1, 2], &dev)?;
+    let search = gaze_zoo::Search::Greedy;
+    let a = built.model.decode(&batch, search, data.max_steps, &mut gaze_tensor::Seed(0).rng())?;
+    let b = e.built.model.decode(&batch, search, data.max_steps, &mut gaze_tensor::Seed(0).rng())?;
+    assert_eq!(a.tokens, b.tokens);
+    Ok(())
+}

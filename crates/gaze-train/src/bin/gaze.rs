@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use gaze_data::Image;
 use gaze_tensor::Seed;
 use gaze_train::evaluate::{evaluate, predict};
-use gaze_train::{report, trainer, ExperimentConfig, RunOptions};
+use gaze_train::{export, report, trainer, ExperimentConfig, RunOptions};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -57,7 +57,7 @@ enum Cmd {
     /// Classify an image (or, for a sequence model, read it: a caption, digits) with a run's
     /// model and write a picture of where it looked (one per word for a sequence).
     Infer {
-        /// The run folder.
+        /// The run folder, or a folder written by `gaze export`.
         run: PathBuf,
         /// The image (PNG); resized to the model's input.
         image: PathBuf,
@@ -74,6 +74,18 @@ enum Cmd {
         /// attention read off the trained network, beside the model's own.
         #[arg(long)]
         gradcam: bool,
+    },
+    /// Write a trained model where another user can run it without its data: model.safetensors,
+    /// config.json (the experiment, input size, class names or vocabulary, metrics) and a
+    /// README.md model card, as model repositories on the Hugging Face hub lay them out.
+    Export {
+        /// The run folder.
+        run: PathBuf,
+        /// The folder to write.
+        dir: PathBuf,
+        /// Export the `last` checkpoint instead of `best`.
+        #[arg(long)]
+        last: bool,
     },
     /// Compare runs: the settings in which their configs differ, their metrics side by side, and
     /// their validation curves in one chart.
@@ -189,82 +201,44 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Infer { run, image, out, last, question, gradcam } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
-            let (cfg, data, built, _) = trainer::load_run(&run, last, &device)?;
-            let (c, h, w) = data.input;
-            let img = Image::load(&image, c == 1).with_context(|| format!("reading {}", image.display()))?.resize(h, w);
-            let pixels: Vec<f32> = img.data.iter().map(|&v| f32::from(v) / 255.0).collect();
-            let x = Tensor::from_vec(pixels, (1, h, w, c), &device)?.permute((0, 3, 1, 2))?.contiguous()?;
             let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
-            if let gaze_train::data::Examples::Sequences(seqs) = &data.test {
-                // A sequence model: read the image, print what it read, draw a picture per word.
-                let batch = gaze_zoo::Batch {
-                    images: x,
-                    targets: gaze_zoo::Targets::Sequences {
-                        tokens: Tensor::zeros((1, 1), candle_core::DType::U32, &device)?,
-                        lengths: Tensor::zeros(1, candle_core::DType::U32, &device)?,
-                    },
-                    questions: None,
+            let ask = Ask { image: &image, out: &out, question, gradcam, device: &device };
+            if export::is_export(&run) {
+                let e = export::load(&run, &device)?;
+                let what = if e.card.max_steps > 0 {
+                    Reads::Sequences(gaze_train::data::SequenceSplit {
+                        images: vec![],
+                        references: vec![],
+                        word_boxes: vec![],
+                        objects: vec![],
+                        words: std::sync::Arc::new(e.card.words.clone()),
+                        text: e.card.text,
+                    })
+                } else {
+                    Reads::Classes(e.card.class_names.clone())
                 };
-                let d = built.model.decode(&batch, cfg.train.decode, data.max_steps.max(1), &mut Seed(0).rng())?;
-                let tokens = d.tokens.first().cloned().unwrap_or_default();
-                println!("{}", seqs.spell(&tokens));
-                let picture = report::decoded_strip(&img, &d, 0, seqs)?;
-                picture.save_png(&out)?;
-                println!("attention per word: {}", out.display());
-                return Ok(());
+                let how = (e.card.input, e.card.max_steps, e.card.experiment.train.decode);
+                infer(e.built.model.as_ref(), how, &what, &ask)?;
+            } else {
+                let (cfg, data, built, _) = trainer::load_run(&run, last, &device)?;
+                let what = match &data.test {
+                    gaze_train::data::Examples::Sequences(seqs) => Reads::Sequences(seqs.clone()),
+                    gaze_train::data::Examples::Vqa(v) => Reads::Answers(v.clone(), data.code_dim > 0),
+                    gaze_train::data::Examples::Images { .. } => {
+                        Reads::Classes((0..data.classes).map(|c| c.to_string()).collect())
+                    }
+                };
+                infer(built.model.as_ref(), (data.input, data.max_steps, cfg.train.decode), &what, &ask)?;
             }
-            if let gaze_train::data::Examples::Vqa(v) = &data.test {
-                // A VQA model: answer the question about the image, draw what it looked at.
-                let Some(q) = question else {
-                    anyhow::bail!("this run answers questions about images: give one with --question \"...\"");
-                };
-                if data.code_dim > 0 {
-                    anyhow::bail!(
-                        "this model reads the generator's question codes, which free text does not have: ask it \
-                         through `gaze eval` on its data"
-                    );
-                }
-                let (ids, len) = v.encoder.encode_question(&q);
-                let t = ids.len();
-                let batch = gaze_zoo::Batch {
-                    images: x,
-                    targets: gaze_zoo::Targets::Answers(Tensor::zeros(1, candle_core::DType::U32, &device)?),
-                    questions: Some(gaze_zoo::Questions {
-                        image: Tensor::zeros(1, candle_core::DType::U32, &device)?,
-                        tokens: Tensor::from_vec(ids, (1, t), &device)?,
-                        lengths: Tensor::from_vec(vec![len], 1, &device)?,
-                        codes: None,
-                    }),
-                };
-                let o = built.model.forward(&batch, gaze_zoo::Mode::eval(), &mut Seed(0).rng())?;
-                let best = o.scores.classes()?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-                let answer = best.first().and_then(|&c| v.encoder.answers.name(c)).unwrap_or("?");
-                println!("{answer}");
-                let (overlay, _) = report::render_attention(&img, o.attention.as_ref(), 0)?;
-                overlay.upscale((224 / w.max(1)).max(1)).save_png(&out)?;
-                println!("overlay: {}", out.display());
-                return Ok(());
-            }
-            let (probs, out_) = predict(built.model.as_ref(), &x, Seed(0))?;
-            let p = &probs[0];
-            let (best, conf) = p.iter().enumerate().fold((0, 0f32), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
-            println!("class {best} (p = {conf:.3})");
-            let (overlay, _) = report::render_attention(&img, out_.attention.as_ref(), 0)?;
-            // glimpse paths come back already scaled up (`drawn` x); other maps at the image's size,
-            // and a strip of per-step maps is as high as one image: scale one image's width to ~224 px
-            let drawn = (overlay.height / h.max(1)).max(1);
-            overlay.upscale((224 / (w * drawn).max(1)).max(1)).save_png(&out)?;
-            println!("overlay: {}", out.display());
-            if gradcam {
-                let Some(cam) = gaze_zoo::explain::grad_cam(built.model.as_ref(), &x, None)? else {
-                    anyhow::bail!("this model has no convolutional feature map for Grad-CAM");
-                };
-                let map = gaze_zoo::AttentionMap::Grid { weights: cam, title: "Grad-CAM".into() };
-                let (shown, _) = report::render_attention(&img, Some(&map), 0)?;
-                let path = image.with_extension("gradcam.png");
-                shown.upscale((224 / w.max(1)).max(1)).save_png(&path)?;
-                println!("Grad-CAM of class {best}: {}", path.display());
-            }
+        }
+        Cmd::Export { run, dir, last } => {
+            let card = export::export(&run, &dir, last, &device)?;
+            println!(
+                "exported {} ({}) to {}: model.safetensors, config.json, README.md",
+                card.experiment.name,
+                card.checkpoint,
+                dir.display()
+            );
         }
         Cmd::Compare { runs, out } => compare(&runs, &out)?,
         Cmd::Show { run } => {
@@ -363,6 +337,115 @@ fn compare(runs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             println!("curves of {k}: {}", out.display());
         }
         None => println!("no validation metric every run logged: no curves drawn"),
+    }
+    Ok(())
+}
+
+/// What a model gives for an image.
+enum Reads {
+    /// A class, by name.
+    Classes(Vec<String>),
+    /// A token sequence spelt with the split's words.
+    Sequences(gaze_train::data::SequenceSplit),
+    /// The answer to a question (the split's encoder; true when the model reads question codes).
+    Answers(gaze_train::data::VqaSplit, bool),
+}
+
+/// What `gaze infer` was asked.
+struct Ask<'a> {
+    image: &'a Path,
+    out: &'a Path,
+    question: Option<String>,
+    gradcam: bool,
+    device: &'a Device,
+}
+
+/// `gaze infer`: runs `model` on the image (resized to `input`), prints what it gives and draws
+/// where it looked.
+fn infer(
+    model: &dyn gaze_zoo::Model,
+    (input, max_steps, search): ((usize, usize, usize), usize, gaze_zoo::Search),
+    what: &Reads,
+    a: &Ask,
+) -> anyhow::Result<()> {
+    let (image, out, device) = (a.image, a.out, a.device);
+    let (c, h, w) = input;
+    let img = Image::load(image, c == 1).with_context(|| format!("reading {}", image.display()))?.resize(h, w);
+    let pixels: Vec<f32> = img.data.iter().map(|&v| f32::from(v) / 255.0).collect();
+    let x = Tensor::from_vec(pixels, (1, h, w, c), device)?.permute((0, 3, 1, 2))?.contiguous()?;
+    if let Reads::Sequences(seqs) = what {
+        // A sequence model: read the image, print what it read, draw a picture per word.
+        let batch = gaze_zoo::Batch {
+            images: x,
+            targets: gaze_zoo::Targets::Sequences {
+                tokens: Tensor::zeros((1, 1), candle_core::DType::U32, device)?,
+                lengths: Tensor::zeros(1, candle_core::DType::U32, device)?,
+            },
+            questions: None,
+        };
+        let d = model.decode(&batch, search, max_steps.max(1), &mut Seed(0).rng())?;
+        let tokens = d.tokens.first().cloned().unwrap_or_default();
+        println!("{}", seqs.spell(&tokens));
+        let picture = report::decoded_strip(&img, &d, 0, seqs)?;
+        picture.save_png(out)?;
+        println!("attention per word: {}", out.display());
+        return Ok(());
+    }
+    if let Reads::Answers(v, codes) = what {
+        // A VQA model: answer the question about the image, draw what it looked at.
+        let Some(q) = &a.question else {
+            anyhow::bail!("this run answers questions about images: give one with --question \"...\"");
+        };
+        if *codes {
+            anyhow::bail!(
+                "this model reads the generator's question codes, which free text does not have: ask it \
+                     through `gaze eval` on its data"
+            );
+        }
+        let (ids, len) = v.encoder.encode_question(q);
+        let t = ids.len();
+        let batch = gaze_zoo::Batch {
+            images: x,
+            targets: gaze_zoo::Targets::Answers(Tensor::zeros(1, candle_core::DType::U32, device)?),
+            questions: Some(gaze_zoo::Questions {
+                image: Tensor::zeros(1, candle_core::DType::U32, device)?,
+                tokens: Tensor::from_vec(ids, (1, t), device)?,
+                lengths: Tensor::from_vec(vec![len], 1, device)?,
+                codes: None,
+            }),
+        };
+        let o = model.forward(&batch, gaze_zoo::Mode::eval(), &mut Seed(0).rng())?;
+        let best = o.scores.classes()?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        let answer = best.first().and_then(|&c| v.encoder.answers.name(c)).unwrap_or("?");
+        println!("{answer}");
+        let (overlay, _) = report::render_attention(&img, o.attention.as_ref(), 0)?;
+        overlay.upscale((224 / w.max(1)).max(1)).save_png(out)?;
+        println!("overlay: {}", out.display());
+        return Ok(());
+    }
+    let (probs, out_) = predict(model, &x, Seed(0))?;
+    let p = &probs[0];
+    let (best, conf) = p.iter().enumerate().fold((0, 0f32), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+    let name = match what {
+        Reads::Classes(names) => names.get(best).cloned().unwrap_or_else(|| best.to_string()),
+        _ => best.to_string(),
+    };
+    println!("class {name} (p = {conf:.3})");
+    let (overlay, _) = report::render_attention(&img, out_.attention.as_ref(), 0)?;
+    // glimpse paths come back already scaled up (`drawn` x); other maps at the image's size,
+    // and a strip of per-step maps is as high as one image: scale one image's width to ~224 px
+    let drawn = (overlay.height / h.max(1)).max(1);
+    overlay.upscale((224 / (w * drawn).max(1)).max(1)).save_png(out)?;
+    println!("overlay: {}", out.display());
+    if a.gradcam {
+        let Some(cam) = gaze_zoo::explain::grad_cam(model, &x, None)? else {
+            anyhow::bail!("this model has no convolutional feature map for Grad-CAM");
+        };
+        let map = gaze_zoo::AttentionMap::Grid { weights: cam, title: "Grad-CAM".into() };
+        let (shown, _) = report::render_attention(&img, Some(&map), 0)?;
+        let path = image.with_extension("gradcam.png");
+        shown.upscale((224 / w.max(1)).max(1)).save_png(&path)?;
+        println!("Grad-CAM of class {best}: {}", path.display());
     }
     Ok(())
 }

@@ -1,0 +1,198 @@
+//! Sharing a trained model: `gaze export RUN DIR` writes, in the layout model repositories on the
+//! Hugging Face hub use, what another user needs to run it without its data:
+//!
+//! - `model.safetensors`: the parameters (the run's `best` checkpoint, or `last`), nothing else;
+//! - `config.json`: the experiment (model, data and training settings), the input size, the
+//!   output (class names, or the vocabulary a sequence model writes), the data it was trained
+//!   on, its test metrics and the command and revision that made it ([`Card`]);
+//! - `README.md`: a model card for people.
+//!
+//! `gaze infer DIR image.png` runs such a folder ([`load`]). Models that read questions are not
+//! exported yet: their question vocabulary would have to travel too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ExperimentConfig;
+use crate::data::Examples;
+use crate::error::{Result, TrainError};
+use crate::record::RunSummary;
+use crate::trainer::{build_model, load_run, Built};
+
+/// The format named in every `config.json` this module writes.
+pub const FORMAT: &str = "gaze-export-1";
+
+/// `config.json` of an exported model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Card {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The experiment the model was trained by.
+    pub experiment: ExperimentConfig,
+    /// (channels, height, width) of its input images; others are resized to it.
+    pub input: (usize, usize, usize),
+    /// Classes, or the output vocabulary of a sequence model (special tokens included).
+    pub classes: usize,
+    /// Longest output sequence (`EOS` included); 0 for a classifier.
+    pub max_steps: usize,
+    /// The name of each class (a classifier).
+    pub class_names: Vec<String>,
+    /// The output vocabulary, in token order (a sequence model).
+    pub words: Vec<String>,
+    /// Whether the sequences are natural-language text (scored with BLEU).
+    pub text: bool,
+    /// The data it was trained and tested on.
+    pub data: String,
+    /// Its test metrics (empty for an unfinished run).
+    pub metrics: BTreeMap<String, f64>,
+    /// The revision that trained it.
+    pub git_rev: String,
+    /// The command that trained it.
+    pub command: String,
+    /// The checkpoint exported (`best` or `last`).
+    pub checkpoint: String,
+}
+
+impl Card {
+    /// The shape the model is built for.
+    pub fn shape(&self) -> gaze_zoo::DataShape {
+        let mut s = gaze_zoo::DataShape::images(self.input, self.classes);
+        s.max_steps = self.max_steps;
+        s
+    }
+}
+
+/// Whether `dir` holds an exported model.
+pub fn is_export(dir: &Path) -> bool {
+    dir.join("config.json").is_file() && dir.join("model.safetensors").is_file()
+}
+
+/// Exports the run in `run` (its `best` checkpoint, or `last`) to `dir` (created; files in it are
+/// replaced). Returns the card written.
+pub fn export(run: &Path, dir: &Path, last: bool, device: &Device) -> Result<Card> {
+    let (cfg, data, built, checkpoint) = load_run(run, last, device)?;
+    let (class_names, words, text) = match &data.test {
+        Examples::Images { .. } => ((0..data.classes).map(|c| c.to_string()).collect(), vec![], false),
+        Examples::Sequences(s) => (vec![], s.words.as_ref().clone(), s.text),
+        Examples::Vqa(_) => {
+            return Err(TrainError::Other(format!(
+                "{}: a model that answers questions is not exported yet (its question vocabulary would have to \
+                 travel with it); run it from its run folder",
+                run.display()
+            )));
+        }
+    };
+    let summary = std::fs::read_to_string(run.join("summary.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<RunSummary>(&s).ok());
+    let info: serde_json::Value = std::fs::read_to_string(run.join("run.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let field = |k: &str| info.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let card = Card {
+        format: FORMAT.into(),
+        experiment: cfg.clone(),
+        input: data.input,
+        classes: data.classes,
+        max_steps: data.max_steps,
+        class_names,
+        words,
+        text,
+        data: data.description.clone(),
+        metrics: summary.as_ref().map(|s| s.metrics.clone()).unwrap_or_default(),
+        git_rev: summary.as_ref().map_or_else(|| field("git_rev"), |s| s.git_rev.clone()),
+        command: summary.as_ref().map_or_else(|| field("command"), |s| s.command.clone()),
+        checkpoint: checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let tensors: Vec<(String, Tensor)> =
+        built.vars.sorted_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
+        .map_err(|e| TrainError::Other(format!("{}: {e}", dir.display())))?;
+    gaze_data::write_atomic(&dir.join("model.safetensors"), &bytes)?;
+    let json = serde_json::to_string_pretty(&card).map_err(|e| TrainError::Other(e.to_string()))?;
+    gaze_data::write_atomic(&dir.join("config.json"), json.as_bytes())?;
+    gaze_data::write_atomic(&dir.join("README.md"), model_card(&card).as_bytes())?;
+    Ok(card)
+}
+
+/// The model card (`README.md`).
+fn model_card(c: &Card) -> String {
+    let e = &c.experiment;
+    let model = toml::to_string(&e.model).unwrap_or_default();
+    let mut md = format!(
+        "---\nlibrary_name: gaze\ntags:\n- visual-attention\n---\n\n# {}\n\nA model trained with \
+         gaze (visual-attention models in Rust, on candle).\n\n\
+         - data: {}\n- input: {} channel(s), {}x{} pixels (other images are resized)\n- output: {}\n\
+         - trained by: `{}` at revision `{}` (checkpoint `{}`)\n\n",
+        e.name,
+        c.data,
+        c.input.0,
+        c.input.1,
+        c.input.2,
+        if c.max_steps > 0 {
+            format!("a token sequence of at most {} tokens over {} words", c.max_steps, c.words.len())
+        } else {
+            format!("one of {} classes", c.classes)
+        },
+        c.command,
+        c.git_rev,
+        c.checkpoint
+    );
+    md += "## Use\n\n```sh\ngaze infer THIS_FOLDER image.png   # prints the answer, draws where it looked\n```\n\n";
+    if !c.metrics.is_empty() {
+        md += "## Test metrics\n\n| metric | value |\n|---|---|\n";
+        for (k, v) in &c.metrics {
+            md += &format!("| {k} | {v} |\n");
+        }
+        md += "\n";
+    }
+    md += &format!("## Model\n\n```toml\n{model}```\n");
+    md
+}
+
+/// An exported model, ready to run.
+pub struct Exported {
+    /// Its card.
+    pub card: Card,
+    /// The model with its parameters.
+    pub built: Built,
+}
+
+/// Loads an exported folder: the card, then the model built from it with every parameter read
+/// from `model.safetensors` (a missing or misshapen one is an error naming it).
+pub fn load(dir: &Path, device: &Device) -> Result<Exported> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let card: Card = serde_json::from_str(&text).map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
+    if card.format != FORMAT {
+        return Err(TrainError::Other(format!(
+            "{}: format `{}`, this gaze reads `{FORMAT}`",
+            path.display(),
+            card.format
+        )));
+    }
+    let built = build_model(&card.experiment, &card.shape(), device)?;
+    let weights: PathBuf = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, device)
+        .map_err(|e| TrainError::Other(format!("{}: {e}", weights.display())))?;
+    for (name, var) in built.vars.sorted_vars() {
+        let t = tensors
+            .get(&name)
+            .ok_or_else(|| TrainError::Other(format!("{}: no parameter `{name}`", weights.display())))?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::Other(format!(
+                "{}: `{name}` has shape {:?}, the model {:?}",
+                weights.display(),
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(t)?;
+    }
+    Ok(Exported { card, built })
+}
