@@ -18,9 +18,10 @@
 //!   unless `sample_at_eval`;
 //! - `none`: the mean annotation at every step, no attention (the "Show and Tell" reference).
 //!
-//! With `query = "current"` the step reads its word first (the LSTM on [E y_{t-1}; mean(a)]) and
-//! attends with the new state h_t instead ("Knowing When to Look", Lu et al. 2017), so the map of
-//! step t belongs to the state that scores word t.
+//! With `query = "current"` the step reads its word first (the LSTM on [E y_{t-1}; mean(a)], or
+//! with `feed_context` on [E y_{t-1}; z_{t-1}]) and attends with the new state h_t instead
+//! ("Knowing When to Look", Lu et al. 2017), so the map of step t belongs to the state that
+//! scores word t.
 //!
 //! With `gate`, z_t is scaled by beta_t = sigmoid(f_beta(h_{t-1})) (section 4.2.1). The LSTM reads
 //! [E y_{t-1}; z_t]. With `deep_output` the token scores are
@@ -86,6 +87,11 @@ pub struct ShowAttendTellConfig {
     pub attention: Looking,
     /// Which state asks where to look: `previous` (the paper) or `current`.
     pub query: Query,
+    /// With `query = "current"`: the LSTM reads the previous step's context z_{t-1} (the mean
+    /// annotation at the first step) instead of the mean annotation, so it knows what it last
+    /// looked at ("input feeding", Luong et al. 2015, "Effective Approaches to Attention-based
+    /// Neural Machine Translation").
+    pub feed_context: bool,
     /// The CNN whose last feature map is the annotation grid (`in_channels` from the data).
     pub convnet: ConvNetConfig,
     /// Append each cell's centre (x, y in [-1, 1]) to its annotation vector, so that the context
@@ -130,6 +136,7 @@ impl Default for ShowAttendTellConfig {
         Self {
             attention: Looking::Soft,
             query: Query::Previous,
+            feed_context: false,
             convnet: ConvNetConfig::default(),
             cell_coords: true,
             embed: 64,
@@ -194,12 +201,14 @@ fn err(msg: String) -> candle_core::Error {
 }
 
 /// The decoder's state for n rows: the LSTM state, each row's annotation grid, the grid's half
-/// of the attention scores (computed once) and the grid's mean.
+/// of the attention scores (computed once), the grid's mean and the last step's context (the mean
+/// before the first).
 struct ReadState {
     lstm: LstmState,
     feats: Tensor,
     keys: Tensor,
     mean: Tensor,
+    context: Tensor,
 }
 
 impl BeamState for ReadState {
@@ -209,6 +218,7 @@ impl BeamState for ReadState {
             feats: self.feats.index_select(rows, 0)?,
             keys: self.keys.index_select(rows, 0)?,
             mean: self.mean.index_select(rows, 0)?,
+            context: self.context.index_select(rows, 0)?,
         })
     }
 }
@@ -273,6 +283,9 @@ impl ShowAttendTell {
                 return Err(err(format!("`{name}` = {v} is not in [0, 1]")));
             }
         }
+        if cfg.feed_context && cfg.query != Query::Current {
+            return Err(err("`feed_context` needs `query = \"current\"` (the paper's order already reads z_t)".into()));
+        }
         let net_cfg = ConvNetConfig { in_channels: c, ..cfg.convnet.clone() };
         let (d, gh, gw) = net_cfg.output_shape(h, w);
         if gh == 0 || gw == 0 {
@@ -325,7 +338,7 @@ impl ShowAttendTell {
         let mean = feats.mean(1)?;
         let lstm = LstmState { h: self.init_h.forward(&mean)?.tanh()?, c: self.init_c.forward(&mean)?.tanh()? };
         let keys = self.attention.keys(&feats)?;
-        Ok(ReadState { lstm, feats, keys, mean })
+        Ok(ReadState { lstm, feats, keys, context: mean.clone(), mean })
     }
 
     /// How a pass forms its contexts: from the config, training or not, and (hard attention in
@@ -366,7 +379,8 @@ impl ShowAttendTell {
         // With `current`, the step first reads its word (and the mean annotation), then asks.
         let read_first = match (self.cfg.query, how) {
             (Query::Current, Context::Expected | Context::Sampled) => {
-                Some(w.step(&Tensor::cat(&[&e, &s.mean], 1)?, Some(&s.lstm))?)
+                let seen = if self.cfg.feed_context { &s.context } else { &s.mean };
+                Some(w.step(&Tensor::cat(&[&e, seen], 1)?, Some(&s.lstm))?)
             }
             _ => None,
         };
@@ -409,7 +423,8 @@ impl ShowAttendTell {
                 out.forward(&o)?
             }
         };
-        let state = ReadState { lstm, feats: s.feats.clone(), keys: s.keys.clone(), mean: s.mean.clone() };
+        let state =
+            ReadState { lstm, feats: s.feats.clone(), keys: s.keys.clone(), mean: s.mean.clone(), context: z.clone() };
         Ok(Stepped { scores, state, alpha, log_pick })
     }
 
@@ -603,9 +618,12 @@ mod tests {
     }
 
     fn tiny_asking(attention: Looking, query: Query) -> Result<(SeededVarMap, ShowAttendTell)> {
+        tiny_with(ShowAttendTellConfig { attention, query, ..ShowAttendTellConfig::tiny() })
+    }
+
+    fn tiny_with(cfg: ShowAttendTellConfig) -> Result<(SeededVarMap, ShowAttendTell)> {
         let vm = SeededVarMap::new(Seed(0));
         let shape = DataShape::sequences((1, 12, 16), 6, 3);
-        let cfg = ShowAttendTellConfig { attention, query, ..ShowAttendTellConfig::tiny() };
         let model = ShowAttendTell::new(&cfg, &shape, vm.builder(&Device::Cpu))?;
         Ok((vm, model))
     }
@@ -614,17 +632,24 @@ mod tests {
     fn each_kind_of_attention_fits_the_fixed_batch_and_decodes_it() -> Result<()> {
         let batch = halves()?;
         let want = vec![vec![4], vec![5], vec![4, 5], vec![]];
-        for (looking, query) in [
-            (Looking::Soft, Query::Previous),
-            (Looking::Hard, Query::Previous),
-            (Looking::None, Query::Previous),
-            (Looking::Soft, Query::Current),
-            (Looking::Hard, Query::Current),
+        for (looking, query, feed_context) in [
+            (Looking::Soft, Query::Previous, false),
+            (Looking::Hard, Query::Previous, false),
+            (Looking::None, Query::Previous, false),
+            (Looking::Soft, Query::Current, false),
+            (Looking::Hard, Query::Current, false),
+            (Looking::Soft, Query::Current, true),
         ] {
-            let (vm, model) = tiny_asking(looking, query)?;
+            let cfg = ShowAttendTellConfig { attention: looking, query, feed_context, ..ShowAttendTellConfig::tiny() };
+            let (vm, model) = tiny_with(cfg)?;
             let mut r = Seed(1).rng();
-            // Hard attention learns from half its batches' samples: more steps.
-            let steps = if looking == Looking::Hard { 500 } else { 200 };
+            // Hard attention learns from half its batches' samples: more steps; so does a decoder
+            // whose LSTM reads its own last context.
+            let steps = match (looking, feed_context) {
+                (Looking::Hard, _) => 500,
+                (_, true) => 500,
+                _ => 200,
+            };
             let (first, last) = fit_fixed_batch(&model, &vm, &batch, steps, 2e-2, Mode::eval(), &mut r)?;
             // The token loss (the doubly stochastic term has a floor: 3 steps cannot visit 12 cells once each).
             let nll = |o: &Output| o.losses[0].1.to_scalar::<f32>();
@@ -769,6 +794,9 @@ mod tests {
             let e = ShowAttendTell::new(&cfg, &shape, vm.builder(&Device::Cpu)).err().map(|e| e.to_string());
             assert!(e.is_some_and(|e| e.contains("expected_context_prob") || e.contains("doubly_stochastic")));
         }
+        let fed = ShowAttendTellConfig { feed_context: true, ..ShowAttendTellConfig::tiny() };
+        let e = ShowAttendTell::new(&fed, &shape, vm.builder(&Device::Cpu)).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("feed_context")), "feeding the context needs the current query");
         Ok(())
     }
 }
