@@ -80,9 +80,6 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     gaze_data::write_atomic(path, body.as_bytes()).map_err(TrainError::from)
 }
 
-/// The run's wall time before this process, from the state it resumes at (a new run: 0): the
-/// checkpoint's count, or, from a checkpoint written before it kept one, the larger of a finished
-/// run's summary and the training time alone (a lower bound: it leaves out evaluation).
 /// The revision a resumed run reports: the one it started at (its `run.json`), and the one that
 /// resumes it when they differ ("START (resumed at NOW)"), so a results row never names only code
 /// that trained part of the run. Each resume at a new revision is also appended to `run.json`.
@@ -108,6 +105,9 @@ fn resumed_revision(run_dir: &Path, now: &str) -> Result<String> {
     Ok(format!("{first} (resumed at {now})"))
 }
 
+/// The run's wall time before this process, from the state it resumes at (a new run: 0): the
+/// checkpoint's count, or, from a checkpoint written before it kept one, the larger of a finished
+/// run's summary and the training time alone (a lower bound: it leaves out evaluation).
 fn wall_before(state: &TrainState, summary_wall_s: Option<f64>) -> f64 {
     if state.wall_seconds > 0.0 {
         state.wall_seconds
