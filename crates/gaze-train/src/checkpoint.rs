@@ -5,7 +5,7 @@
 //! checkpoint whole.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -171,6 +171,49 @@ pub fn restore_vars(vars: &SeededVarMap, loaded: &Loaded, path: &Path) -> Result
     Ok(())
 }
 
+/// What [`init_from`] did: the parameters copied and those left as they were, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Initialised {
+    /// The file read.
+    pub file: PathBuf,
+    /// Names copied.
+    pub copied: Vec<String>,
+    /// Names not copied, each with the reason (absent, or the shapes).
+    pub kept: Vec<(String, String)>,
+}
+
+/// Copies into `vars` every parameter of the same name and shape from `from`: a run folder (its
+/// `best` checkpoint) or a `.safetensors` file. An error when the file is missing or unreadable,
+/// or when nothing matches (the wrong run, surely).
+pub fn init_from(vars: &SeededVarMap, from: &Path, device: &Device) -> Result<Initialised> {
+    let file = if from.is_dir() { from.join("checkpoints").join("best.safetensors") } else { from.to_path_buf() };
+    if !file.is_file() {
+        return Err(TrainError::Other(format!(
+            "train.init_from: {} is neither a run folder with a best checkpoint nor a .safetensors file",
+            from.display()
+        )));
+    }
+    let loaded = load(&file, device)?;
+    let (mut copied, mut kept) = (vec![], vec![]);
+    for (name, var) in vars.sorted_vars() {
+        match loaded.tensors.get(&name) {
+            Some(t) if t.dims() == var.dims() => {
+                var.set(t)?;
+                copied.push(name);
+            }
+            Some(t) => kept.push((name, format!("{:?} there, {:?} here", t.dims(), var.dims()))),
+            None => kept.push((name, "not there".into())),
+        }
+    }
+    if copied.is_empty() {
+        return Err(TrainError::Checkpoint {
+            path: file,
+            reason: "train.init_from: no parameter of this model has its name and shape there".into(),
+        });
+    }
+    Ok(Initialised { file, copied, kept })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +276,35 @@ mod tests {
             .map_err(|e| TrainError::Other(e.to_string()))?;
         std::fs::write(&path, &old).map_err(|e| TrainError::io(&path, e))?;
         assert_eq!(load(&path, &Device::Cpu)?.tensors.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn init_from_copies_what_matches_and_names_the_rest() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| TrainError::io("tmp", e))?;
+        let path = dir.path().join("best.safetensors");
+        let a = model(1)?;
+        save(&path, &a, None, &TrainState::default())?;
+        // Another model: the same layer "l", and a layer "m" the checkpoint lacks.
+        let b = SeededVarMap::new(Seed(9));
+        candle_nn::linear(3, 2, b.builder(&Device::Cpu).pp("l"))?;
+        candle_nn::linear(2, 4, b.builder(&Device::Cpu).pp("m"))?;
+        let done = init_from(&b, &path, &Device::Cpu)?;
+        assert_eq!(done.copied, vec!["l.bias".to_string(), "l.weight".to_string()]);
+        assert_eq!(done.kept.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(), ["m.bias", "m.weight"]);
+        let w = |vm: &SeededVarMap, n: &str| -> Result<Vec<f32>> {
+            let vars = vm.sorted_vars();
+            let v = vars.iter().find(|(k, _)| k == n).ok_or_else(|| TrainError::Other(n.into()))?;
+            Ok(v.1.as_tensor().flatten_all()?.to_vec1::<f32>()?)
+        };
+        assert_eq!(w(&a, "l.weight")?, w(&b, "l.weight")?);
+        // Shapes that differ are kept and said; a model with nothing in common is an error.
+        let c = SeededVarMap::new(Seed(9));
+        candle_nn::linear(5, 3, c.builder(&Device::Cpu).pp("l"))?;
+        let e = init_from(&c, &path, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("no parameter") && e.contains("best.safetensors"), "{e}");
+        let e = init_from(&c, &dir.path().join("none"), &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("neither a run folder"), "{e}");
         Ok(())
     }
 

@@ -390,6 +390,11 @@ pub struct TrainConfig {
     /// How sequence models decode in evaluation (`{ type = "greedy" }` or `{ type = "beam",
     /// width = 3 }`).
     pub decode: Search,
+    /// Start from another run's parameters: a run folder (its `best` checkpoint) or a
+    /// `.safetensors` file. Every parameter of the same name and shape is copied; the others
+    /// (a classifier for other classes, say) keep their seeded initialisation, and the run
+    /// says which. Not read when a run resumes (its checkpoint has everything).
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -406,6 +411,7 @@ impl Default for TrainConfig {
             shards: 1,
             select: None,
             decode: Search::Greedy,
+            init_from: None,
         }
     }
 }

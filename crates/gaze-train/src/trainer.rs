@@ -195,6 +195,23 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
 
     let built = build_model(cfg, &data.shape(), &device)?;
+    if let (Some(from), None) = (&cfg.train.init_from, &opts.resume) {
+        let done = checkpoint::init_from(&built.vars, from, &device)?;
+        if !opts.quiet {
+            eprintln!(
+                "initialised {} of {} parameters from {}{}",
+                done.copied.len(),
+                done.copied.len() + done.kept.len(),
+                done.file.display(),
+                if done.kept.is_empty() {
+                    String::new()
+                } else {
+                    let kept: Vec<String> = done.kept.iter().map(|(n, why)| format!("{n} ({why})")).collect();
+                    format!("; seeded as usual: {}", kept.join(", "))
+                }
+            );
+        }
+    }
     let trainable: Vec<_> = built.vars.sorted_vars().into_iter().filter(|(n, _)| !shard::is_running_stat(n)).collect();
     let mut opt = Optimizer::new(&cfg.optim, trainable)?;
     let last_path = ckpt_dir.join("last.safetensors");
