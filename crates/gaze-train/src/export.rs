@@ -11,7 +11,7 @@
 //! exported yet: their question vocabulary would have to travel too.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -164,7 +164,8 @@ pub struct Exported {
 }
 
 /// Loads an exported folder: the card, then the model built from it with every parameter read
-/// from `model.safetensors` (a missing or misshapen one is an error naming it).
+/// from `model.safetensors` as a checkpoint's are (a missing or misshapen one is an error naming
+/// it).
 pub fn load(dir: &Path, device: &Device) -> Result<Exported> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
@@ -177,22 +178,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<Exported> {
         )));
     }
     let built = build_model(&card.experiment, &card.shape(), device)?;
-    let weights: PathBuf = dir.join("model.safetensors");
-    let tensors = candle_core::safetensors::load(&weights, device)
-        .map_err(|e| TrainError::Other(format!("{}: {e}", weights.display())))?;
-    for (name, var) in built.vars.sorted_vars() {
-        let t = tensors
-            .get(&name)
-            .ok_or_else(|| TrainError::Other(format!("{}: no parameter `{name}`", weights.display())))?;
-        if t.dims() != var.dims() {
-            return Err(TrainError::Other(format!(
-                "{}: `{name}` has shape {:?}, the model {:?}",
-                weights.display(),
-                t.dims(),
-                var.dims()
-            )));
-        }
-        var.set(t)?;
-    }
+    let weights = dir.join("model.safetensors");
+    let loaded = crate::checkpoint::load(&weights, device)?;
+    crate::checkpoint::restore_vars(&built.vars, &loaded, &weights)?;
     Ok(Exported { card, built })
 }

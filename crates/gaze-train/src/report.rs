@@ -615,13 +615,10 @@ pub fn compare_curves(curves: &[Curve], what: &str, out: &Path) -> Result<()> {
 /// Writes `confusion.md` (per-class accuracy, the matrix) and `confusion.png` for an image
 /// classifier's test predictions; nothing for other outputs or more than 100 classes.
 fn confusion_files(set: &LabeledImages, test: &Evaluation, classes: usize, run_dir: &Path) -> Result<()> {
-    let predicted: Vec<u32> =
-        test.predictions.iter().filter_map(|p| if let Predicted::Class(c) = p { Some(*c) } else { None }).collect();
-    if predicted.len() != set.labels.len() || !(2..=100).contains(&classes) {
+    if classes > 100 {
         return Ok(());
     }
-    let truth: Vec<u32> = set.labels.iter().map(|&l| u32::from(l)).collect();
-    let c = Confusion::new(classes, &truth, &predicted)?;
+    let Some(c) = Confusion::of_images(set, &test.predictions, classes)? else { return Ok(()) };
     let md = format!("```text\n{}```\n", c.describe(&[]));
     gaze_data::write_atomic(&run_dir.join("confusion.md"), md.as_bytes())?;
     c.picture(&run_dir.join("confusion.png"))
@@ -654,6 +651,18 @@ impl Confusion {
             *cell += 1;
         }
         Ok(Self { counts })
+    }
+
+    /// The matrix of an image classifier's `predictions` (one class per image of `set`); None for
+    /// other outputs, or fewer than two classes.
+    pub fn of_images(set: &LabeledImages, predictions: &[Predicted], classes: usize) -> Result<Option<Self>> {
+        let predicted: Vec<u32> =
+            predictions.iter().filter_map(|p| if let Predicted::Class(c) = p { Some(*c) } else { None }).collect();
+        if predicted.len() != set.labels.len() || classes < 2 {
+            return Ok(None);
+        }
+        let truth: Vec<u32> = set.labels.iter().map(|&l| u32::from(l)).collect();
+        Self::new(classes, &truth, &predicted).map(Some)
     }
 
     /// Each class's accuracy in percent (None for a class with no rows), and its row count.

@@ -169,18 +169,8 @@ fn main() -> anyhow::Result<()> {
                 println!("  {k:<28} {v}");
             }
             if let gaze_train::data::Examples::Images { set, .. } = &data.test {
-                let predicted: Vec<u32> = e
-                    .predictions
-                    .iter()
-                    .filter_map(|p| match p {
-                        gaze_train::metrics::Predicted::Class(c) => Some(*c),
-                        gaze_train::metrics::Predicted::Tokens(_) => None,
-                    })
-                    .collect();
-                if predicted.len() == set.labels.len() && data.classes > 1 {
-                    let truth: Vec<u32> = set.labels.iter().map(|&l| u32::from(l)).collect();
-                    let confusion = gaze_train::report::Confusion::new(data.classes, &truth, &predicted)?;
-                    print!("{}", confusion.describe(&[]));
+                if let Some(c) = report::Confusion::of_images(set, &e.predictions, data.classes)? {
+                    print!("{}", c.describe(&[]));
                 }
             }
             if !e.measured.per_kind.is_empty() {
@@ -326,14 +316,15 @@ fn compare(runs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             metrics.iter().map(|m| m.get(k).map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))).collect();
         println!("  {k:<32} {}", vals.iter().map(|v| format!("{v:>14}")).collect::<Vec<_>>().join(" "));
     }
-    let key = ["val_acc_pct", "val_bleu4", "val_sequence_error_pct", "val_loss"]
-        .into_iter()
-        .find(|k| runs.iter().all(|r| !gaze_train::report::epoch_series(r, k).is_empty()));
-    match key {
-        Some(k) => {
-            let curves: Vec<gaze_train::report::Curve> =
-                names.iter().zip(runs).map(|(n, r)| (n.clone(), gaze_train::report::epoch_series(r, k))).collect();
-            gaze_train::report::compare_curves(&curves, k, out)?;
+    // The first validation metric every run logged, each run's series read once.
+    let found = ["val_acc_pct", "val_bleu4", "val_sequence_error_pct", "val_loss"].into_iter().find_map(|k| {
+        let curves: Vec<report::Curve> =
+            names.iter().zip(runs).map(|(n, r)| (n.clone(), report::epoch_series(r, k))).collect();
+        curves.iter().all(|c| !c.1.is_empty()).then_some((k, curves))
+    });
+    match found {
+        Some((k, curves)) => {
+            report::compare_curves(&curves, k, out)?;
             println!("curves of {k}: {}", out.display());
         }
         None => println!("no validation metric every run logged: no curves drawn"),
