@@ -299,7 +299,50 @@ pub enum MnistSource {
     EnvOrHub,
 }
 
+/// The file of class names an IDX folder may hold beside its four files: one name per line, in
+/// label order.
+pub const CLASS_NAMES_FILE: &str = "classes.txt";
+
+/// The class names of the IDX folder `dir` (its [`CLASS_NAMES_FILE`]), checked against the
+/// `classes` its labels use: `None` when the folder has no such file; an error naming the file
+/// when it lists another number of names or an empty one.
+pub fn class_names_in(dir: &Path, classes: usize) -> Result<Option<Vec<String>>> {
+    let path = dir.join(CLASS_NAMES_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DataError::io(&path, e)),
+    };
+    let names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    let names: Vec<String> = match names.iter().rposition(|n| !n.is_empty()) {
+        Some(last) => names[..=last].to_vec(),
+        None => vec![],
+    };
+    if let Some(i) = names.iter().position(String::is_empty) {
+        return Err(DataError::Record { path, record: i + 1, reason: "an empty class name".into() });
+    }
+    if names.len() != classes {
+        return Err(DataError::Record {
+            path,
+            record: names.len(),
+            reason: format!("{} class names for {classes} classes (one name per line, in label order)", names.len()),
+        });
+    }
+    Ok(Some(names))
+}
+
 impl MnistSource {
+    /// The folder this source reads now (a `Dir`, or `GAZE_DATA_DIR` for `Auto` / `EnvOrHub`),
+    /// or `None` for the fixture and the hub.
+    pub fn folder(&self) -> Option<PathBuf> {
+        let env = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty());
+        match (self, env) {
+            (MnistSource::Dir(d), _) => Some(d.clone()),
+            (MnistSource::Auto | MnistSource::EnvOrHub, Some(d)) => Some(PathBuf::from(d)),
+            _ => None,
+        }
+    }
+
     /// Where this source reads from, now: the folder (named, with `GAZE_DATA_DIR` when it came
     /// from there), the embedded fixture or the hub. Recorded with every run.
     pub fn describe(&self) -> String {
@@ -328,6 +371,21 @@ mod tests {
         assert_eq!(&m.test.labels[..10], &[7, 2, 1, 0, 4, 1, 4, 9, 5, 9]);
         // The first training digits are 5, 0, 4, 1, 9, 2, 1, 3, 1, 4.
         assert_eq!(&m.train.labels[..10], &[5, 0, 4, 1, 9, 2, 1, 3, 1, 4]);
+        Ok(())
+    }
+
+    #[test]
+    fn class_names_are_read_beside_the_idx_files_and_checked() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| DataError::io("tempdir", e))?;
+        assert_eq!(class_names_in(dir.path(), 3)?, None, "no file: no names");
+        let file = dir.path().join(CLASS_NAMES_FILE);
+        std::fs::write(&file, "cat\ndog \nbird\n\n").map_err(|e| DataError::io(&file, e))?;
+        assert_eq!(class_names_in(dir.path(), 3)?, Some(vec!["cat".into(), "dog".into(), "bird".into()]));
+        let e = class_names_in(dir.path(), 10).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("classes.txt") && e.contains("3 class names for 10 classes"), "{e}");
+        std::fs::write(&file, "cat\n\nbird\n").map_err(|e| DataError::io(&file, e))?;
+        let e = class_names_in(dir.path(), 3).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("classes.txt") && e.contains("empty class name"), "{e}");
         Ok(())
     }
 

@@ -390,11 +390,52 @@ pub struct TrainConfig {
     /// How sequence models decode in evaluation (`{ type = "greedy" }` or `{ type = "beam",
     /// width = 3 }`).
     pub decode: Search,
-    /// Start from another run's parameters: a run folder (its `best` checkpoint) or a
-    /// `.safetensors` file. Every parameter of the same name and shape is copied; the others
-    /// (a classifier for other classes, say) keep their seeded initialisation, and the run
-    /// says which. Not read when a run resumes (its checkpoint has everything).
-    pub init_from: Option<std::path::PathBuf>,
+    /// Start from another run's parameters: a run folder (its `best` checkpoint), a
+    /// `.safetensors` file, or `{ experiment = "NAME" }`, the newest finished run of that
+    /// experiment under the runs folder. Every parameter of the same name and shape is copied;
+    /// the others (a classifier for other classes, say) keep their seeded initialisation, and
+    /// the run says which. Not read when a run resumes (its checkpoint has everything).
+    pub init_from: Option<InitFrom>,
+}
+
+/// Where `train.init_from` takes parameters from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InitFrom {
+    /// A run folder or a `.safetensors` file.
+    Path(std::path::PathBuf),
+    /// The newest finished run (one with `summary.json` and a `best` checkpoint) of an experiment,
+    /// under the runs folder the new run is written to.
+    Experiment {
+        /// The experiment's name.
+        experiment: String,
+    },
+}
+
+impl InitFrom {
+    /// The run folder or file this names, for runs written under `runs_root`: for an experiment,
+    /// its newest finished run (run folders sort by their start time), or an error saying how to
+    /// make one.
+    pub fn resolve(&self, runs_root: &std::path::Path) -> std::result::Result<std::path::PathBuf, String> {
+        match self {
+            InitFrom::Path(p) => Ok(p.clone()),
+            InitFrom::Experiment { experiment } => {
+                let dir = runs_root.join(experiment);
+                let mut runs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                    .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                    .unwrap_or_default();
+                runs.retain(|r| r.join("summary.json").is_file() && r.join("checkpoints/best.safetensors").is_file());
+                runs.sort();
+                runs.pop().ok_or_else(|| {
+                    format!(
+                        "train.init_from: no finished run of `{experiment}` in {}: train it first \
+                         (`cargo xtask experiment {experiment}` with the same --runs)",
+                        dir.display()
+                    )
+                })
+            }
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -637,6 +678,34 @@ impl ExperimentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_from_an_experiment_is_its_newest_finished_run() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let from = InitFrom::Experiment { experiment: "dram-pairs".into() };
+        let e = from.resolve(root.path()).err().unwrap_or_default();
+        assert!(
+            e.contains("no finished run of `dram-pairs`") && e.contains("cargo xtask experiment dram-pairs"),
+            "{e}"
+        );
+        for (run, finished) in
+            [("20261201T000000Z-s1", true), ("20261203T000000Z-s1", true), ("20261205T000000Z-s1", false)]
+        {
+            let dir = root.path().join("dram-pairs").join(run);
+            std::fs::create_dir_all(dir.join("checkpoints"))?;
+            std::fs::write(dir.join("checkpoints/best.safetensors"), b"")?;
+            if finished {
+                std::fs::write(dir.join("summary.json"), b"{}")?;
+            }
+        }
+        assert_eq!(from.resolve(root.path()), Ok(root.path().join("dram-pairs/20261203T000000Z-s1")));
+        // Both forms read from TOML; a path is a path.
+        let t: TrainConfig = toml::from_str("init_from = { experiment = \"dram-pairs\" }")?;
+        assert_eq!(t.init_from, Some(from));
+        let t: TrainConfig = toml::from_str("init_from = \"runs/x\"")?;
+        assert_eq!(t.init_from, Some(InitFrom::Path("runs/x".into())));
+        Ok(())
+    }
 
     const GOOD: &str = r#"
 name = "t"

@@ -4,6 +4,7 @@
 //! [`Task`], builds its batches, says what each row is for the metrics ([`RowInfo`]) and,
 //! for training, shifts its images or draws one of its references ([`Examples::training_batch`]).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
@@ -16,6 +17,8 @@ use gaze_data::vqa::VqaSet;
 use gaze_data::{Image, LabeledImages, Mnist};
 use gaze_tensor::Seed;
 use gaze_zoo::{tokens, Batch, DataShape, Questions, Targets};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::config::{DataConfig, MnistData, PairsData, PairsTarget};
 use crate::error::{Result, TrainError};
@@ -146,6 +149,61 @@ fn row_of(truth: Truth, objects: &[(FracBox, (f32, f32))]) -> Row {
 }
 
 impl Examples {
+    /// SHA-256 (hex) of what the examples hold: every image's size and pixels and every label;
+    /// for VQA each question, answer and code too; for sequences every reference's tokens and
+    /// the words that spell them. Equal data read from another place gives the same checksum.
+    pub fn sha256(&self) -> String {
+        let mut h = Sha256::new();
+        match self {
+            Examples::Images { set, .. } => {
+                h.update(b"images");
+                for n in [set.channels, set.rows, set.cols, set.labels.len()] {
+                    put_len(&mut h, n);
+                }
+                h.update(&set.pixels);
+                h.update(&set.labels);
+            }
+            Examples::Vqa(v) => {
+                h.update(b"vqa");
+                put_len(&mut h, v.images.len());
+                for (&i, recs) in v.images.iter().zip(&v.records) {
+                    if let Some(im) = v.set.images.get(i) {
+                        put_image(&mut h, im);
+                    }
+                    put_len(&mut h, recs.len());
+                    for r in recs.iter().filter_map(|&r| v.set.records.get(r)) {
+                        put_str(&mut h, &r.q.question);
+                        put_str(&mut h, &r.q.answer);
+                        put_str(&mut h, &r.q.kind);
+                        put_len(&mut h, r.q.code.len());
+                        for c in &r.q.code {
+                            h.update(c.to_le_bytes());
+                        }
+                    }
+                }
+            }
+            Examples::Sequences(s) => {
+                h.update(b"sequences");
+                put_len(&mut h, s.images.len());
+                for (im, refs) in s.images.iter().zip(&s.references) {
+                    put_image(&mut h, im);
+                    put_len(&mut h, refs.len());
+                    for r in refs {
+                        put_len(&mut h, r.len());
+                        for t in r {
+                            h.update(t.to_le_bytes());
+                        }
+                    }
+                }
+                put_len(&mut h, s.words.len());
+                for w in s.words.iter() {
+                    put_str(&mut h, w);
+                }
+            }
+        }
+        hex(&h.finalize())
+    }
+
     /// What the examples ask of a model.
     pub fn task(&self) -> Task {
         match self {
@@ -397,6 +455,9 @@ pub struct Prepared {
     pub max_steps: usize,
     /// Answer names (VQA), for pictures.
     pub answers: Option<AnswerSet>,
+    /// The name of each class (a classifier: digits, a folder's `classes.txt`, CIFAR's names;
+    /// VQA: the answers); empty for sequence targets, whose words name their tokens.
+    pub class_names: Vec<String>,
     /// Where the data came from, for reports.
     pub description: String,
     /// For generated canvases redrawn every epoch: the settings and the training digits.
@@ -507,10 +568,156 @@ impl Prepared {
             code_dim: 0,
             max_steps: 0,
             answers: None,
+            class_names: (0..10).map(|d| d.to_string()).collect(),
             description,
             fresh: None,
         }
     }
+
+    /// What a run records of its data (`data.json`): where it came from, a checksum of each
+    /// split as loaded, and what a model needs to run without it.
+    pub fn record(&self) -> DataRecord {
+        let words = match &self.test {
+            Examples::Sequences(s) => s.words.as_ref().clone(),
+            _ => vec![],
+        };
+        let (text, questions) = match &self.test {
+            Examples::Sequences(s) => (s.text, None),
+            Examples::Vqa(v) => (false, Some(v.encoder.as_ref().clone())),
+            Examples::Images { .. } => (false, None),
+        };
+        DataRecord {
+            description: self.description.clone(),
+            sha256: Checksums { train: self.train.sha256(), val: self.val.sha256(), test: self.test.sha256() },
+            input: self.input,
+            classes: self.classes,
+            vocab: self.vocab,
+            code_dim: self.code_dim,
+            max_steps: self.max_steps,
+            class_names: self.class_names.clone(),
+            words,
+            text,
+            questions,
+        }
+    }
+}
+
+/// SHA-256 of each split as loaded (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksums {
+    /// The training split (its first epoch's examples).
+    pub train: String,
+    /// The validation split.
+    pub val: String,
+    /// The test split.
+    pub test: String,
+}
+
+/// The data of a run, as it recorded it in `data.json`: enough to tell whether data read later is
+/// the same, and to build and run its model without the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// Where the data came from (the folder, the hub, the fixture, the generator) and its sizes.
+    pub description: String,
+    /// A checksum of each split's examples (pixels, labels, questions, references).
+    pub sha256: Checksums,
+    /// (channels, height, width) of the model's input.
+    pub input: (usize, usize, usize),
+    /// Classes, answers, or output words.
+    pub classes: usize,
+    /// Question vocabulary size (0 for images).
+    pub vocab: usize,
+    /// Question code width (0: none).
+    pub code_dim: usize,
+    /// Longest output sequence, `EOS` included (0: a classifier).
+    pub max_steps: usize,
+    /// The name of each class (empty for sequence targets).
+    pub class_names: Vec<String>,
+    /// The output vocabulary of a sequence model, in token order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<String>,
+    /// Whether the sequences are natural-language text (scored with BLEU).
+    #[serde(default)]
+    pub text: bool,
+    /// A VQA model's question vocabulary and answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub questions: Option<VqaEncoder>,
+}
+
+/// The file a run records its data in.
+pub const DATA_RECORD: &str = "data.json";
+
+impl DataRecord {
+    /// The shape a model is built for.
+    pub fn shape(&self) -> DataShape {
+        DataShape {
+            input: self.input,
+            classes: self.classes,
+            vocab: self.vocab,
+            code_dim: self.code_dim,
+            max_steps: self.max_steps,
+        }
+    }
+
+    /// Writes `run_dir/data.json` (atomically).
+    pub fn save(&self, run_dir: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self).map_err(|e| TrainError::Other(e.to_string()))?;
+        gaze_data::write_atomic(&run_dir.join(DATA_RECORD), json.as_bytes()).map_err(TrainError::from)
+    }
+
+    /// Reads `run_dir/data.json`: `None` for a run made before runs recorded their data.
+    pub fn load(run_dir: &Path) -> Result<Option<Self>> {
+        let path = run_dir.join(DATA_RECORD);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(TrainError::io(&path, e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))
+    }
+
+    /// Whether `now` (the data as read today) is the data this run was tested on: an error naming
+    /// both sources when the test split's checksum differs.
+    pub fn check_same_test(&self, now: &DataRecord, run_dir: &Path) -> Result<()> {
+        if self.sha256.test == now.sha256.test {
+            return Ok(());
+        }
+        Err(TrainError::Other(format!(
+            "{}: this run was tested on {} (test split sha256 {}), but its data now reads as {} (sha256 {}): \
+             give the data it recorded (`--data-dir` for an IDX folder), or pass --other-data to evaluate on this data \
+             on purpose",
+            run_dir.join(DATA_RECORD).display(),
+            self.description,
+            short(&self.sha256.test),
+            now.description,
+            short(&now.sha256.test)
+        )))
+    }
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// Lower-case hex of a digest.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn put_len(h: &mut Sha256, n: usize) {
+    h.update((n as u64).to_le_bytes());
+}
+
+fn put_str(h: &mut Sha256, s: &str) {
+    put_len(h, s.len());
+    h.update(s.as_bytes());
+}
+
+fn put_image(h: &mut Sha256, im: &Image) {
+    for n in [im.channels, im.height, im.width] {
+        put_len(h, n);
+    }
+    h.update(&im.data);
 }
 
 /// The objects of an image: each one's box and its centre, in fractions of the image's sides.
@@ -595,6 +802,16 @@ fn pairs(p: &PairsData, set: &LabeledImages, seed: Seed, split: &str) -> Result<
     Ok(Examples::Sequences(out))
 }
 
+/// The names of the 10 classes of an IDX folder's digits: its `classes.txt` when it has one, else
+/// the digits.
+fn digit_names(m: &MnistData) -> Result<Vec<String>> {
+    let listed = match m.source.folder() {
+        Some(dir) => gaze_data::mnist::class_names_in(&dir, 10)?,
+        None => None,
+    };
+    Ok(listed.unwrap_or_else(|| (0..10).map(|d| d.to_string()).collect()))
+}
+
 fn digits(m: &MnistData) -> Result<(LabeledImages, LabeledImages, LabeledImages, String)> {
     let mnist = Mnist::load(&m.source)?;
     let val = ((mnist.train.len() as f64) * m.val_fraction).round() as usize;
@@ -615,7 +832,9 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             let (train, val, test, description) = digits(m)?;
             let input = (train.channels, train.rows, train.cols);
             let plain = |set| Examples::Images { set, objects: vec![] };
-            Ok(Prepared::images(plain(train), plain(val), plain(test), input, description))
+            let mut p = Prepared::images(plain(train), plain(val), plain(test), input, description);
+            p.class_names = digit_names(m)?;
+            Ok(p)
         }
         DataConfig::MnistCanvas(c) => {
             let (train, val, test, desc) = digits(&c.digits)?;
@@ -633,6 +852,7 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             let [train_canvases, val, test] =
                 [train_canvases, val, test].map(|(set, objects)| Examples::Images { set, objects });
             let mut p = Prepared::images(train_canvases, val, test, input, description);
+            p.class_names = digit_names(&c.digits)?;
             p.fresh = c.fresh_each_epoch.then(|| (Fresh::Canvas(c.canvas.clone()), train));
             Ok(p)
         }
@@ -658,9 +878,24 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
                 PairsTarget::Sequence => {
                     prepared.classes = DIGIT_WORDS.len();
                     prepared.max_steps = p.pairs.digits + 1;
+                    prepared.class_names = vec![];
                 }
-                PairsTarget::Sum => prepared.classes = 9 * p.pairs.digits + 1,
-                PairsTarget::Pair => prepared.classes = gaze_data::generate::PAIR_CLASSES,
+                PairsTarget::Sum => {
+                    prepared.classes = 9 * p.pairs.digits + 1;
+                    prepared.class_names = (0..prepared.classes).map(|s| format!("sum {s}")).collect();
+                }
+                PairsTarget::Pair => {
+                    prepared.classes = gaze_data::generate::PAIR_CLASSES;
+                    let mut names = vec![String::new(); prepared.classes];
+                    for a in 0..10u8 {
+                        for b in a..10u8 {
+                            if let Some(n) = names.get_mut(usize::from(gaze_data::generate::pair_class(a, b))) {
+                                *n = format!("{a}&{b}");
+                            }
+                        }
+                    }
+                    prepared.class_names = names;
+                }
             }
             prepared.fresh = p.fresh_each_epoch.then(|| (Fresh::Pairs(p.clone()), train));
             Ok(prepared)
@@ -749,6 +984,7 @@ pub fn prepare(cfg: &DataConfig, seed: Seed) -> Result<Prepared> {
             let plain = |set| Examples::Images { set, objects: vec![] };
             let mut p = Prepared::images(plain(train), plain(held), plain(test), (3, 32, 32), description);
             p.classes = set.kind.classes();
+            p.class_names = set.names.clone();
             Ok(p)
         }
         DataConfig::CaptionFolder(f) => {
@@ -836,6 +1072,7 @@ fn captions(sets: [CaptionSet; 3], min_count: usize, max_words: usize, descripti
         description,
     );
     p.classes = vocab.len();
+    p.class_names = vec![];
     p.max_steps = longest.min(max_words) + 1; // decoding stops at the longest training caption
     Ok(p)
 }
@@ -974,6 +1211,9 @@ fn vqa_prepared(splits: [Examples; 3], encoder: Arc<VqaEncoder>, description: St
         code_dim,
         max_steps: 0,
         answers: Some(encoder.answers.clone()),
+        class_names: (0..encoder.answers.len() as u32)
+            .map(|c| encoder.answers.name(c).unwrap_or("?").to_string())
+            .collect(),
         description,
         fresh: None,
     }
@@ -1083,6 +1323,52 @@ mod tests {
         assert_ne!(e1, labels(&fresh.train));
         assert_eq!(Some(e1), fresh.train_for_epoch(1, Seed(2))?.map(|e| labels(&e)));
         assert!(fresh.train_for_epoch(0, Seed(2))?.is_none(), "epoch 0 trains on the prepared set");
+        // Each class is named: a pair's class by its two digits, a sum by its value.
+        let (a, b) = (labels(&pair.test)[0], labels(&sum.test)[0]);
+        let Examples::Sequences(s) = &seq.test else { panic!("sequences") };
+        let (x, y) = ((s.references[0][0][0] - 4) as u8, (s.references[0][0][1] - 4) as u8);
+        assert_eq!(pair.class_names[usize::from(a)], format!("{}&{}", x.min(y), x.max(y)));
+        assert_eq!(sum.class_names[usize::from(b)], format!("sum {}", x + y));
+        assert!(pair.class_names.iter().all(|n| !n.is_empty()) && seq.class_names.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn checksums_follow_the_data_not_where_it_was_read() -> Result<()> {
+        let cfg = DataConfig::Mnist(MnistData {
+            source: gaze_data::MnistSource::Fixture,
+            train_limit: 50,
+            test_limit: 20,
+            ..Default::default()
+        });
+        let a = prepare(&cfg, Seed(1))?.record();
+        assert_eq!(a, prepare(&cfg, Seed(9))?.record(), "a fixed data set is the same under any seed");
+        assert_eq!(a.class_names.len(), 10);
+        let mut p = prepare(&cfg, Seed(1))?;
+        if let Examples::Images { set, .. } = &mut p.test {
+            set.labels[3] = (set.labels[3] + 1) % 10;
+        }
+        let b = p.record();
+        assert_eq!((&a.sha256.train, &a.sha256.val), (&b.sha256.train, &b.sha256.val));
+        assert_ne!(a.sha256.test, b.sha256.test, "one label changed changes the test checksum");
+        let dir = tempfile::tempdir().map_err(|e| TrainError::io("tempdir", e))?;
+        assert_eq!(DataRecord::load(dir.path())?, None, "a run made before records has none");
+        a.save(dir.path())?;
+        assert_eq!(DataRecord::load(dir.path())?.as_ref(), Some(&a));
+        assert!(a.check_same_test(&a, dir.path()).is_ok());
+        let e = a.check_same_test(&b, dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("data.json") && e.contains("--other-data") && e.contains(&a.sha256.test[..12]), "{e}");
+        // Generated data: another seed is other data.
+        let canvas = DataConfig::MnistCanvas(crate::config::CanvasData {
+            digits: MnistData {
+                source: gaze_data::MnistSource::Fixture,
+                train_limit: 20,
+                test_limit: 10,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        assert_ne!(prepare(&canvas, Seed(1))?.record().sha256, prepare(&canvas, Seed(2))?.record().sha256);
         Ok(())
     }
 }

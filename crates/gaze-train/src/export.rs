@@ -7,8 +7,9 @@
 //!   on, its test metrics and the command and revision that made it ([`Card`]);
 //! - `README.md`: a model card for people.
 //!
-//! `gaze infer DIR image.png` runs such a folder ([`load`]). Models that read questions are not
-//! exported yet: their question vocabulary would have to travel too.
+//! `gaze infer DIR image.png` runs such a folder ([`load`]); a model that answers questions
+//! carries its question vocabulary and answers, and is asked with `--question`. Exporting reads
+//! only the run folder (its config, `data.json` and checkpoint), never the data.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,10 +18,9 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ExperimentConfig;
-use crate::data::Examples;
 use crate::error::{Result, TrainError};
 use crate::record::RunSummary;
-use crate::trainer::{build_model, load_run, Built};
+use crate::trainer::{build_model, load_model, Built};
 
 /// The format named in every `config.json` this module writes.
 pub const FORMAT: &str = "gaze-export-1";
@@ -44,6 +44,15 @@ pub struct Card {
     pub words: Vec<String>,
     /// Whether the sequences are natural-language text (scored with BLEU).
     pub text: bool,
+    /// Question vocabulary size (a model that answers questions; else 0).
+    #[serde(default)]
+    pub vocab: usize,
+    /// Width of the question codes the model reads (0: none; free text has none).
+    #[serde(default)]
+    pub code_dim: usize,
+    /// The question vocabulary and answers of a model that answers questions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub questions: Option<gaze_data::dataset::VqaEncoder>,
     /// The data it was trained and tested on.
     pub data: String,
     /// Its test metrics (empty for an unfinished run).
@@ -61,6 +70,8 @@ impl Card {
     pub fn shape(&self) -> gaze_zoo::DataShape {
         let mut s = gaze_zoo::DataShape::images(self.input, self.classes);
         s.max_steps = self.max_steps;
+        s.vocab = self.vocab;
+        s.code_dim = self.code_dim;
         s
     }
 }
@@ -73,18 +84,7 @@ pub fn is_export(dir: &Path) -> bool {
 /// Exports the run in `run` (its `best` checkpoint, or `last`) to `dir` (created; files in it are
 /// replaced). Returns the card written.
 pub fn export(run: &Path, dir: &Path, last: bool, device: &Device) -> Result<Card> {
-    let (cfg, data, built, checkpoint) = load_run(run, last, device)?;
-    let (class_names, words, text) = match &data.test {
-        Examples::Images { .. } => ((0..data.classes).map(|c| c.to_string()).collect(), vec![], false),
-        Examples::Sequences(s) => (vec![], s.words.as_ref().clone(), s.text),
-        Examples::Vqa(_) => {
-            return Err(TrainError::Other(format!(
-                "{}: a model that answers questions is not exported yet (its question vocabulary would have to \
-                 travel with it); run it from its run folder",
-                run.display()
-            )));
-        }
-    };
+    let (cfg, data, built, checkpoint) = load_model(run, last, device)?;
     let summary = std::fs::read_to_string(run.join("summary.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<RunSummary>(&s).ok());
@@ -99,9 +99,12 @@ pub fn export(run: &Path, dir: &Path, last: bool, device: &Device) -> Result<Car
         input: data.input,
         classes: data.classes,
         max_steps: data.max_steps,
-        class_names,
-        words,
-        text,
+        class_names: data.class_names.clone(),
+        words: data.words.clone(),
+        text: data.text,
+        vocab: data.vocab,
+        code_dim: data.code_dim,
+        questions: data.questions.clone(),
         data: data.description.clone(),
         metrics: summary.as_ref().map(|s| s.metrics.clone()).unwrap_or_default(),
         git_rev: summary.as_ref().map_or_else(|| field("git_rev"), |s| s.git_rev.clone()),

@@ -290,7 +290,7 @@ pub fn pictures(
     device: &Device,
 ) -> Result<()> {
     if let Examples::Images { set, .. } = &data.test {
-        confusion_files(set, test, data.classes, run_dir)?;
+        confusion_files(set, test, data.classes, &data.class_names, run_dir)?;
     }
     let dir = run_dir.join("attention");
     let n = cfg.train.pictures;
@@ -614,12 +614,18 @@ pub fn compare_curves(curves: &[Curve], what: &str, out: &Path) -> Result<()> {
 
 /// Writes `confusion.md` (per-class accuracy, the matrix) and `confusion.png` for an image
 /// classifier's test predictions; nothing for other outputs or more than 100 classes.
-fn confusion_files(set: &LabeledImages, test: &Evaluation, classes: usize, run_dir: &Path) -> Result<()> {
+fn confusion_files(
+    set: &LabeledImages,
+    test: &Evaluation,
+    classes: usize,
+    names: &[String],
+    run_dir: &Path,
+) -> Result<()> {
     if classes > 100 {
         return Ok(());
     }
     let Some(c) = Confusion::of_images(set, &test.predictions, classes)? else { return Ok(()) };
-    let md = format!("```text\n{}```\n", c.describe(&[]));
+    let md = format!("```text\n{}```\n", c.describe(names));
     gaze_data::write_atomic(&run_dir.join("confusion.md"), md.as_bytes())?;
     c.picture(&run_dir.join("confusion.png"))
 }
@@ -806,8 +812,17 @@ fn best_epoch(cfg: &ExperimentConfig, run_dir: &Path) -> String {
 pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<()> {
     curves(run_dir)?;
     let mut md = format!("# {}\n\n", cfg.name);
-    md +=
-        &format!("- data: {}\n- git: `{}`\n- finished: {}\n- command: `{}`\n\n", s.data, s.git_rev, s.date, s.command);
+    md += &format!("- data: {}\n", s.data);
+    if let Ok(Some(r)) = crate::data::DataRecord::load(run_dir) {
+        md += &format!(
+            "- data sha256 (`{}`): train `{}`, val `{}`, test `{}`\n",
+            crate::data::DATA_RECORD,
+            r.sha256.train,
+            r.sha256.val,
+            r.sha256.test
+        );
+    }
+    md += &format!("- git: `{}`\n- finished: {}\n- command: `{}`\n\n", s.git_rev, s.date, s.command);
     // Where the model looked comes first: it is what an attention library is for.
     let pictures: Vec<&str> = ["test_right", "test_wrong"]
         .into_iter()

@@ -150,6 +150,36 @@ fn check_resumed_config(cfg: &ExperimentConfig, run_dir: &Path) -> Result<()> {
     })
 }
 
+/// Adds the checkpoint a run started from to its `run.json`.
+fn note_init_from(run_dir: &Path, file: &Path) -> Result<()> {
+    let path = run_dir.join("run.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let mut info: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
+    if let Some(obj) = info.as_object_mut() {
+        obj.insert("init_from".into(), serde_json::json!(file.display().to_string()));
+    }
+    gaze_data::write_atomic(&path, info.to_string().as_bytes()).map_err(TrainError::from)
+}
+
+/// A resume continues on the data the run recorded (`data.json`; a run made before runs recorded
+/// their data is not checked): another data set, or other digits in the same folder, is an error
+/// naming the split that differs and both sources.
+fn check_resumed_data(now: &data::DataRecord, run_dir: &Path) -> Result<()> {
+    let Some(was) = data::DataRecord::load(run_dir)? else { return Ok(()) };
+    let pairs = [("train", &was.sha256.train, &now.sha256.train), ("val", &was.sha256.val, &now.sha256.val)];
+    if let Some((split, _, _)) = pairs.iter().find(|(_, a, b)| a != b) {
+        return Err(TrainError::Other(format!(
+            "{}: the run was trained on {}, but its {split} split now reads differently ({}); resume it with the \
+             data it recorded (`--data-dir` for an IDX folder)",
+            run_dir.join(data::DATA_RECORD).display(),
+            was.description,
+            now.description
+        )));
+    }
+    was.check_same_test(now, run_dir)
+}
+
 /// Trains `cfg` and writes its run folder; returns the summary.
 pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
@@ -160,6 +190,10 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let seed = Seed(cfg.seed);
     let data = data::prepare(&cfg.data, seed)?;
     data.check()?;
+    let record = data.record();
+    if let Some(dir) = &opts.resume {
+        check_resumed_data(&record, dir)?;
+    }
     let run_dir = match &opts.resume {
         Some(d) => d.clone(),
         None => {
@@ -193,10 +227,16 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             serde_json::json!({ "git_rev": git, "command": command, "started": now_utc(), "data": data.description });
         gaze_data::write_atomic(&run_dir.join("run.json"), info.to_string().as_bytes())?;
     }
+    if opts.resume.is_none() || !run_dir.join(data::DATA_RECORD).is_file() {
+        record.save(&run_dir)?;
+    }
 
     let built = build_model(cfg, &data.shape(), &device)?;
     if let (Some(from), None) = (&cfg.train.init_from, &opts.resume) {
-        let done = checkpoint::init_from(&built.vars, from, &device)?;
+        let root = opts.runs_root.clone().unwrap_or_else(|| PathBuf::from("runs"));
+        let from = from.resolve(&root).map_err(TrainError::Other)?;
+        let done = checkpoint::init_from(&built.vars, &from, &device)?;
+        note_init_from(&run_dir, &done.file)?;
         if !opts.quiet {
             eprintln!(
                 "initialised {} of {} parameters from {}{}",
@@ -547,10 +587,51 @@ fn progress_bar(quiet: bool, len: u64, pos: u64, prefix: &str) -> indicatif::Pro
 
 /// Loads a finished (or interrupted) run: its config, its data and its model with the `best`
 /// checkpoint, or with `last` when `last` is asked for. A missing `best` is an error that says
-/// so (training writes it after the first epoch), not a silent fall back to `last`. Returns the
-/// checkpoint read, for the caller to say.
-pub fn load_run(run_dir: &Path, last: bool, device: &Device) -> Result<(ExperimentConfig, Prepared, Built, PathBuf)> {
+/// so (training writes it after the first epoch), not a silent fall back to `last`. The data is
+/// read again and must be the data the run recorded (its test split's checksum in `data.json`):
+/// another source is an error naming both, unless `other_data` says it is meant. Returns the
+/// config, the data, the model and the checkpoint read.
+pub fn load_run(
+    run_dir: &Path,
+    last: bool,
+    other_data: bool,
+    device: &Device,
+) -> Result<(ExperimentConfig, Prepared, Built, PathBuf)> {
     let cfg = ExperimentConfig::load(&run_dir.join("config.toml"))?;
+    let path = checkpoint_of(run_dir, last)?;
+    let data = data::prepare(&cfg.data, Seed(cfg.seed))?;
+    if let (Some(was), false) = (data::DataRecord::load(run_dir)?, other_data) {
+        was.check_same_test(&data.record(), run_dir)?;
+    }
+    let built = build_model(&cfg, &data.shape(), device)?;
+    let loaded = checkpoint::load(&path, device)?;
+    checkpoint::restore_vars(&built.vars, &loaded, &path)?;
+    Ok((cfg, data, built, path))
+}
+
+/// Loads a run's model without its data: the config, what the run recorded of its data
+/// (`data.json`: input size, class names, vocabulary), the model with the `best` (or `last`)
+/// checkpoint, and that checkpoint's path. A run made before runs recorded their data reads its
+/// data once to learn the same.
+pub fn load_model(
+    run_dir: &Path,
+    last: bool,
+    device: &Device,
+) -> Result<(ExperimentConfig, data::DataRecord, Built, PathBuf)> {
+    let cfg = ExperimentConfig::load(&run_dir.join("config.toml"))?;
+    let path = checkpoint_of(run_dir, last)?;
+    let record = match data::DataRecord::load(run_dir)? {
+        Some(r) => r,
+        None => data::prepare(&cfg.data, Seed(cfg.seed))?.record(),
+    };
+    let built = build_model(&cfg, &record.shape(), device)?;
+    let loaded = checkpoint::load(&path, device)?;
+    checkpoint::restore_vars(&built.vars, &loaded, &path)?;
+    Ok((cfg, record, built, path))
+}
+
+/// The `best` (or `last`) checkpoint of a run; an error when it is missing.
+fn checkpoint_of(run_dir: &Path, last: bool) -> Result<PathBuf> {
     let name = if last { "last" } else { "best" };
     let path = run_dir.join(format!("checkpoints/{name}.safetensors"));
     if !path.is_file() {
@@ -560,11 +641,7 @@ pub fn load_run(run_dir: &Path, last: bool, device: &Device) -> Result<(Experime
             if last { "" } else { " (the run ended before its first epoch?); --last reads the latest parameters" }
         )));
     }
-    let data = data::prepare(&cfg.data, Seed(cfg.seed))?;
-    let built = build_model(&cfg, &data.shape(), device)?;
-    let loaded = checkpoint::load(&path, device)?;
-    checkpoint::restore_vars(&built.vars, &loaded, &path)?;
-    Ok((cfg, data, built, path))
+    Ok(path)
 }
 
 #[cfg(test)]

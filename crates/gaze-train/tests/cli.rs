@@ -114,6 +114,62 @@ fn the_data_folder_is_given_by_flag_and_recorded() -> anyhow::Result<()> {
     let folder = fixture.display().to_string();
     assert!(summary.contains(&format!("MNIST IDX folder {folder} (GAZE_DATA_DIR)")), "{summary}");
     assert!(summary.contains(&format!("GAZE_DATA_DIR={folder} ")), "{summary}");
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(run).join("data.json"))?)?;
+    assert_eq!(record["sha256"]["test"].as_str().map(str::len), Some(64), "{record}");
+    assert_eq!(record["class_names"][3], "3", "{record}");
+    let report = std::fs::read_to_string(Path::new(run).join("report.md"))?;
+    assert!(report.contains("data sha256"), "{report}");
+
+    // The same digits copied elsewhere are the same data; one test label changed is not.
+    let copy = tmp.path().join("copy");
+    let other = tmp.path().join("other");
+    for dir in [&copy, &other] {
+        std::fs::create_dir_all(dir)?;
+        for f in std::fs::read_dir(&fixture)? {
+            let f = f?.path();
+            if f.extension().is_some_and(|e| e == "gz") {
+                std::fs::copy(&f, dir.join(f.file_name().unwrap_or_default()))?;
+            }
+        }
+    }
+    std::fs::write(copy.join("classes.txt"), "zero\none\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\n")?;
+    let mut labels = gaze_data::Mnist::fixture()?.test.labels;
+    labels[0] = (labels[0] + 1) % 10;
+    let mut idx = vec![0, 0, 8, 1];
+    idx.extend((labels.len() as u32).to_be_bytes());
+    idx.extend(&labels);
+    std::fs::write(other.join("t10k-labels-idx1-ubyte"), idx)?; // read before the .gz beside it
+    let eval = |dir: &Path, extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_gaze"))
+            .args(["--data-dir", dir.to_str().unwrap_or_default(), "eval", run])
+            .args(extra)
+            .env_remove("GAZE_DATA_DIR")
+            .output()?)
+    };
+    let same = eval(&copy, &[])?;
+    let said = String::from_utf8_lossy(&same.stdout);
+    anyhow::ensure!(same.status.success(), "{}", String::from_utf8_lossy(&same.stderr));
+    assert!(said.contains("  seven "), "the folder's class names name the classes: {said}");
+    let refused = eval(&other, &[])?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "another test set must be refused: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert!(err.contains("data.json") && err.contains("--other-data") && err.contains(&folder), "{err}");
+    let asked = eval(&other, &["--other-data"])?;
+    assert!(asked.status.success() && String::from_utf8_lossy(&asked.stdout).contains("test accuracy"));
+    // Inference reads only the run folder: no data is needed, wherever it points.
+    let png = tmp.path().join("digit.png");
+    let m = gaze_data::Mnist::fixture()?;
+    gaze_data::Image::grey(28, 28, m.test.image(0).unwrap_or_default().to_vec())?.save_png(&png)?;
+    let out = Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["--data-dir", "/no/such/gaze/data", "infer", run, png.to_str().unwrap_or_default()])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("class "));
     Ok(())
 }
 
@@ -142,11 +198,12 @@ fn infer_answers_a_question_about_an_image() -> anyhow::Result<()> {
         Command::new(env!("CARGO_BIN_EXE_gaze")).args(["infer", run, png.to_str().unwrap_or_default()]).output()?;
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success() && err.contains("--question"), "{err}");
-    // Not exported yet: the question vocabulary would have to travel with it.
-    let e = Command::new(env!("CARGO_BIN_EXE_gaze"))
-        .args(["export", run, tmp.path().join("vqa-export").to_str().unwrap_or_default()])
-        .output()?;
-    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("not exported yet"));
+    // Exported, it carries its question vocabulary and answers, and answers as the run does.
+    let shared = tmp.path().join("vqa-export");
+    gaze(&["export", run, shared.to_str().unwrap_or_default()])?;
+    let q = ["--question", "what color is the cow?"];
+    let again = gaze(&["infer", shared.to_str().unwrap_or_default(), png.to_str().unwrap_or_default(), q[0], q[1]])?;
+    assert_eq!(again.lines().next(), out.lines().next(), "{again} vs {out}");
     Ok(())
 }
 

@@ -95,7 +95,7 @@ fn an_exported_sequence_model_reads_as_its_run() -> anyhow::Result<()> {
     let card = gaze_train::export::export(&s.run_dir, &tmp.path().join("shared"), false, &dev)?;
     let e = gaze_train::export::load(&tmp.path().join("shared"), &dev)?;
     assert_eq!(e.card, card);
-    let (_, data, built, _) = gaze_train::trainer::load_run(&s.run_dir, false, &dev)?;
+    let (_, data, built, _) = gaze_train::trainer::load_run(&s.run_dir, false, false, &dev)?;
     let gaze_train::data::Examples::Sequences(seqs) = &data.test else { anyhow::bail!("a sequence split") };
     assert_eq!(&card.words, seqs.words.as_ref());
     assert_eq!((card.input, card.max_steps), (data.input, data.max_steps));

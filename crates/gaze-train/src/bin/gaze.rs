@@ -53,6 +53,10 @@ enum Cmd {
         /// Read the `last` checkpoint (the latest parameters) instead of `best`.
         #[arg(long)]
         last: bool,
+        /// Evaluate on the data as it reads now even when it is not the data the run recorded
+        /// (by default that is refused: the scores would be of other data).
+        #[arg(long)]
+        other_data: bool,
     },
     /// Classify an image (or, for a sequence model, read it: a caption, digits) with a run's
     /// model and write a picture of where it looked (one per word for a sequence).
@@ -132,9 +136,9 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&s.metrics)?);
             println!("run: {}", s.run_dir.display());
         }
-        Cmd::Eval { run, last } => {
+        Cmd::Eval { run, last, other_data } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
-            let (cfg, data, built, checkpoint) = trainer::load_run(&run, last, &device)?;
+            let (cfg, data, built, checkpoint) = trainer::load_run(&run, last, other_data, &device)?;
             println!("checkpoint: {}", checkpoint.display());
             let how = (1.0, cfg.train.decode, data.max_steps.max(1));
             let e = evaluate(
@@ -170,7 +174,7 @@ fn main() -> anyhow::Result<()> {
             }
             if let gaze_train::data::Examples::Images { set, .. } = &data.test {
                 if let Some(c) = report::Confusion::of_images(set, &e.predictions, data.classes)? {
-                    print!("{}", c.describe(&[]));
+                    print!("{}", c.describe(&data.class_names));
                 }
             }
             if !e.measured.per_kind.is_empty() {
@@ -204,19 +208,29 @@ fn main() -> anyhow::Result<()> {
                         words: std::sync::Arc::new(e.card.words.clone()),
                         text: e.card.text,
                     })
+                } else if let Some(q) = &e.card.questions {
+                    Reads::Answers(q.clone(), e.card.code_dim > 0)
                 } else {
                     Reads::Classes(e.card.class_names.clone())
                 };
                 let how = (e.card.input, e.card.max_steps, e.card.experiment.train.decode);
                 infer(e.built.model.as_ref(), how, &what, &ask)?;
             } else {
-                let (cfg, data, built, _) = trainer::load_run(&run, last, &device)?;
-                let what = match &data.test {
-                    gaze_train::data::Examples::Sequences(seqs) => Reads::Sequences(seqs.clone()),
-                    gaze_train::data::Examples::Vqa(v) => Reads::Answers(v.clone(), data.code_dim > 0),
-                    gaze_train::data::Examples::Images { .. } => {
-                        Reads::Classes((0..data.classes).map(|c| c.to_string()).collect())
-                    }
+                // Only the run folder is read: its config, checkpoint and `data.json`.
+                let (cfg, data, built, _) = trainer::load_model(&run, last, &device)?;
+                let what = if data.max_steps > 0 {
+                    Reads::Sequences(gaze_train::data::SequenceSplit {
+                        images: vec![],
+                        references: vec![],
+                        word_boxes: vec![],
+                        objects: vec![],
+                        words: std::sync::Arc::new(data.words.clone()),
+                        text: data.text,
+                    })
+                } else if let Some(q) = &data.questions {
+                    Reads::Answers(q.clone(), data.code_dim > 0)
+                } else {
+                    Reads::Classes(data.class_names.clone())
                 };
                 infer(built.model.as_ref(), (data.input, data.max_steps, cfg.train.decode), &what, &ask)?;
             }
@@ -338,8 +352,9 @@ enum Reads {
     Classes(Vec<String>),
     /// A token sequence spelt with the split's words.
     Sequences(gaze_train::data::SequenceSplit),
-    /// The answer to a question (the split's encoder; true when the model reads question codes).
-    Answers(gaze_train::data::VqaSplit, bool),
+    /// The answer to a question (the question vocabulary and answers; true when the model reads
+    /// question codes).
+    Answers(gaze_data::dataset::VqaEncoder, bool),
 }
 
 /// What `gaze infer` was asked.
@@ -393,7 +408,7 @@ fn infer(
                      through `gaze eval` on its data"
             );
         }
-        let (ids, len) = v.encoder.encode_question(q);
+        let (ids, len) = v.encode_question(q);
         let t = ids.len();
         let batch = gaze_zoo::Batch {
             images: x,
@@ -407,7 +422,7 @@ fn infer(
         };
         let o = model.forward(&batch, gaze_zoo::Mode::eval(), &mut Seed(0).rng())?;
         let best = o.scores.classes()?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-        let answer = best.first().and_then(|&c| v.encoder.answers.name(c)).unwrap_or("?");
+        let answer = best.first().and_then(|&c| v.answers.name(c)).unwrap_or("?");
         println!("{answer}");
         let (overlay, _) = report::render_attention(&img, o.attention.as_ref(), 0)?;
         overlay.upscale((224 / w.max(1)).max(1)).save_png(out)?;
@@ -436,7 +451,7 @@ fn infer(
         let (shown, _) = report::render_attention(&img, Some(&map), 0)?;
         let path = image.with_extension("gradcam.png");
         shown.upscale((224 / w.max(1)).max(1)).save_png(&path)?;
-        println!("Grad-CAM of class {best}: {}", path.display());
+        println!("Grad-CAM of class {name}: {}", path.display());
     }
     Ok(())
 }
