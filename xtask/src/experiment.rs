@@ -96,10 +96,109 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
     println!("  wall_s {:.1}, {:.0} training samples/s", s.wall_s, s.samples_per_s);
     if a.quick {
         println!("(--quick: not recorded in RESULTS.md)");
+        let full = ExperimentConfig::load(&path)?;
+        match estimate(&full, &s.run_dir) {
+            Some(e) => println!("{e}"),
+            None => println!("(no estimate of the full run: the quick run left no timed steps)"),
+        }
     } else if !s.stopped_early {
         let results = dir.join("RESULTS.md");
         gaze_train::results::update(&results, &s, &cfg.targets)?;
         println!("recorded in {}", results.display());
     }
     Ok(())
+}
+
+/// Training examples (images; for VQA, images with all their questions) one epoch of `cfg`'s
+/// full run reads, from its config: `None` for a folder, whose size is known only by reading it.
+/// MNIST sources other than the fixture are taken to be the standard 60,000-digit training file.
+pub fn full_train_examples(cfg: &ExperimentConfig) -> Option<usize> {
+    use gaze_train::config::{DataConfig, MnistData};
+    let digits = |m: &MnistData| {
+        let file = if m.source == gaze_data::MnistSource::Fixture { 2_000 } else { 60_000 };
+        let train = file - ((file as f64) * m.val_fraction).round().max(1.0) as usize;
+        if m.train_limit > 0 {
+            train.min(m.train_limit)
+        } else {
+            train
+        }
+    };
+    Some(match &cfg.data {
+        DataConfig::Mnist(m) => digits(m),
+        DataConfig::MnistCanvas(c) => digits(&c.digits),
+        DataConfig::MnistPairs(p) => digits(&p.digits),
+        DataConfig::Cifar(c) => {
+            let train = 50_000 - ((50_000.0 * c.val_fraction).round().max(1.0) as usize);
+            if c.train_limit > 0 {
+                train.min(c.train_limit)
+            } else {
+                train
+            }
+        }
+        DataConfig::BarnVqa(b) => b.train_scenes,
+        DataConfig::SortOfClevr(c) => c.train_images,
+        DataConfig::ShapeCaptions(c) => c.train_images,
+        DataConfig::VqaFolder(_) | DataConfig::CaptionFolder(_) => return None,
+    })
+}
+
+/// What the full run of `full` will take, from the time a step took in the quick run in
+/// `quick_run` (its `checkpoints/last.json`): the same model and batch on this machine, so the
+/// same time a step; evaluation is not counted.
+pub fn estimate(full: &ExperimentConfig, quick_run: &Path) -> Option<String> {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(quick_run.join("checkpoints/last.json")).ok()?).ok()?;
+    let state = state.get("state")?;
+    let steps = state.get("step")?.as_u64().filter(|&s| s > 0)?;
+    let per_step = state.get("train_seconds")?.as_f64()? / steps as f64;
+    let (epochs, batch) = (full.train.epochs, full.train.batch_size.max(1));
+    let how = format!("at the quick run's {:.0} ms a step over {steps} steps; evaluation not counted", 1e3 * per_step);
+    Some(match full_train_examples(full) {
+        Some(n) => {
+            let total = n.div_ceil(batch) as u64 * epochs as u64;
+            format!(
+                "the full run: {epochs} epoch(s) x {} steps of {batch} ({n} training examples), about {} of training \
+                 ({how})",
+                n.div_ceil(batch),
+                gaze_train::trainer::human_duration(per_step * total as f64)
+            )
+        }
+        None => format!(
+            "the full run: {epochs} epoch(s), about {} of training per 1,000 training examples of its folder ({how})",
+            gaze_train::trainer::human_duration(per_step * (1000usize.div_ceil(batch) * epochs) as f64)
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment(name: &str) -> anyhow::Result<ExperimentConfig> {
+        Ok(ExperimentConfig::load(&root().join("experiments").join(format!("{name}.toml")))?)
+    }
+
+    #[test]
+    fn full_runs_are_sized_from_their_configs() -> anyhow::Result<()> {
+        // 60,000 digits less a twelfth for validation.
+        assert_eq!(full_train_examples(&experiment("mnist-convnet")?), Some(55_000));
+        let barn = experiment("han-barn")?;
+        let gaze_train::config::DataConfig::BarnVqa(b) = &barn.data else { anyhow::bail!("barn data") };
+        assert_eq!(full_train_examples(&barn), Some(b.train_scenes));
+        Ok(())
+    }
+
+    #[test]
+    fn the_estimate_scales_the_quick_runs_step_time_to_the_full_run() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("checkpoints"))?;
+        std::fs::write(dir.path().join("checkpoints/last.json"), r#"{"state": {"step": 10, "train_seconds": 0.5}}"#)?;
+        let mut cfg = experiment("mnist-convnet")?;
+        (cfg.train.epochs, cfg.train.batch_size) = (2, 100);
+        // 550 steps an epoch, 1,100 steps at 50 ms: 55 s.
+        let e = estimate(&cfg, dir.path()).unwrap_or_default();
+        assert!(e.contains("2 epoch(s) x 550 steps of 100") && e.contains("about 55 s") && e.contains("50 ms"), "{e}");
+        assert_eq!(estimate(&cfg, &dir.path().join("none")), None);
+        Ok(())
+    }
 }

@@ -7,7 +7,8 @@
 //!   on, its test metrics and the command and revision that made it ([`Card`]);
 //! - `README.md`: a model card for people.
 //!
-//! `gaze infer DIR image.png` runs such a folder ([`load`]); a model that answers questions
+//! `gaze infer DIR image.png` runs such a folder ([`load`]), and with the `hub` feature a model
+//! repository on the hub (`gaze infer OWNER/NAME image.png`, [`fetch`]); a model that answers questions
 //! carries its question vocabulary and answers, and is asked with `--question`. Exporting reads
 //! only the run folder (its config, `data.json` and checkpoint), never the data.
 
@@ -158,6 +159,53 @@ fn model_card(c: &Card) -> String {
     md
 }
 
+/// Whether `arg` reads as a hub repository id (`owner/name`, optionally `@revision`) rather than a
+/// folder: it names no existing path, and has one slash between two plain names.
+pub fn is_hub_id(arg: &str) -> bool {
+    let id = arg.split_once('@').map_or(arg, |(id, _)| id);
+    let plain = |s: &str| {
+        !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    !Path::new(arg).exists() && id.split_once('/').is_some_and(|(o, n)| plain(o) && plain(n))
+}
+
+/// Fetches an exported model (`config.json`, `model.safetensors`, and its card when there) from
+/// the Hugging Face hub repository `repo` (`owner/name`, optionally `@revision`) into the local
+/// hub cache, and returns the folder that holds them, ready for [`load`]. With `HF_HUB_OFFLINE`
+/// set only the cache is read.
+#[cfg(feature = "hub")]
+pub fn fetch(repo: &str) -> Result<std::path::PathBuf> {
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
+    fetch_from(repo, offline)
+}
+
+/// [`fetch`] with the offline switch given rather than read from the environment.
+#[cfg(feature = "hub")]
+pub fn fetch_from(repo: &str, offline: bool) -> Result<std::path::PathBuf> {
+    let (id, revision) = repo.split_once('@').map_or((repo, None), |(id, r)| (id, Some(r.to_string())));
+    let (owner, name) =
+        id.split_once('/').ok_or_else(|| TrainError::Other(format!("{repo}: a hub repository is named OWNER/NAME")))?;
+    let client = hf_hub::HFClientSync::new().map_err(|e| TrainError::Other(format!("Hugging Face hub client: {e}")))?;
+    let model = client.model(owner, name);
+    let mut dir = None;
+    for (file, needed) in [("config.json", true), ("model.safetensors", true), ("README.md", false)] {
+        let got =
+            model.download_file().filename(file).maybe_revision(revision.clone()).local_files_only(offline).send();
+        match got {
+            Ok(path) => dir = path.parent().map(Path::to_path_buf),
+            Err(e) if needed => {
+                return Err(TrainError::Other(format!(
+                    "{repo}: could not get {file} from the Hugging Face hub{} ({e}); an exported folder on disk \
+                     runs the same way",
+                    if offline { " cache (HF_HUB_OFFLINE is set)" } else { "" }
+                )))
+            }
+            Err(_) => {}
+        }
+    }
+    dir.ok_or_else(|| TrainError::Other(format!("{repo}: the hub gave no folder")))
+}
+
 /// An exported model, ready to run.
 pub struct Exported {
     /// Its card.
@@ -185,4 +233,27 @@ pub fn load(dir: &Path, device: &Device) -> Result<Exported> {
     let loaded = crate::checkpoint::load(&weights, device)?;
     crate::checkpoint::restore_vars(&built.vars, &loaded, &weights)?;
     Ok(Exported { card, built })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_are_told_from_folders() {
+        assert!(is_hub_id("someone/mnist-ram") && is_hub_id("someone/mnist-ram@v1"));
+        for not in ["runs/x/y", "/abs/path", "one", "a/", "/b", "../x", "a b/c"] {
+            assert!(!is_hub_id(not), "{not}");
+        }
+        let dir = tempfile::tempdir().ok();
+        let here = dir.as_ref().map(|d| d.path().display().to_string()).unwrap_or_default();
+        assert!(!is_hub_id(&here), "an existing folder is a folder");
+    }
+
+    #[cfg(feature = "hub")]
+    #[test]
+    fn offline_a_model_not_in_the_cache_is_an_error_naming_it() {
+        let e = fetch_from("gaze-no-such-owner/no-such-model", true).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("gaze-no-such-owner/no-such-model") && e.contains("config.json"), "{e}");
+    }
 }

@@ -333,3 +333,25 @@ fn compare_names_what_differs_and_shows_both_runs() -> anyhow::Result<()> {
     assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("is not a run folder"));
     Ok(())
 }
+
+/// A hub repository id where a folder is expected: without the `hub` feature the error says how
+/// to build gaze to fetch it; with it, offline and not cached, the error names the repository.
+#[test]
+fn infer_from_a_hub_id_says_what_it_needs() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let png = tmp.path().join("x.png");
+    gaze_data::Image::filled(28, 28, 1, 0).save_png(&png)?;
+    let out = Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["infer", "gaze-no-such-owner/no-such-model", png.to_str().unwrap_or_default()])
+        .current_dir(tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("gaze-no-such-owner/no-such-model"), "{err}");
+    if cfg!(feature = "hub") {
+        assert!(err.contains("config.json"), "{err}");
+    } else {
+        assert!(err.contains("--features hub"), "{err}");
+    }
+    Ok(())
+}

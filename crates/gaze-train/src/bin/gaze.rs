@@ -61,7 +61,8 @@ enum Cmd {
     /// Classify an image (or, for a sequence model, read it: a caption, digits) with a run's
     /// model and write a picture of where it looked (one per word for a sequence).
     Infer {
-        /// The run folder, or a folder written by `gaze export`.
+        /// The run folder, a folder written by `gaze export`, or (built with the `hub` feature) a
+        /// Hugging Face hub repository holding one (`OWNER/NAME`, optionally `@REVISION`).
         run: PathBuf,
         /// The image (PNG); resized to the model's input.
         image: PathBuf,
@@ -197,6 +198,16 @@ fn main() -> anyhow::Result<()> {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
             let out = out.unwrap_or_else(|| image.with_extension("attention.png"));
             let ask = Ask { image: &image, out: &out, question, gradcam, device: &device };
+            let run = match run.to_str().filter(|r| export::is_hub_id(r)) {
+                #[cfg(feature = "hub")]
+                Some(id) => export::fetch(id)?,
+                #[cfg(not(feature = "hub"))]
+                Some(id) => anyhow::bail!(
+                    "{id} is not a folder here; as a Hugging Face hub repository it needs gaze built with the hub \
+                     (`cargo run --release -p gaze-train --features hub --bin gaze -- infer {id} IMAGE`)"
+                ),
+                None => run,
+            };
             if export::is_export(&run) {
                 let e = export::load(&run, &device)?;
                 let what = if e.card.max_steps > 0 {
