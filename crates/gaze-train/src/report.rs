@@ -221,12 +221,14 @@ pub fn render_attention(img: &Image, map: Option<&AttentionMap>, k: usize) -> Re
     })
 }
 
-/// Draws what `model` attended on `images` (indices into `set`) as tiles.
+/// Draws what `model` attended on `images` (indices into `set`) as tiles, each captioned with
+/// the predicted and true class by `names` (their numbers where a name is missing).
 pub fn attention_tiles(
     model: &dyn Model,
     set: &LabeledImages,
     indices: &[usize],
     predictions: &[Predicted],
+    names: &[String],
     device: &Device,
 ) -> Result<(Vec<Tile>, String)> {
     if indices.is_empty() {
@@ -274,7 +276,9 @@ pub fn attention_tiles(
         };
         let truth = set.labels[i];
         let mark = if pred == u32::from(truth) { "right" } else { "WRONG" };
-        tiles.push(Tile { image: shown, boxes: vec![], lines: vec![format!("pred {pred} true {truth} {mark}")] });
+        let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+        let line = format!("pred {} true {} {mark}", name(pred as usize), name(usize::from(truth)));
+        tiles.push(Tile { image: shown, boxes: vec![], lines: vec![line] });
     }
     Ok((tiles, title))
 }
@@ -304,7 +308,7 @@ pub fn pictures(
             let wrong: Vec<usize> = (0..set.len()).filter(|&i| is(i, false)).take(n).collect();
             let mut pages = vec![];
             for (name, idx) in [("test_right", right), ("test_wrong", wrong)] {
-                pages.push((name, attention_tiles(model, set, &idx, &test.predictions, device)?));
+                pages.push((name, attention_tiles(model, set, &idx, &test.predictions, &data.class_names, device)?));
             }
             pages
         }
