@@ -1,7 +1,7 @@
 //! `cargo xtask results check`: which rows of `experiments/RESULTS.md` are stale, that is, made
 //! at a revision after which code their experiment runs has changed.
 //!
-//! The code an experiment runs: `Cargo.lock`, the numeric crates (`gaze-tensor`, `gaze-attention`,
+//! The code an experiment runs: `Cargo.lock`, `gaze-tensor`'s manifest, the numeric crates (`gaze-tensor`, `gaze-attention`,
 //! `gaze-encoders`), the zoo's shared files and its model's own, the data crate's shared files and
 //! those of its data type, the trainer, and its experiment file. Not counted: files no result
 //! depends on ([`NEVER`]), other models' and other data types' own files, and changes that leave
@@ -39,6 +39,9 @@ enum ResultsTask {
 /// Every experiment runs the files under these paths (folders end in `/`) ...
 const EVERY: &[&str] = &[
     "Cargo.lock",
+    // The numeric crate's manifest: the features it asks of its dependencies choose kernels
+    // (a matrix product's microkernel, so its summation order) with no source file changed.
+    "crates/gaze-tensor/Cargo.toml",
     "crates/gaze-tensor/src/",
     "crates/gaze-attention/src/",
     "crates/gaze-encoders/src/",
