@@ -85,6 +85,17 @@ fn train_eval_infer_show() -> anyhow::Result<()> {
     // Grad-CAM beside the model's own map.
     let out = gaze(&["infer", run, png.to_str().unwrap_or_default(), "--gradcam"])?;
     assert!(out.contains("Grad-CAM of class") && tmp.path().join("digit.gradcam.png").is_file(), "{out}");
+    // Parameters that give a non-finite loss (written here without a checksum, as an old
+    // checkpoint would be) are an error, not a score.
+    let loaded = gaze_train::checkpoint::load(&best, &candle_core::Device::Cpu)?;
+    let mut poisoned = loaded.tensors.clone();
+    for t in poisoned.values_mut() {
+        *t = (t.clone() * f64::NAN)?;
+    }
+    candle_core::safetensors::save(&poisoned, &best)?;
+    let failed = Command::new(env!("CARGO_BIN_EXE_gaze")).args(["eval", run]).output()?;
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && err.contains("diverged") && err.contains("best.safetensors"), "{err}");
     Ok(())
 }
 

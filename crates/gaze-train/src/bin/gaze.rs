@@ -173,6 +173,14 @@ fn main() -> anyhow::Result<()> {
             for (k, v) in e.named("test").iter().chain(&e.measured.facts) {
                 println!("  {k:<28} {v}");
             }
+            if !e.loss.is_finite() {
+                anyhow::bail!(
+                    "{}: the test loss is {} with these parameters: the run diverged before this checkpoint was \
+                     written; its figures mean nothing",
+                    checkpoint.display(),
+                    e.loss
+                );
+            }
             if let gaze_train::data::Examples::Images { set, .. } = &data.test {
                 if let Some(c) = report::Confusion::of_images(set, &e.predictions, data.classes)? {
                     print!("{}", c.describe(&data.class_names));
