@@ -83,6 +83,10 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
     if let Some(t) = a.threads {
         command += &format!(" --threads {t}");
     }
+    // Where runs go decides which run `init_from = { experiment = ... }` starts from.
+    if let (Some(gaze_train::config::InitFrom::Experiment { .. }), Some(r)) = (&cfg.train.init_from, &a.runs) {
+        command += &format!(" --runs {}", r.display());
+    }
     if let Some(d) = std::env::var_os(gaze_data::mnist::DATA_DIR_ENV).filter(|_| !a.quick) {
         command = format!("GAZE_DATA_DIR={} {command}", d.to_string_lossy());
     }
