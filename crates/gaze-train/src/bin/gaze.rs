@@ -218,39 +218,15 @@ fn main() -> anyhow::Result<()> {
             };
             if export::is_export(&run) {
                 let e = export::load(&run, &device)?;
-                let what = if e.card.max_steps > 0 {
-                    Reads::Sequences(gaze_train::data::SequenceSplit {
-                        images: vec![],
-                        references: vec![],
-                        word_boxes: vec![],
-                        objects: vec![],
-                        words: std::sync::Arc::new(e.card.words.clone()),
-                        text: e.card.text,
-                    })
-                } else if let Some(q) = &e.card.questions {
-                    Reads::Answers(q.clone(), e.card.code_dim > 0)
-                } else {
-                    Reads::Classes(e.card.class_names.clone())
-                };
+                let c = &e.card;
+                let what = Reads::of(c.max_steps, &c.words, c.text, c.questions.as_ref(), c.code_dim, &c.class_names);
                 let how = (e.card.input, e.card.max_steps, e.card.experiment.train.decode);
                 infer(e.built.model.as_ref(), how, &what, &ask)?;
             } else {
                 // Only the run folder is read: its config, checkpoint and `data.json`.
                 let (cfg, data, built, _) = trainer::load_model(&run, last, &device)?;
-                let what = if data.max_steps > 0 {
-                    Reads::Sequences(gaze_train::data::SequenceSplit {
-                        images: vec![],
-                        references: vec![],
-                        word_boxes: vec![],
-                        objects: vec![],
-                        words: std::sync::Arc::new(data.words.clone()),
-                        text: data.text,
-                    })
-                } else if let Some(q) = &data.questions {
-                    Reads::Answers(q.clone(), data.code_dim > 0)
-                } else {
-                    Reads::Classes(data.class_names.clone())
-                };
+                let d = &data;
+                let what = Reads::of(d.max_steps, &d.words, d.text, d.questions.as_ref(), d.code_dim, &d.class_names);
                 infer(built.model.as_ref(), (data.input, data.max_steps, cfg.train.decode), &what, &ask)?;
             }
         }
@@ -374,6 +350,34 @@ enum Reads {
     /// The answer to a question (the question vocabulary and answers; true when the model reads
     /// question codes).
     Answers(gaze_data::dataset::VqaEncoder, bool),
+}
+
+impl Reads {
+    /// What a model of this output reads, from what its run or export recorded: a token
+    /// sequence (`max_steps` > 0), an answer to a question, or a class.
+    fn of(
+        max_steps: usize,
+        words: &[String],
+        text: bool,
+        questions: Option<&gaze_data::dataset::VqaEncoder>,
+        code_dim: usize,
+        class_names: &[String],
+    ) -> Self {
+        if max_steps > 0 {
+            Reads::Sequences(gaze_train::data::SequenceSplit {
+                images: vec![],
+                references: vec![],
+                word_boxes: vec![],
+                objects: vec![],
+                words: std::sync::Arc::new(words.to_vec()),
+                text,
+            })
+        } else if let Some(q) = questions {
+            Reads::Answers(q.clone(), code_dim > 0)
+        } else {
+            Reads::Classes(class_names.to_vec())
+        }
+    }
 }
 
 /// What `gaze infer` was asked.
