@@ -115,10 +115,10 @@ impl Default for DramConfig {
             context_pool: 4,
             context_cnn: gn(vec![16, 32, 32], 2, 1),
             sigma: 0.2,
-            sigma_final: None,
+            sigma_final: Some(0.03),
             reinforce_weight: 0.01,
             mc_samples: 1,
-            eval_path: EvalPath::Sampled,
+            eval_path: EvalPath::Mean,
         }
     }
 }

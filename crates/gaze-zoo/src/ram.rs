@@ -102,7 +102,8 @@ pub struct RamConfig {
     pub sigma_final: Option<f64>,
     /// Where the first glimpse goes.
     pub start: Start,
-    /// Hidden ReLU layer of the location network (0: the paper's single linear map).
+    /// Hidden ReLU layer of the location network (0: the paper's single linear map; 128 by
+    /// default, as every RAM experiment here sets it).
     pub locator_hidden: usize,
     /// Weight lambda of the REINFORCE term. The term reaches only the location network's
     /// parameters (its input is the detached core state), so under Adam(W) without global
@@ -133,7 +134,7 @@ impl Default for RamConfig {
             sigma: 0.05,
             sigma_final: None,
             start: Start::Centre,
-            locator_hidden: 0,
+            locator_hidden: 128,
             reinforce_weight: 0.01,
             mc_samples: 1,
             random_glimpses: false,
