@@ -190,6 +190,14 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let seed = Seed(cfg.seed);
     let data = data::prepare(&cfg.data, seed)?;
     data.check()?;
+    let (_, h, w) = data.input;
+    if cfg.train.augment_shift > 0 && 2 * cfg.train.augment_shift >= h.min(w) {
+        return Err(TrainError::Config {
+            path: PathBuf::from(&cfg.name),
+            key: "train.augment_shift".into(),
+            reason: format!("{} pixels moves a {h}x{w} image out of view", cfg.train.augment_shift),
+        });
+    }
     let record = data.record();
     if let Some(dir) = &opts.resume {
         check_resumed_data(&record, dir)?;

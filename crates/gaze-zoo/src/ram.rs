@@ -154,6 +154,7 @@ impl RamConfig {
             glimpse_hidden: 8,
             glimpse_out: 12,
             hidden: 16,
+            locator_hidden: 0,
             ..Self::default()
         }
     }

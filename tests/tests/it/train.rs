@@ -331,3 +331,15 @@ fn a_diverging_run_stops_and_keeps_no_infinite_checkpoint() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// A shift that moves the image out of view is an error naming the key, before any training.
+#[test]
+fn a_shift_past_half_the_image_is_refused() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = tiny()?;
+    cfg.train.augment_shift = 14;
+    let e = gaze_train::run(&cfg, &opts(tmp.path())).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("train.augment_shift") && e.contains("28x28"), "{e}");
+    assert!(!tmp.path().join("tiny").exists(), "no run folder is made");
+    Ok(())
+}
