@@ -24,6 +24,12 @@ pub struct ExperimentConfig {
     /// The one seed every random draw derives from.
     #[serde(default)]
     pub seed: u64,
+    /// The data the targets were set for: the start (12 or more hex digits) of the test split's
+    /// SHA-256 as a run records it in `data.json`. A run on other data (a copied experiment
+    /// pointed at another data set) shows the targets as the original data's and compares
+    /// nothing. None: the targets hold for any data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets_data: Option<String>,
     /// The model, by `type`.
     pub model: ModelConfig,
     /// The data, by `type`.
@@ -37,6 +43,15 @@ pub struct ExperimentConfig {
     /// Targets by metric name, as `"<= 1.0"` or `">= 98"`; written beside results.
     #[serde(default)]
     pub targets: BTreeMap<String, String>,
+}
+
+/// Whether an experiment's targets hold for the data a run read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetsFor {
+    /// The targets were set for this data (or for any data).
+    ThisData,
+    /// The targets were set for other data: the test split's SHA-256 they name.
+    OtherData(String),
 }
 
 /// Where the data comes from, by `type`.
@@ -501,6 +516,28 @@ fn check_folder(path: &Path, val_fraction: f64, test_fraction: f64, size: [usize
 }
 
 impl ExperimentConfig {
+    /// Whether the targets hold for data whose test split has SHA-256 `test_sha256` (hex).
+    pub fn targets_for(&self, test_sha256: &str) -> TargetsFor {
+        match &self.targets_data {
+            Some(t) if !test_sha256.starts_with(t.as_str()) => TargetsFor::OtherData(t.clone()),
+            _ => TargetsFor::ThisData,
+        }
+    }
+
+    /// The targets a run on data with test split `test_sha256` is measured against: all of them,
+    /// or none when they were set for other data.
+    pub fn targets_here(&self, test_sha256: &str) -> BTreeMap<String, String> {
+        match self.targets_for(test_sha256) {
+            TargetsFor::ThisData => self.targets.clone(),
+            TargetsFor::OtherData(_) => BTreeMap::new(),
+        }
+    }
+
+    /// The config without its targets: what a run computes depends on nothing else.
+    pub fn without_targets(&self) -> Self {
+        Self { targets: BTreeMap::new(), targets_data: None, ..self.clone() }
+    }
+
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
         let cfg: Self = toml::from_str(text).map_err(|e| {
@@ -526,6 +563,15 @@ impl ExperimentConfig {
     /// Checks values no type can: positive sizes and rates, fractions in range.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let (o, t) = (&self.optim, &self.train);
+        if let Some(d) = &self.targets_data {
+            if d.len() < 12 || !d.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+                return Err(bad(
+                    path,
+                    "targets_data",
+                    format!("{d:?} is not the start of a SHA-256 (12 or more lower-case hex digits, from data.json)"),
+                ));
+            }
+        }
         if self.name.trim().is_empty() {
             return Err(bad(path, "name", "must not be empty"));
         }
@@ -678,6 +724,31 @@ impl ExperimentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_hold_for_the_data_they_name() -> anyhow::Result<()> {
+        let text = GOOD.replace("seed = 3", "seed = 3\ntargets_data = \"0123456789abcdef\"");
+        let mut cfg = ExperimentConfig::from_toml(&text, Path::new("t.toml"))?;
+        cfg.targets.insert("test_error_pct".into(), "<= 1.0".into());
+        assert_eq!(cfg.targets_for("0123456789abcdef00ff"), TargetsFor::ThisData);
+        assert_eq!(cfg.targets_here("0123456789abcdef00ff").len(), 1);
+        assert_eq!(cfg.targets_for("ffff"), TargetsFor::OtherData("0123456789abcdef".into()));
+        assert!(cfg.targets_here("ffff").is_empty(), "another data set's targets are not compared");
+        let open = ExperimentConfig { targets_data: None, ..cfg.clone() };
+        assert_eq!(open.targets_here("ffff").len(), 1, "unstamped targets hold for any data");
+        assert_eq!(cfg.without_targets().to_toml()?, open.without_targets().to_toml()?);
+        for bad in ["\"0123\"", "\"0123456789ABCDEF\"", "\"not-hex-at-all!\""] {
+            let e = ExperimentConfig::from_toml(
+                &GOOD.replace("seed = 3", &format!("seed = 3\ntargets_data = {bad}")),
+                Path::new("t.toml"),
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            assert!(e.contains("targets_data"), "{bad}: {e}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn init_from_an_experiment_is_its_newest_finished_run() -> anyhow::Result<()> {

@@ -817,7 +817,8 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
     curves(run_dir)?;
     let mut md = format!("# {}\n\n", cfg.name);
     md += &format!("- data: {}\n", s.data);
-    if let Ok(Some(r)) = crate::data::DataRecord::load(run_dir) {
+    let record = crate::data::DataRecord::load(run_dir).ok().flatten();
+    if let Some(r) = &record {
         md += &format!(
             "- data sha256 (`{}`): train `{}`, val `{}`, test `{}`\n",
             crate::data::DATA_RECORD,
@@ -838,9 +839,24 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
             md += &format!("![{f}](attention/{f}.png)\n\n");
         }
     }
-    md += "## Final metrics\n\n| metric | value | target |\n|---|---|---|\n";
+    md += "## Final metrics\n\n";
+    let targets = match &record {
+        Some(r) => cfg.targets_here(&r.sha256.test),
+        None => cfg.targets.clone(),
+    };
+    let other = record.as_ref().map(|r| (r, cfg.targets_for(&r.sha256.test)));
+    if let Some((r, crate::config::TargetsFor::OtherData(was))) = &other {
+        let set: Vec<String> = cfg.targets.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        md += &format!(
+            "The experiment's targets ({}) were set for other data (test split sha256 `{was}`...); this run's test \
+             split is `{}`, so they are not compared here.\n\n",
+            set.join(", "),
+            r.sha256.test
+        );
+    }
+    md += "| metric | value | target |\n|---|---|---|\n";
     for (k, v) in &s.metrics {
-        md += &format!("| {k} | {v} | {} |\n", cfg.targets.get(k).map_or("", String::as_str));
+        md += &format!("| {k} | {v} | {} |\n", targets.get(k).map_or("", String::as_str));
     }
     let unit = match &cfg.data {
         crate::config::DataConfig::BarnVqa(_)

@@ -128,7 +128,8 @@ fn check_resumed_config(cfg: &ExperimentConfig, run_dir: &Path) -> Result<()> {
             reason: "no such file: a run folder to resume records its config here".into(),
         });
     }
-    let (was, now) = (ExperimentConfig::load(&path)?.to_toml()?, cfg.to_toml()?);
+    // Targets do not change what a run computes: a resume may bring others.
+    let (was, now) = (ExperimentConfig::load(&path)?.without_targets().to_toml()?, cfg.without_targets().to_toml()?);
     if was == now {
         return Ok(());
     }
