@@ -314,6 +314,11 @@ pub struct OptimConfig {
     pub eps: f64,
     /// Clip gradients to this global L2 norm (0: no clipping).
     pub clip_norm: f64,
+    /// Clip by parameter group instead of globally: each entry lists name prefixes (for example
+    /// `[["locator."]]`); the parameters a group's prefixes match form that group, every other
+    /// parameter one more group, and each group's gradient is scaled to L2 norm at most
+    /// `clip_norm` on its own. Empty: one global norm.
+    pub clip_groups: Vec<Vec<String>>,
     /// Learning-rate schedule.
     pub schedule: Schedule,
 }
@@ -329,6 +334,7 @@ impl Default for OptimConfig {
             beta2: 0.999,
             eps: 1e-8,
             clip_norm: 0.0,
+            clip_groups: Vec::new(),
             schedule: Schedule::Constant,
         }
     }
@@ -368,6 +374,15 @@ pub enum Schedule {
     /// Cosine from the base rate to `min_lr` over all steps.
     Cosine {
         /// Final rate.
+        min_lr: f64,
+    },
+    /// Multiply by `gamma` at every epoch's end, never below `min_lr` (`lr * gamma^epoch`,
+    /// floored).
+    Exponential {
+        /// Decay factor per epoch.
+        gamma: f64,
+        /// Floor of the rate.
+        #[serde(default)]
         min_lr: f64,
     },
 }
@@ -609,7 +624,22 @@ impl ExperimentConfig {
                 format!("{} must be a finite number >= 0 (0: no clipping)", o.clip_norm),
             ));
         }
+        if !o.clip_groups.is_empty() && o.clip_norm == 0.0 {
+            return Err(bad(path, "optim.clip_groups", "needs clip_norm > 0 (the bound of each group)"));
+        }
+        if let Some(g) = o.clip_groups.iter().position(|g| g.is_empty() || g.iter().any(String::is_empty)) {
+            return Err(bad(path, "optim.clip_groups", format!("group {g} is empty or has an empty prefix")));
+        }
         match o.schedule {
+            Schedule::Exponential { gamma, min_lr }
+                if !(gamma > 0.0 && gamma <= 1.0 && (0.0..=o.lr).contains(&min_lr)) =>
+            {
+                return Err(bad(
+                    path,
+                    "optim.schedule",
+                    format!("exponential needs gamma in (0, 1] (not {gamma}) and min_lr in [0, lr] (not {min_lr})"),
+                ))
+            }
             Schedule::Step { every, gamma } if every == 0 || !(gamma > 0.0 && gamma <= 1.0) => {
                 return Err(bad(
                     path,
@@ -831,12 +861,18 @@ epochs = 1
             ("clip_norm = nan", "optim.clip_norm"),
             ("clip_norm = inf", "optim.clip_norm"),
             ("schedule = { type = \"step\", every = 2, gamma = 1.5 }", "optim.schedule"),
+            ("schedule = { type = \"exponential\", gamma = 0.0 }", "optim.schedule"),
+            ("schedule = { type = \"exponential\", gamma = 0.98, min_lr = 1.0 }", "optim.schedule"),
+            ("clip_groups = [[\"locator.\"]]", "optim.clip_groups"),
+            ("clip_norm = 5\nclip_groups = [[]]", "optim.clip_groups"),
         ] {
             let e = err(&GOOD.replace("lr = 0.01", &format!("lr = 0.01\n{add}")));
             assert!(e.contains(&format!("`{key}`")), "{add}: {e}");
         }
         assert!(err(&GOOD.replace("lr = 0.01", "lr = 0.01\nschedule = { type = \"step\", every = 2, gamma = 1.0 }"))
             .is_empty());
+        let fine = "lr = 0.01\nclip_norm = 5\nclip_groups = [[\"locator.\"]]\nschedule = { type = \"exponential\", gamma = 0.98 }";
+        assert!(err(&GOOD.replace("lr = 0.01", fine)).is_empty());
     }
 
     #[test]
