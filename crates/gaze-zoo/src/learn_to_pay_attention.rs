@@ -252,6 +252,24 @@ impl Model for LearnToPayAttention {
         })
     }
 
+    /// Each attended block's map (`block<n>`, rescaled to sum 1 as the shown map is), when there
+    /// are two or more.
+    fn layer_maps(&self, images: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        if self.cfg.attend.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let maps = self.maps(images)?;
+        self.cfg
+            .attend
+            .iter()
+            .zip(maps)
+            .map(|(b, m)| {
+                let total = (m.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)? + 1e-12)?;
+                Ok((format!("block{b}"), m.broadcast_div(&total)?.detach()))
+            })
+            .collect()
+    }
+
     /// The last block's output before its pooling (the last conv layer's ReLU, where Grad-CAM
     /// reads VGG) and the class scores computed from it.
     fn conv_features(&self, images: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
@@ -378,6 +396,24 @@ mod tests {
         let e =
             LearnToPayAttention::new(&bad, &shape(), vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("map_block 2"), "{e}");
+        // Every attended block's map, named, each summing to 1 per image; the last equals the
+        // map shown by default. One attended block: no layer maps (its map is the one shown).
+        let model = LearnToPayAttention::new(&LtpaConfig::tiny(), &shape(), vm.builder(&dev))?;
+        let layers = model.layer_maps(&b.images)?;
+        let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["block0", "block1"]);
+        for (_, m) in &layers {
+            let sums = m.sum(D::Minus1)?.sum(D::Minus1)?.to_vec1::<f32>()?;
+            assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
+        }
+        let Some(AttentionMap::Grid { weights, .. }) = model.forward(&b, Mode::eval(), &mut Seed(0).rng())?.attention
+        else {
+            panic!("a grid")
+        };
+        assert!((weights - &layers[1].1)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
+        let one = LtpaConfig { attend: vec![1], ..LtpaConfig::tiny() };
+        let fresh = SeededVarMap::new(Seed(9));
+        assert!(LearnToPayAttention::new(&one, &shape(), fresh.builder(&dev))?.layer_maps(&b.images)?.is_empty());
         Ok(())
     }
 }
