@@ -127,7 +127,8 @@ pub struct RamConfig {
     /// REINFORCE and the baseline's error then train the core and glimpse network too.
     pub reinforce_into_core: bool,
     /// Sampled paths per training image, M (the batch is tiled M times; every loss term is the
-    /// mean over the M paths). Evaluation is not affected (see `mc_samples`).
+    /// mean over the M paths). Evaluation is not affected (see `mc_samples`). A step costs about
+    /// M times as much; training speed is still counted in images.
     pub mc_samples_train: usize,
     /// Sampled paths averaged at evaluation (1: a single sampled path).
     pub mc_samples: usize,
