@@ -34,24 +34,8 @@ pub fn resolve(source: &str) -> Result<PathBuf> {
 
 #[cfg(feature = "hub")]
 fn fetch_weights(repo: &str) -> Result<PathBuf> {
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
-    let (id, revision) = repo.split_once('@').map_or((repo, None), |(id, r)| (id, Some(r.to_string())));
-    let (owner, name) =
-        id.split_once('/').ok_or_else(|| TrainError::Other(format!("{repo}: a hub model is named OWNER/NAME")))?;
-    let client = hf_hub::HFClientSync::new().map_err(|e| TrainError::Other(format!("Hugging Face hub client: {e}")))?;
-    client
-        .model(owner, name)
-        .download_file()
-        .filename("model.safetensors")
-        .maybe_revision(revision)
-        .local_files_only(offline)
-        .send()
-        .map_err(|e| {
-            TrainError::Other(format!(
-                "weights `{repo}`: could not get model.safetensors from the Hugging Face hub{} ({e})",
-                if offline { " cache (HF_HUB_OFFLINE is set)" } else { "" }
-            ))
-        })
+    crate::export::hub_file(repo, "model.safetensors", gaze_data::mnist::hub_offline())
+        .map_err(|e| TrainError::Other(format!("weights `{repo}`: {e}")))
 }
 
 /// What [`load`] did.
