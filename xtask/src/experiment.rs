@@ -94,8 +94,14 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
     let opts = RunOptions { runs_root: Some(runs), resume: a.resume, command: Some(command), ..RunOptions::default() };
     let s = gaze_train::run(&cfg, &opts)?;
     println!("run folder: {}", s.run_dir.display());
+    // The targets hold for the data they were set for (`targets_data`), not for any data.
+    let record = gaze_train::data::DataRecord::load(&s.run_dir)?;
+    let targets = record.as_ref().map_or_else(|| cfg.targets.clone(), |r| cfg.targets_here(&r.sha256.test));
+    if targets.len() < cfg.targets.len() {
+        println!("(the targets were set for other data than this run's: not compared, not recorded)");
+    }
     for (k, v) in &s.metrics {
-        println!("  {k:<16} {v:<10} {}", cfg.targets.get(k).map_or("", String::as_str));
+        println!("  {k:<16} {v:<10} {}", targets.get(k).map_or("", String::as_str));
     }
     println!("  wall_s {:.1}, {:.0} training samples/s", s.wall_s, s.samples_per_s);
     if a.quick {
@@ -107,7 +113,7 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
         }
     } else if !s.stopped_early {
         let results = dir.join("RESULTS.md");
-        gaze_train::results::update(&results, &s, &cfg.targets)?;
+        gaze_train::results::update(&results, &s, &targets)?;
         println!("recorded in {}", results.display());
     }
     Ok(())

@@ -7,7 +7,8 @@
 //! depends on ([`NEVER`]), other models' and other data types' own files, and changes that leave
 //! a file's code as it was: only its test module (`#[cfg(test)] mod tests` at its end), comments,
 //! blank lines, `use` and `mod` declarations ([`code_of`]); for `Cargo.lock`, only dependency
-//! lists, no package added, removed or of another version ([`locked_packages`]).
+//! lists, no package added, removed or of another version ([`locked_packages`]); for an
+//! experiment file, only its comments, layout or targets ([`settings_of`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -242,9 +243,21 @@ fn same_code(root: &Path, rev: &str, path: &str) -> anyhow::Result<bool> {
         code_of(&old) == code_of(&new)
     } else if path.ends_with("Cargo.lock") {
         locked_packages(&old) == locked_packages(&new)
+    } else if path.starts_with("experiments/") && path.ends_with(".toml") {
+        settings_of(&old).is_some_and(|o| Some(o) == settings_of(&new))
     } else {
         false
     })
+}
+
+/// An experiment file's settings: the parsed TOML without its targets (`targets`,
+/// `targets_data`), which change what a row is compared with, never what a run computes.
+/// Comments and layout do not count either. None for a file that does not parse.
+pub fn settings_of(text: &str) -> Option<toml::Table> {
+    let mut t: toml::Table = toml::from_str(text).ok()?;
+    t.remove("targets");
+    t.remove("targets_data");
+    Some(t)
 }
 
 /// What `git` says of the repository at `root`, asked once per revision and file.
@@ -425,6 +438,15 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn an_experiments_targets_are_not_its_settings() {
+        let base = "name = \"x\"\n[model]\ntype = \"convnet\"\n[targets]\ntest_error_pct = \"<= 1\"\n";
+        let retargeted = "# set for MNIST\nname = \"x\"\ntargets_data = \"0123456789ab\"\n[model]\ntype = \"convnet\"\n\n[targets]\ntest_error_pct = \"<= 2\"\n";
+        assert_eq!(settings_of(base), settings_of(retargeted));
+        assert_ne!(settings_of(base), settings_of(&base.replace("convnet", "ram")));
+        assert_eq!(settings_of("not = [toml"), None);
     }
 
     #[test]

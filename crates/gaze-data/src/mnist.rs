@@ -207,8 +207,7 @@ impl Mnist {
     /// use a folder instead (so is any download failure).
     #[cfg(feature = "hub")]
     pub fn from_hub() -> Result<Self> {
-        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
-        Self::from_hub_checked(offline)
+        Self::from_hub_checked(hub_offline())
     }
 
     /// [`Mnist::from_hub`] with the offline switch given rather than read from the environment.
@@ -356,6 +355,12 @@ impl MnistSource {
             (MnistSource::EnvOrHub | MnistSource::Hub, _) => "MNIST from the Hugging Face hub".into(),
         }
     }
+}
+
+/// Whether `HF_HUB_OFFLINE` (`1`, `true`, `yes`) asks for the local hub cache only.
+#[cfg(feature = "hub")]
+pub fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"))
 }
 
 #[cfg(test)]

@@ -181,6 +181,11 @@ impl ConvNet {
         if cfg.convs_per_block == 0 {
             return Err(candle_core::Error::Msg("ConvNet: convs_per_block must be at least 1".into()));
         }
+        for (name, v) in [("stride", cfg.stride), ("pool", cfg.pool)] {
+            if v == 0 {
+                return Err(candle_core::Error::Msg(format!("ConvNet: {name} must be at least 1, not 0")));
+            }
+        }
         let mut c_in = cfg.in_channels + if cfg.coord_channels { 2 } else { 0 };
         for (i, &c) in cfg.channels.iter().enumerate() {
             let vb = vb.pp(format!("block{i}"));
@@ -332,6 +337,19 @@ mod tests {
         let spread = (out.max_keepdim(3)?.max_keepdim(2)? - out.min_keepdim(3)?.min_keepdim(2)?)?;
         assert!(spread.max_all()?.to_scalar::<f32>()? > 1e-3, "blank input, flat features");
         Ok(())
+    }
+
+    #[test]
+    fn zero_sizes_are_named() {
+        let vm = candle_nn::VarMap::new();
+        for (name, cfg) in [
+            ("stride", ConvNetConfig { stride: 0, ..ConvNetConfig::tiny() }),
+            ("pool", ConvNetConfig { pool: 0, ..ConvNetConfig::tiny() }),
+        ] {
+            let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+            let e = ConvNet::new(&cfg, vb).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(&format!("{name} must be at least 1")), "{name}: {e}");
+        }
     }
 
     #[test]

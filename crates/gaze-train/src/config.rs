@@ -24,6 +24,12 @@ pub struct ExperimentConfig {
     /// The one seed every random draw derives from.
     #[serde(default)]
     pub seed: u64,
+    /// The data the targets were set for: the start (12 or more hex digits) of the test split's
+    /// SHA-256 as a run records it in `data.json`. A run on other data (a copied experiment
+    /// pointed at another data set) shows the targets as the original data's and compares
+    /// nothing. None: the targets hold for any data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets_data: Option<String>,
     /// The model, by `type`.
     pub model: ModelConfig,
     /// The data, by `type`.
@@ -37,6 +43,15 @@ pub struct ExperimentConfig {
     /// Targets by metric name, as `"<= 1.0"` or `">= 98"`; written beside results.
     #[serde(default)]
     pub targets: BTreeMap<String, String>,
+}
+
+/// Whether an experiment's targets hold for the data a run read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetsFor {
+    /// The targets were set for this data (or for any data).
+    ThisData,
+    /// The targets were set for other data: the test split's SHA-256 they name.
+    OtherData(String),
 }
 
 /// Where the data comes from, by `type`.
@@ -299,6 +314,11 @@ pub struct OptimConfig {
     pub eps: f64,
     /// Clip gradients to this global L2 norm (0: no clipping).
     pub clip_norm: f64,
+    /// Clip by parameter group instead of globally: each entry lists name prefixes (for example
+    /// `[["locator."]]`); the parameters a group's prefixes match form that group, every other
+    /// parameter one more group, and each group's gradient is scaled to L2 norm at most
+    /// `clip_norm` on its own. Empty: one global norm.
+    pub clip_groups: Vec<Vec<String>>,
     /// Learning-rate schedule.
     pub schedule: Schedule,
 }
@@ -314,6 +334,7 @@ impl Default for OptimConfig {
             beta2: 0.999,
             eps: 1e-8,
             clip_norm: 0.0,
+            clip_groups: Vec::new(),
             schedule: Schedule::Constant,
         }
     }
@@ -353,6 +374,15 @@ pub enum Schedule {
     /// Cosine from the base rate to `min_lr` over all steps.
     Cosine {
         /// Final rate.
+        min_lr: f64,
+    },
+    /// Multiply by `gamma` at every epoch's end, never below `min_lr` (`lr * gamma^epoch`,
+    /// floored).
+    Exponential {
+        /// Decay factor per epoch.
+        gamma: f64,
+        /// Floor of the rate.
+        #[serde(default)]
         min_lr: f64,
     },
 }
@@ -501,6 +531,28 @@ fn check_folder(path: &Path, val_fraction: f64, test_fraction: f64, size: [usize
 }
 
 impl ExperimentConfig {
+    /// Whether the targets hold for data whose test split has SHA-256 `test_sha256` (hex).
+    pub fn targets_for(&self, test_sha256: &str) -> TargetsFor {
+        match &self.targets_data {
+            Some(t) if !test_sha256.starts_with(t.as_str()) => TargetsFor::OtherData(t.clone()),
+            _ => TargetsFor::ThisData,
+        }
+    }
+
+    /// The targets a run on data with test split `test_sha256` is measured against: all of them,
+    /// or none when they were set for other data.
+    pub fn targets_here(&self, test_sha256: &str) -> BTreeMap<String, String> {
+        match self.targets_for(test_sha256) {
+            TargetsFor::ThisData => self.targets.clone(),
+            TargetsFor::OtherData(_) => BTreeMap::new(),
+        }
+    }
+
+    /// The config without its targets: what a run computes depends on nothing else.
+    pub fn without_targets(&self) -> Self {
+        Self { targets: BTreeMap::new(), targets_data: None, ..self.clone() }
+    }
+
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
         let cfg: Self = toml::from_str(text).map_err(|e| {
@@ -526,6 +578,15 @@ impl ExperimentConfig {
     /// Checks values no type can: positive sizes and rates, fractions in range.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let (o, t) = (&self.optim, &self.train);
+        if let Some(d) = &self.targets_data {
+            if d.len() < 12 || !d.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+                return Err(bad(
+                    path,
+                    "targets_data",
+                    format!("{d:?} is not the start of a SHA-256 (12 or more lower-case hex digits, from data.json)"),
+                ));
+            }
+        }
         if self.name.trim().is_empty() {
             return Err(bad(path, "name", "must not be empty"));
         }
@@ -563,7 +624,22 @@ impl ExperimentConfig {
                 format!("{} must be a finite number >= 0 (0: no clipping)", o.clip_norm),
             ));
         }
+        if !o.clip_groups.is_empty() && o.clip_norm == 0.0 {
+            return Err(bad(path, "optim.clip_groups", "needs clip_norm > 0 (the bound of each group)"));
+        }
+        if let Some(g) = o.clip_groups.iter().position(|g| g.is_empty() || g.iter().any(String::is_empty)) {
+            return Err(bad(path, "optim.clip_groups", format!("group {g} is empty or has an empty prefix")));
+        }
         match o.schedule {
+            Schedule::Exponential { gamma, min_lr }
+                if !(gamma > 0.0 && gamma <= 1.0 && (0.0..=o.lr).contains(&min_lr)) =>
+            {
+                return Err(bad(
+                    path,
+                    "optim.schedule",
+                    format!("exponential needs gamma in (0, 1] (not {gamma}) and min_lr in [0, lr] (not {min_lr})"),
+                ))
+            }
             Schedule::Step { every, gamma } if every == 0 || !(gamma > 0.0 && gamma <= 1.0) => {
                 return Err(bad(
                     path,
@@ -680,6 +756,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn targets_hold_for_the_data_they_name() -> anyhow::Result<()> {
+        let text = GOOD.replace("seed = 3", "seed = 3\ntargets_data = \"0123456789abcdef\"");
+        let mut cfg = ExperimentConfig::from_toml(&text, Path::new("t.toml"))?;
+        cfg.targets.insert("test_error_pct".into(), "<= 1.0".into());
+        assert_eq!(cfg.targets_for("0123456789abcdef00ff"), TargetsFor::ThisData);
+        assert_eq!(cfg.targets_here("0123456789abcdef00ff").len(), 1);
+        assert_eq!(cfg.targets_for("ffff"), TargetsFor::OtherData("0123456789abcdef".into()));
+        assert!(cfg.targets_here("ffff").is_empty(), "another data set's targets are not compared");
+        let open = ExperimentConfig { targets_data: None, ..cfg.clone() };
+        assert_eq!(open.targets_here("ffff").len(), 1, "unstamped targets hold for any data");
+        assert_eq!(cfg.without_targets().to_toml()?, open.without_targets().to_toml()?);
+        for bad in ["\"0123\"", "\"0123456789ABCDEF\"", "\"not-hex-at-all!\""] {
+            let e = ExperimentConfig::from_toml(
+                &GOOD.replace("seed = 3", &format!("seed = 3\ntargets_data = {bad}")),
+                Path::new("t.toml"),
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            assert!(e.contains("targets_data"), "{bad}: {e}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn init_from_an_experiment_is_its_newest_finished_run() -> anyhow::Result<()> {
         let root = tempfile::tempdir()?;
         let from = InitFrom::Experiment { experiment: "dram-pairs".into() };
@@ -760,12 +861,18 @@ epochs = 1
             ("clip_norm = nan", "optim.clip_norm"),
             ("clip_norm = inf", "optim.clip_norm"),
             ("schedule = { type = \"step\", every = 2, gamma = 1.5 }", "optim.schedule"),
+            ("schedule = { type = \"exponential\", gamma = 0.0 }", "optim.schedule"),
+            ("schedule = { type = \"exponential\", gamma = 0.98, min_lr = 1.0 }", "optim.schedule"),
+            ("clip_groups = [[\"locator.\"]]", "optim.clip_groups"),
+            ("clip_norm = 5\nclip_groups = [[]]", "optim.clip_groups"),
         ] {
             let e = err(&GOOD.replace("lr = 0.01", &format!("lr = 0.01\n{add}")));
             assert!(e.contains(&format!("`{key}`")), "{add}: {e}");
         }
         assert!(err(&GOOD.replace("lr = 0.01", "lr = 0.01\nschedule = { type = \"step\", every = 2, gamma = 1.0 }"))
             .is_empty());
+        let fine = "lr = 0.01\nclip_norm = 5\nclip_groups = [[\"locator.\"]]\nschedule = { type = \"exponential\", gamma = 0.98 }";
+        assert!(err(&GOOD.replace("lr = 0.01", fine)).is_empty());
     }
 
     #[test]

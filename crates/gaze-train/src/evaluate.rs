@@ -166,31 +166,65 @@ pub fn evaluate(
 /// (`gradcam_attention_in_box_pct`, `gradcam_pointing_pct`, beside `box_area_pct`). Empty for
 /// models without a convolutional feature map, and for other tasks.
 pub fn grad_cam_grounding(model: &dyn Model, set: &Examples, batch: usize, device: &Device) -> Result<Measured> {
-    let mut grounding = metrics::grounding::Grounding::default();
+    maps_grounding(set, batch, device, |images| {
+        Ok(gaze_zoo::explain::grad_cam(model, images, None)?.map(|cam| vec![("gradcam".to_string(), cam)]))
+    })
+}
+
+/// Every layer's attention map ([`Model::layer_maps`]) graded as the shown map is:
+/// `<layer>_attention_in_box_pct`, `<layer>_pointing_pct` (`block2_pointing_pct`). Empty for
+/// models with one map, and for tasks other than classes.
+pub fn layer_grounding(model: &dyn Model, set: &Examples, batch: usize, device: &Device) -> Result<Measured> {
+    maps_grounding(set, batch, device, |images| {
+        let maps = model.layer_maps(images)?;
+        Ok((!maps.is_empty()).then_some(maps))
+    })
+}
+
+/// Grades named maps, computed batch by batch by `maps` (None: nothing to grade), against the
+/// boxes of a class split: `<name>_attention_in_box_pct`, `<name>_pointing_pct`.
+fn maps_grounding(
+    set: &Examples,
+    batch: usize,
+    device: &Device,
+    maps: impl Fn(&Tensor) -> Result<Option<Vec<(String, Tensor)>>>,
+) -> Result<Measured> {
+    let mut graded: Vec<(String, metrics::grounding::Grounding)> = vec![];
     if set.task() != metrics::Task::Classify {
         return Ok(Measured::default());
     }
     for idx in Batcher::new((0..set.len()).collect(), batch.max(1), false)? {
         let b = set.batch(&idx, device)?;
-        let Some(cam) = gaze_zoo::explain::grad_cam(model, &b.images, None)? else { return Ok(Measured::default()) };
+        let Some(named) = maps(&b.images)? else { return Ok(Measured::default()) };
         let rows: Vec<_> = set.row_info(&idx).into_iter().map(|i| i.row).collect();
-        let looked = Looked::Grid { maps: cam.to_vec3::<f32>()?, hard: false };
-        let view = Rows {
-            rows: &rows,
-            predicted: &[],
-            looked: Some(&looked),
-            steps: None,
-            stats: &[],
-            image_hw: (b.images.dim(2)?, b.images.dim(3)?),
-        };
-        metrics::Metric::update(&mut grounding, &view)?;
+        for (name, map) in named {
+            let at = match graded.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    graded.push((name, metrics::grounding::Grounding::default()));
+                    graded.len() - 1
+                }
+            };
+            let looked = Looked::Grid { maps: map.to_vec3::<f32>()?, hard: false };
+            let view = Rows {
+                rows: &rows,
+                predicted: &[],
+                looked: Some(&looked),
+                steps: None,
+                stats: &[],
+                image_hw: (b.images.dim(2)?, b.images.dim(3)?),
+            };
+            metrics::Metric::update(&mut graded[at].1, &view)?;
+        }
     }
-    let mut plain = Measured::default();
-    metrics::Metric::finish(&grounding, &mut plain);
     let mut out = Measured::default();
-    for (k, v) in plain.scores {
-        if k != "box_area_pct" {
-            out.scores.insert(format!("gradcam_{k}"), v);
+    for (name, grounding) in &graded {
+        let mut plain = Measured::default();
+        metrics::Metric::finish(grounding, &mut plain);
+        for (k, v) in plain.scores {
+            if k != "box_area_pct" {
+                out.scores.insert(format!("{name}_{k}"), v);
+            }
         }
     }
     Ok(out)

@@ -169,36 +169,48 @@ pub fn is_hub_id(arg: &str) -> bool {
     !Path::new(arg).exists() && id.split_once('/').is_some_and(|(o, n)| plain(o) && plain(n))
 }
 
+/// One file of the hub model repository `repo` (`owner/name`, optionally `@revision`), from the
+/// local hub cache or fetched into it (only the cache when `offline`). The error says what failed,
+/// for the caller to name the file and repository.
+#[cfg(feature = "hub")]
+pub fn hub_file(repo: &str, file: &str, offline: bool) -> Result<std::path::PathBuf> {
+    let (id, revision) = repo.split_once('@').map_or((repo, None), |(id, r)| (id, Some(r.to_string())));
+    let (owner, name) =
+        id.split_once('/').ok_or_else(|| TrainError::Other(format!("{repo}: a hub repository is named OWNER/NAME")))?;
+    let client = hf_hub::HFClientSync::new().map_err(|e| TrainError::Other(format!("Hugging Face hub client: {e}")))?;
+    client
+        .model(owner, name)
+        .download_file()
+        .filename(file)
+        .maybe_revision(revision)
+        .local_files_only(offline)
+        .send()
+        .map_err(|e| {
+            TrainError::Other(format!(
+                "{repo}: could not get {file} from the Hugging Face hub{} ({e})",
+                if offline { " cache (HF_HUB_OFFLINE is set)" } else { "" }
+            ))
+        })
+}
+
 /// Fetches an exported model (`config.json`, `model.safetensors`, and its card when there) from
 /// the Hugging Face hub repository `repo` (`owner/name`, optionally `@revision`) into the local
 /// hub cache, and returns the folder that holds them, ready for [`load`]. With `HF_HUB_OFFLINE`
 /// set only the cache is read.
 #[cfg(feature = "hub")]
 pub fn fetch(repo: &str) -> Result<std::path::PathBuf> {
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
-    fetch_from(repo, offline)
+    fetch_from(repo, gaze_data::mnist::hub_offline())
 }
 
 /// [`fetch`] with the offline switch given rather than read from the environment.
 #[cfg(feature = "hub")]
 pub fn fetch_from(repo: &str, offline: bool) -> Result<std::path::PathBuf> {
-    let (id, revision) = repo.split_once('@').map_or((repo, None), |(id, r)| (id, Some(r.to_string())));
-    let (owner, name) =
-        id.split_once('/').ok_or_else(|| TrainError::Other(format!("{repo}: a hub repository is named OWNER/NAME")))?;
-    let client = hf_hub::HFClientSync::new().map_err(|e| TrainError::Other(format!("Hugging Face hub client: {e}")))?;
-    let model = client.model(owner, name);
     let mut dir = None;
     for (file, needed) in [("config.json", true), ("model.safetensors", true), ("README.md", false)] {
-        let got =
-            model.download_file().filename(file).maybe_revision(revision.clone()).local_files_only(offline).send();
-        match got {
+        match hub_file(repo, file, offline) {
             Ok(path) => dir = path.parent().map(Path::to_path_buf),
             Err(e) if needed => {
-                return Err(TrainError::Other(format!(
-                    "{repo}: could not get {file} from the Hugging Face hub{} ({e}); an exported folder on disk \
-                     runs the same way",
-                    if offline { " cache (HF_HUB_OFFLINE is set)" } else { "" }
-                )))
+                return Err(TrainError::Other(format!("{e}; an exported folder on disk runs the same way")))
             }
             Err(_) => {}
         }

@@ -7,6 +7,7 @@
 //! - [`evaluate`]: a model over a split, measured by the [`metrics`] its task asks for.
 //! - [`record`]: what a run says of itself (`summary.json`: revision, command, metrics).
 //! - [`optim`]: AdamW and SGD whose state is saved, clipping, schedules.
+//! - [`pretrained`]: weights a model asks for, read when a run starts.
 //! - [`checkpoint`]: atomic safetensors checkpoints; [`shard`]: data-parallel steps.
 //! - [`report`]: attention pictures, curves and `report.md`; [`results`]: `experiments/RESULTS.md`.
 
@@ -18,6 +19,7 @@ pub mod evaluate;
 pub mod export;
 pub mod metrics;
 pub mod optim;
+pub mod pretrained;
 pub mod record;
 pub mod report;
 pub mod results;

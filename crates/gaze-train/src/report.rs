@@ -236,9 +236,12 @@ pub fn attention_tiles(
     }
     let b = set.batch(indices, device)?;
     let (_, out) = predict(model, &b.images, Seed(0))?;
-    // Models with a CNN: Grad-CAM of the predicted class beside what the model itself shows.
+    // Models with a CNN: Grad-CAM of the predicted class beside what the model itself shows (or
+    // beside each layer's map, for models that attend at several).
     let cam = gaze_zoo::explain::grad_cam(model, &b.images, None)?
         .map(|weights| AttentionMap::Grid { weights, title: "Grad-CAM".into() });
+    // Models that attend at several layers show each layer's map.
+    let layers = model.layer_maps(&b.images)?;
     let mut tiles = Vec::with_capacity(indices.len());
     let mut title = String::from("inputs");
     for (k, &i) in indices.iter().enumerate() {
@@ -257,7 +260,23 @@ pub fn attention_tiles(
                 _ => None,
             })
         };
-        if let Some(c) = grid(cam.as_ref())? {
+        if !layers.is_empty() {
+            // Every layer's map, then Grad-CAM, on one scale.
+            let mut grids = vec![];
+            for (_, m) in &layers {
+                let w = m.get(k)?;
+                let (gh, gw) = w.dims2()?;
+                grids.push((w.flatten_all()?.to_vec1::<f32>()?, gh, gw));
+            }
+            grids.extend(grid(cam.as_ref())?);
+            shown = strip(&overlays_on_common_scale(&img, &grids), 2);
+            let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
+            title = format!(
+                "left to right: attention at {}{} (one scale)",
+                names.join(", "),
+                if cam.is_some() { "; Grad-CAM" } else { "" }
+            );
+        } else if let Some(c) = grid(cam.as_ref())? {
             // The model's own map and Grad-CAM on one scale when both are grids, else apart.
             let pair = match grid(out.attention.as_ref())? {
                 Some(own) => overlays_on_common_scale(&img, &[own, c]),
@@ -817,7 +836,8 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
     curves(run_dir)?;
     let mut md = format!("# {}\n\n", cfg.name);
     md += &format!("- data: {}\n", s.data);
-    if let Ok(Some(r)) = crate::data::DataRecord::load(run_dir) {
+    let record = crate::data::DataRecord::load(run_dir).ok().flatten();
+    if let Some(r) = &record {
         md += &format!(
             "- data sha256 (`{}`): train `{}`, val `{}`, test `{}`\n",
             crate::data::DATA_RECORD,
@@ -838,9 +858,24 @@ pub fn write(cfg: &ExperimentConfig, s: &RunSummary, run_dir: &Path) -> Result<(
             md += &format!("![{f}](attention/{f}.png)\n\n");
         }
     }
-    md += "## Final metrics\n\n| metric | value | target |\n|---|---|---|\n";
+    md += "## Final metrics\n\n";
+    let targets = match &record {
+        Some(r) => cfg.targets_here(&r.sha256.test),
+        None => cfg.targets.clone(),
+    };
+    let other = record.as_ref().map(|r| (r, cfg.targets_for(&r.sha256.test)));
+    if let Some((r, crate::config::TargetsFor::OtherData(was))) = &other {
+        let set: Vec<String> = cfg.targets.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        md += &format!(
+            "The experiment's targets ({}) were set for other data (test split sha256 `{was}`...); this run's test \
+             split is `{}`, so they are not compared here.\n\n",
+            set.join(", "),
+            r.sha256.test
+        );
+    }
+    md += "| metric | value | target |\n|---|---|---|\n";
     for (k, v) in &s.metrics {
-        md += &format!("| {k} | {v} | {} |\n", cfg.targets.get(k).map_or("", String::as_str));
+        md += &format!("| {k} | {v} | {} |\n", targets.get(k).map_or("", String::as_str));
     }
     let unit = match &cfg.data {
         crate::config::DataConfig::BarnVqa(_)

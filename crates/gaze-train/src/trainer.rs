@@ -128,7 +128,8 @@ fn check_resumed_config(cfg: &ExperimentConfig, run_dir: &Path) -> Result<()> {
             reason: "no such file: a run folder to resume records its config here".into(),
         });
     }
-    let (was, now) = (ExperimentConfig::load(&path)?.to_toml()?, cfg.to_toml()?);
+    // Targets do not change what a run computes: a resume may bring others.
+    let (was, now) = (ExperimentConfig::load(&path)?.without_targets().to_toml()?, cfg.without_targets().to_toml()?);
     if was == now {
         return Ok(());
     }
@@ -190,6 +191,14 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let seed = Seed(cfg.seed);
     let data = data::prepare(&cfg.data, seed)?;
     data.check()?;
+    let (_, h, w) = data.input;
+    if cfg.train.augment_shift > 0 && 2 * cfg.train.augment_shift >= h.min(w) {
+        return Err(TrainError::Config {
+            path: PathBuf::from(&cfg.name),
+            key: "train.augment_shift".into(),
+            reason: format!("{} pixels moves a {h}x{w} image out of view", cfg.train.augment_shift),
+        });
+    }
     let record = data.record();
     if let Some(dir) = &opts.resume {
         check_resumed_data(&record, dir)?;
@@ -232,6 +241,19 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
 
     let built = build_model(cfg, &data.shape(), &device)?;
+    if opts.resume.is_none() {
+        for (prefix, source) in built.model.pretrained() {
+            let done = crate::pretrained::load(&built.vars, &prefix, &source, &device)?;
+            if !opts.quiet {
+                eprintln!(
+                    "loaded {} parameters `{prefix}*` from {} ({} of its tensors unused)",
+                    done.filled,
+                    done.file.display(),
+                    done.unused
+                );
+            }
+        }
+    }
     if let (Some(from), None) = (&cfg.train.init_from, &opts.resume) {
         let root = opts.runs_root.clone().unwrap_or_else(|| PathBuf::from("runs"));
         let from = from.resolve(&root).map_err(TrainError::Other)?;
@@ -252,7 +274,13 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
             );
         }
     }
-    let trainable: Vec<_> = built.vars.sorted_vars().into_iter().filter(|(n, _)| !shard::is_running_stat(n)).collect();
+    let frozen = built.model.frozen();
+    let trainable: Vec<_> = built
+        .vars
+        .sorted_vars()
+        .into_iter()
+        .filter(|(n, _)| !shard::is_running_stat(n) && !frozen.iter().any(|p| n.starts_with(p.as_str())))
+        .collect();
     let mut opt = Optimizer::new(&cfg.optim, trainable)?;
     let last_path = ckpt_dir.join("last.safetensors");
     let best_path = ckpt_dir.join("best.safetensors");
@@ -472,6 +500,9 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         // Attention read off afterwards, graded as the trained maps are (models with a CNN).
         let cam = crate::evaluate::grad_cam_grounding(model, &data.test, bs, &device)?;
         metrics.extend(cam.scores.iter().map(|(k, v)| (format!("test_{k}"), *v)));
+        // Models that attend at several layers: each layer's map graded alike.
+        let layers = crate::evaluate::layer_grounding(model, &data.test, bs, &device)?;
+        metrics.extend(layers.scores.iter().map(|(k, v)| (format!("test_{k}"), *v)));
         // Captions decoded by beam search are also read greedily, to show what the beam adds.
         if task == (Task::Sequence { bleu: true }) && cfg.train.decode != Search::Greedy {
             let how = (1.0, Search::Greedy, data.max_steps.max(1));

@@ -115,10 +115,10 @@ impl Default for DramConfig {
             context_pool: 4,
             context_cnn: gn(vec![16, 32, 32], 2, 1),
             sigma: 0.2,
-            sigma_final: None,
+            sigma_final: Some(0.03),
             reinforce_weight: 0.01,
             mc_samples: 1,
-            eval_path: EvalPath::Sampled,
+            eval_path: EvalPath::Mean,
         }
     }
 }
@@ -599,7 +599,7 @@ mod tests {
         let dev = Device::Cpu;
         let run = |seed: u64| -> Result<(Vec<Vec<u32>>, Vec<f32>)> {
             let vm = SeededVarMap::new(Seed(7));
-            let cfg = DramConfig { mc_samples: 2, ..DramConfig::tiny() };
+            let cfg = DramConfig { mc_samples: 2, eval_path: EvalPath::Sampled, ..DramConfig::tiny() };
             let model = Dram::new(&cfg, &seq_shape(), vm.builder(&dev))?;
             let b = sequence_batch(&dev, 4)?;
             let d = model.decode(&b, Search::Greedy, 3, &mut Seed(seed).rng())?;

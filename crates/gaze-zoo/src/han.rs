@@ -141,10 +141,18 @@ pub struct HanConfig {
 }
 
 impl Default for HanConfig {
-    /// HAN with a relational head: three 24-channel conv blocks, k = 16, g-MLP 3 x 128, f 128.
+    /// HAN with a relational head: three 24-channel conv blocks (3x3, stride 2, batch norm, no
+    /// pooling, as every HAN experiment here uses them), k = 16, g-MLP 3 x 128, f 128.
     fn default() -> Self {
         Self {
-            cnn: ConvNetConfig { in_channels: 3, channels: vec![24, 24, 24], ..ConvNetConfig::default() },
+            cnn: ConvNetConfig {
+                in_channels: 3,
+                channels: vec![24, 24, 24],
+                stride: 2,
+                pool: 1,
+                batch_norm: true,
+                ..ConvNetConfig::default()
+            },
             question: QuestionInput::Text,
             embed: 32,
             question_hidden: 64,

@@ -59,6 +59,9 @@ pub struct LtpaConfig {
     /// Attend each block's output before its pooling (a grid `pool` times finer) rather than
     /// after it. The same either way when the backbone does not pool.
     pub before_pool: bool,
+    /// The attended block whose map is the model's attention (pictures and grounding metrics);
+    /// None: the last one attended. Every map is trained either way; this chooses the one shown.
+    pub map_block: Option<usize>,
 }
 
 impl Default for LtpaConfig {
@@ -74,6 +77,7 @@ impl Default for LtpaConfig {
             head: LtpaHead::Concat,
             attention: true,
             before_pool: false,
+            map_block: None,
         }
     }
 }
@@ -122,6 +126,9 @@ impl LearnToPayAttention {
         }
         if let Some(&b) = cfg.attend.iter().find(|&&b| b >= blocks) {
             return Err(msg(format!("attend names block {b}, the backbone has blocks 0..{}", blocks - 1)));
+        }
+        if let Some(b) = cfg.map_block.filter(|b| !cfg.attend.contains(b)) {
+            return Err(msg(format!("map_block {b} is not one of the attended blocks {:?}", cfg.attend)));
         }
         let gd = if cfg.global_dim == 0 { last } else { cfg.global_dim };
         let mut estimators = vec![];
@@ -213,7 +220,11 @@ impl Model for LearnToPayAttention {
     fn forward(&self, batch: &Batch, mode: Mode, _rng: &mut Rng) -> Result<Output> {
         let p = self.pass(&batch.images, mode.train)?;
         let classify = candle_nn::loss::cross_entropy(&p.logits, batch.targets.classes("learn_to_pay_attention")?)?;
-        let attention = match p.maps.last() {
+        let shown = match self.cfg.map_block {
+            Some(b) => self.cfg.attend.iter().position(|&a| a == b).and_then(|k| p.maps.get(k)),
+            None => p.maps.last(),
+        };
+        let attention = match shown {
             Some(m) => {
                 let total = m.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)?;
                 let weights = m.broadcast_div(&(total + 1e-12)?)?.detach();
@@ -221,7 +232,7 @@ impl Model for LearnToPayAttention {
                     Normalization::Softmax => "attention",
                     Normalization::Sigmoid => "attention gates (rescaled to sum 1)",
                 };
-                let block = self.cfg.attend.last().copied().unwrap_or(0);
+                let block = self.cfg.map_block.or(self.cfg.attend.last().copied()).unwrap_or(0);
                 AttentionMap::Grid { weights, title: format!("{what}, block {block}") }
             }
             None => {
@@ -239,6 +250,24 @@ impl Model for LearnToPayAttention {
             attention: Some(attention),
             stats: vec![],
         })
+    }
+
+    /// Each attended block's map (`block<n>`, rescaled to sum 1 as the shown map is), when there
+    /// are two or more.
+    fn layer_maps(&self, images: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        if self.cfg.attend.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let maps = self.maps(images)?;
+        self.cfg
+            .attend
+            .iter()
+            .zip(maps)
+            .map(|(b, m)| {
+                let total = (m.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)? + 1e-12)?;
+                Ok((format!("block{b}"), m.broadcast_div(&total)?.detach()))
+            })
+            .collect()
     }
 
     /// The last block's output before its pooling (the last conv layer's ReLU, where Grad-CAM
@@ -353,6 +382,38 @@ mod tests {
         let e =
             LearnToPayAttention::new(&bad, &shape(), vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("block 3"), "{e}");
+        // The map shown is the chosen attended block's (by default the last one's).
+        let shown = |m: &LearnToPayAttention| -> Result<Vec<usize>> {
+            match m.forward(&b, Mode::eval(), &mut Seed(0).rng())?.attention {
+                Some(AttentionMap::Grid { weights, .. }) => Ok(weights.dims().to_vec()),
+                _ => Err(candle_core::Error::Msg("a grid".into())),
+            }
+        };
+        let first = LtpaConfig { map_block: Some(0), ..LtpaConfig::tiny() };
+        assert_eq!(shown(&LearnToPayAttention::new(&first, &shape(), vm.builder(&dev))?)?, [5, 8, 8]);
+        assert_eq!(shown(&LearnToPayAttention::new(&LtpaConfig::tiny(), &shape(), vm.builder(&dev))?)?, [5, 4, 4]);
+        let bad = LtpaConfig { map_block: Some(2), ..LtpaConfig::tiny() };
+        let e =
+            LearnToPayAttention::new(&bad, &shape(), vm.builder(&dev)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("map_block 2"), "{e}");
+        // Every attended block's map, named, each summing to 1 per image; the last equals the
+        // map shown by default. One attended block: no layer maps (its map is the one shown).
+        let model = LearnToPayAttention::new(&LtpaConfig::tiny(), &shape(), vm.builder(&dev))?;
+        let layers = model.layer_maps(&b.images)?;
+        let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["block0", "block1"]);
+        for (_, m) in &layers {
+            let sums = m.sum(D::Minus1)?.sum(D::Minus1)?.to_vec1::<f32>()?;
+            assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
+        }
+        let Some(AttentionMap::Grid { weights, .. }) = model.forward(&b, Mode::eval(), &mut Seed(0).rng())?.attention
+        else {
+            panic!("a grid")
+        };
+        assert!((weights - &layers[1].1)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
+        let one = LtpaConfig { attend: vec![1], ..LtpaConfig::tiny() };
+        let fresh = SeededVarMap::new(Seed(9));
+        assert!(LearnToPayAttention::new(&one, &shape(), fresh.builder(&dev))?.layer_maps(&b.images)?.is_empty());
         Ok(())
     }
 }

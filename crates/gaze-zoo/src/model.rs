@@ -292,4 +292,25 @@ pub trait Model: Send + Sync {
         let _ = images;
         Ok(None)
     }
+
+    /// Every attention map the model computes, one per layer where it attends at several (Learn
+    /// to Pay Attention's estimators), each (b, h_i, w_i) summing to 1 per image, named
+    /// (`block2`); evaluation mode. Empty for models with one map (their `attention`).
+    fn layer_maps(&self, images: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let _ = images;
+        Ok(Vec::new())
+    }
+
+    /// Name prefixes of parameters that training leaves at their values (a frozen pretrained
+    /// trunk). They are still saved in checkpoints.
+    fn frozen(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Weights a fresh run loads before its first step: (name prefix, source), the source a
+    /// `.safetensors` file or a hub model id whose tensors, named without the prefix, fill every
+    /// parameter under it.
+    fn pretrained(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }

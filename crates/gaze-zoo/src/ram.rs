@@ -14,7 +14,12 @@
 //!
 //! Because the location and baseline networks read the *detached* state, the REINFORCE term trains
 //! only the location network and the baseline term only the baseline; the glimpse network and core
-//! learn from `classify` (the common public reimplementation's reading of the paper).
+//! learn from `classify` (the common public reimplementation's reading of the paper). With
+//! `reinforce_into_core` both read the live state instead, so REINFORCE (through the location
+//! mean) and the baseline's error also train the core and the glimpse network, as the paper's
+//! hybrid loss and other public implementations have it. `mc_samples_train = M` runs M sampled
+//! paths per training image (the batch tiled M times), averaging every term over the M paths:
+//! the paper's M-sample estimator of the policy gradient.
 //! The first glimpse is at the centre or uniformly random (`start`); the T - 1 later locations
 //! are sampled from the policy.
 //!
@@ -48,6 +53,13 @@ pub enum Core {
     Rnn,
     /// An LSTM (for harder tasks).
     Lstm,
+    /// The ReLU RNN started at the identity, after "A Simple Way to Initialize Recurrent Networks
+    /// of Rectified Linear Units" (Le, Jaitly, Hinton 2015):
+    /// `h_t = ReLU(W_g g_t + (I + W_h) h_{t-1} + b)` with `W_h` starting at zero, so the recurrent
+    /// matrix starts as the identity. Written as I plus a learned part, it trains exactly as an
+    /// identity-initialised matrix under any optimiser without weight decay; with weight decay the
+    /// matrix decays toward I, not 0.
+    Irnn,
 }
 
 /// Where the first glimpse goes.
@@ -102,13 +114,22 @@ pub struct RamConfig {
     pub sigma_final: Option<f64>,
     /// Where the first glimpse goes.
     pub start: Start,
-    /// Hidden ReLU layer of the location network (0: the paper's single linear map).
+    /// Hidden ReLU layer of the location network (0: the paper's single linear map; 128 by
+    /// default, as every RAM experiment here sets it).
     pub locator_hidden: usize,
-    /// Weight lambda of the REINFORCE term. The term reaches only the location network's
-    /// parameters (its input is the detached core state), so under Adam(W) without global
-    /// gradient clipping lambda barely matters: Adam divides each parameter's gradient by its own
-    /// running scale. It matters with SGD, or when `clip_norm` mixes it with the other terms.
+    /// Weight lambda of the REINFORCE term. Without `reinforce_into_core` the term reaches only
+    /// the location network's parameters, so under Adam(W) without global gradient clipping
+    /// lambda barely matters (Adam divides each parameter's gradient by its own running scale);
+    /// it matters with SGD, with `clip_norm`, and with `reinforce_into_core`, where the term
+    /// shares the core's parameters with the classification loss.
     pub reinforce_weight: f64,
+    /// Let the location and baseline networks read the live core state (not a detached copy):
+    /// REINFORCE and the baseline's error then train the core and glimpse network too.
+    pub reinforce_into_core: bool,
+    /// Sampled paths per training image, M (the batch is tiled M times; every loss term is the
+    /// mean over the M paths). Evaluation is not affected (see `mc_samples`). A step costs about
+    /// M times as much; training speed is still counted in images.
+    pub mc_samples_train: usize,
     /// Sampled paths averaged at evaluation (1: a single sampled path).
     pub mc_samples: usize,
     /// Ablation: glimpse at uniformly random locations; no location policy is trained.
@@ -133,8 +154,10 @@ impl Default for RamConfig {
             sigma: 0.05,
             sigma_final: None,
             start: Start::Centre,
-            locator_hidden: 0,
+            locator_hidden: 128,
             reinforce_weight: 0.01,
+            reinforce_into_core: false,
+            mc_samples_train: 1,
             mc_samples: 1,
             random_glimpses: false,
             eval_path: EvalPath::Sampled,
@@ -153,6 +176,7 @@ impl RamConfig {
             glimpse_hidden: 8,
             glimpse_out: 12,
             hidden: 16,
+            locator_hidden: 0,
             ..Self::default()
         }
     }
@@ -169,14 +193,19 @@ impl RamConfig {
 
 #[derive(Debug, Clone)]
 enum CoreNet {
-    Rnn { input: Linear, recurrent: Linear },
+    /// `identity`: the recurrent matrix is I + `recurrent` (IRNN).
+    Rnn {
+        input: Linear,
+        recurrent: Linear,
+        identity: bool,
+    },
     Lstm(LstmCell),
 }
 
 /// The core's parameters as one pass through the glimpses steps them (the LSTM's weights laid
 /// out once per pass, see [`gaze_tensor::lstm`]).
 enum CoreWeights<'a> {
-    Rnn { input: &'a Linear, recurrent: &'a Linear },
+    Rnn { input: &'a Linear, recurrent: &'a Linear, identity: bool },
     Lstm(LstmWeights),
 }
 
@@ -242,8 +271,11 @@ impl Ram {
         if let Some(f) = cfg.sigma_final.filter(|f| f.is_nan() || *f <= 0.0) {
             return Err(msg(format!("sigma_final = {f} must be positive")));
         }
-        if cfg.mc_samples == 0 {
-            return Err(msg("mc_samples must be >= 1".into()));
+        if cfg.mc_samples == 0 || cfg.mc_samples_train == 0 {
+            return Err(msg(format!(
+                "mc_samples = {} and mc_samples_train = {} must be >= 1",
+                cfg.mc_samples, cfg.mc_samples_train
+            )));
         }
         if cfg.eval_path == EvalPath::Mean && (cfg.mc_samples > 1 || cfg.random_glimpses) {
             return Err(msg(format!(
@@ -261,6 +293,15 @@ impl Ram {
             Core::Rnn => CoreNet::Rnn {
                 input: candle_nn::linear(go, hd, vb.pp("core.input"))?,
                 recurrent: candle_nn::linear_no_bias(hd, hd, vb.pp("core.recurrent"))?,
+                identity: false,
+            },
+            Core::Irnn => CoreNet::Rnn {
+                input: candle_nn::linear(go, hd, vb.pp("core.input"))?,
+                recurrent: Linear::new(
+                    vb.pp("core.recurrent").get_with_hints((hd, hd), "weight", candle_nn::Init::Const(0.0))?,
+                    None,
+                ),
+                identity: true,
             },
             // The parameters of `candle_nn::lstm` (names, shapes, initialisation), stepped more cheaply.
             Core::Lstm => CoreNet::Lstm(LstmCell::new(go, hd, vb.pp("core.lstm"))?),
@@ -315,7 +356,7 @@ impl Ram {
 
     fn core_weights(&self) -> Result<CoreWeights<'_>> {
         Ok(match &self.core {
-            CoreNet::Rnn { input, recurrent } => CoreWeights::Rnn { input, recurrent },
+            CoreNet::Rnn { input, recurrent, identity } => CoreWeights::Rnn { input, recurrent, identity: *identity },
             CoreNet::Lstm(cell) => CoreWeights::Lstm(cell.weights()?),
         })
     }
@@ -323,8 +364,12 @@ impl Ram {
     fn step_with(&self, w: &CoreWeights, g: &Tensor, state: Option<&CoreState>) -> Result<CoreState> {
         match (w, state) {
             (CoreWeights::Rnn { input, .. }, None) => Ok(CoreState::Rnn(linear_relu(input, g)?)),
-            (CoreWeights::Rnn { input, recurrent }, Some(s)) => {
-                Ok(CoreState::Rnn(relu(&(linear(input, g)? + linear(recurrent, s.h())?)?)?))
+            (CoreWeights::Rnn { input, recurrent, identity }, Some(s)) => {
+                let mut pre = (linear(input, g)? + linear(recurrent, s.h())?)?;
+                if *identity {
+                    pre = (pre + s.h())?;
+                }
+                Ok(CoreState::Rnn(relu(&pre)?))
             }
             (CoreWeights::Lstm(l), None) => Ok(CoreState::Lstm(l.step(g, None)?)),
             (CoreWeights::Lstm(l), Some(CoreState::Lstm(s))) => Ok(CoreState::Lstm(l.step(g, Some(s))?)),
@@ -340,10 +385,21 @@ impl Ram {
         self.step_with(&self.core_weights()?, g, state)
     }
 
+    /// The state the location and baseline networks read: detached, or live with
+    /// `reinforce_into_core`.
+    fn policy_input(&self, h: &Tensor) -> Tensor {
+        if self.cfg.reinforce_into_core {
+            h.clone()
+        } else {
+            h.detach()
+        }
+    }
+
     /// The mean of the location policy for a state: tanh(W h.detach()) (with the optional hidden
-    /// layer: tanh(W ReLU(V h.detach()))), (b, hidden) -> (b, 2).
+    /// layer: tanh(W ReLU(V h.detach()))), (b, hidden) -> (b, 2); h live with
+    /// `reinforce_into_core`.
     pub fn location_mean(&self, h: &Tensor) -> Result<Tensor> {
-        let h = h.detach();
+        let h = self.policy_input(h);
         match &self.locator_hidden {
             Some(l) => linear(&self.locator, &linear_relu(l, &h)?)?.tanh(),
             None => linear(&self.locator, &h)?.tanh(),
@@ -382,7 +438,7 @@ impl Ram {
                     let mean = self.location_mean(h)?;
                     let sample = if mean_path { mean.detach() } else { gaussian_sample(&mean, sigma, rng)? };
                     log_pi.push(gaussian_log_prob(&mean, sigma, &sample)?);
-                    baselines.push(linear(&self.baseline, &h.detach())?.squeeze(1)?);
+                    baselines.push(linear(&self.baseline, &self.policy_input(h))?.squeeze(1)?);
                     sample.clamp(-1f32, 1f32)?
                 };
             }
@@ -444,7 +500,56 @@ impl Model for Ram {
     /// `reinforce` (for sequences each location's return is the labels right from its own on);
     /// glimpse centres per step; statistics `reward` (labels right per image), `baseline` (mean
     /// b_t) and `sigma` (the policy's standard deviation at this point of training).
+    /// With `mc_samples_train = M > 1` in training, the batch is tiled M times: the losses and
+    /// statistics are means over all M paths, the scores and glimpses those of the first.
     fn forward(&self, batch: &Batch, mode: Mode, rng: &mut Rng) -> Result<Output> {
+        let m = if mode.train { self.cfg.mc_samples_train } else { 1 };
+        if m == 1 {
+            return self.forward_paths(batch, mode, rng);
+        }
+        let b = batch.images.dim(0)?;
+        let mut out = self.forward_paths(&tiled(batch, m)?, mode, rng)?;
+        out.scores = match out.scores {
+            Scores::Classes(t) => Scores::Classes(t.narrow(0, 0, b)?),
+            Scores::Steps(t) => Scores::Steps(t.narrow(0, 0, b)?),
+        };
+        if let Some(AttentionMap::Glimpses { centres, .. }) = &mut out.attention {
+            centres.truncate(b);
+        }
+        Ok(out)
+    }
+
+    /// For sequence targets: the labels of each image up to the first `EOS` (the search is
+    /// irrelevant: labels do not feed back).
+    fn decode(&self, batch: &Batch, _search: Search, max_steps: usize, rng: &mut Rng) -> Result<Decoded> {
+        if self.labels < 2 {
+            return Err(candle_core::Error::Msg("ram: this model was built for class targets".into()));
+        }
+        let (logits, path) = self.evaluated(&batch.images, Mode::eval(), self.labels, rng)?;
+        let best = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
+        let tokens = best
+            .into_iter()
+            .map(|row| row.into_iter().take(max_steps).take_while(|&t| t != crate::model::tokens::EOS).collect())
+            .collect();
+        let mean_path = self.cfg.eval_path == EvalPath::Mean;
+        Ok(Decoded { tokens, attention: Some(self.glimpse_map(&path, mean_path, self.labels)?) })
+    }
+}
+
+/// The batch repeated `m` times along its first axis (copy k is rows k*b..(k+1)*b).
+fn tiled(batch: &Batch, m: usize) -> Result<Batch> {
+    let rep = |t: &Tensor| Tensor::cat(&vec![t.clone(); m], 0);
+    let targets = match &batch.targets {
+        Targets::Classes(t) => Targets::Classes(rep(t)?),
+        Targets::Sequences { tokens, lengths } => Targets::Sequences { tokens: rep(tokens)?, lengths: rep(lengths)? },
+        Targets::Answers(_) => return Err(candle_core::Error::Msg("ram: questions are not RAM's task".into())),
+    };
+    Ok(Batch { images: rep(&batch.images)?, targets, questions: None })
+}
+
+impl Ram {
+    /// [`Model::forward`] for one path per image of `batch`.
+    fn forward_paths(&self, batch: &Batch, mode: Mode, rng: &mut Rng) -> Result<Output> {
         let sigma = self.sigma_at(mode.progress);
         let mean_path = !mode.train && self.cfg.eval_path == EvalPath::Mean;
         let (logits, classify, rewards, groups) = match &batch.targets {
@@ -500,22 +605,6 @@ impl Model for Ram {
             stats,
         })
     }
-
-    /// For sequence targets: the labels of each image up to the first `EOS` (the search is
-    /// irrelevant: labels do not feed back).
-    fn decode(&self, batch: &Batch, _search: Search, max_steps: usize, rng: &mut Rng) -> Result<Decoded> {
-        if self.labels < 2 {
-            return Err(candle_core::Error::Msg("ram: this model was built for class targets".into()));
-        }
-        let (logits, path) = self.evaluated(&batch.images, Mode::eval(), self.labels, rng)?;
-        let best = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
-        let tokens = best
-            .into_iter()
-            .map(|row| row.into_iter().take(max_steps).take_while(|&t| t != crate::model::tokens::EOS).collect())
-            .collect();
-        let mean_path = self.cfg.eval_path == EvalPath::Mean;
-        Ok(Decoded { tokens, attention: Some(self.glimpse_map(&path, mean_path, self.labels)?) })
-    }
 }
 
 #[cfg(test)]
@@ -546,7 +635,7 @@ mod tests {
     #[test]
     fn tiny_loss_falls_on_a_fixed_batch() -> Result<()> {
         let dev = Device::Cpu;
-        for core in [Core::Rnn, Core::Lstm] {
+        for core in [Core::Rnn, Core::Lstm, Core::Irnn] {
             let vm = SeededVarMap::new(Seed(0));
             let model = Ram::new(&RamConfig { core, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
             let (out, last) =
@@ -576,6 +665,89 @@ mod tests {
             assert!(classify.contains(&must.to_string()), "classify misses {must}: {classify:?}");
         }
         assert!(classify.iter().all(|n| !n.starts_with("locator.") && !n.starts_with("baseline.")), "{classify:?}");
+        Ok(())
+    }
+
+    /// With `reinforce_into_core` the policy and baseline read the live state: their terms reach
+    /// the core and the glimpse network (and still not the classifier).
+    #[test]
+    fn reinforce_into_core_trains_the_core() -> Result<()> {
+        let dev = Device::Cpu;
+        for core in [Core::Rnn, Core::Lstm] {
+            let vm = SeededVarMap::new(Seed(3));
+            let cfg = RamConfig { core, reinforce_into_core: true, ..RamConfig::tiny() };
+            let model = Ram::new(&cfg, &shape(), vm.builder(&dev))?;
+            let out = model.forward(&batch(&dev, 6)?, Mode::train(0.0), &mut Seed(4).rng())?;
+            let touched = |loss: &Tensor| crate::test_util::touched(&vm, loss);
+            for term in ["reinforce", "baseline"] {
+                let names = touched(&loss_of(&out, term))?;
+                let own = if term == "reinforce" { "locator." } else { "baseline." };
+                for must in [own, "core.", "glimpse.what.", "glimpse.where."] {
+                    assert!(names.iter().any(|n| n.starts_with(must)), "{core:?} {term} misses {must}: {names:?}");
+                }
+                assert!(names.iter().all(|n| !n.starts_with("classifier.")), "{names:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// M paths per training image: the same losses as a batch holding M copies of every image
+    /// (the estimator averaged over the M paths), the scores and glimpses of the first copy, and
+    /// the copies' paths differ. Evaluation reads one path.
+    #[test]
+    fn mc_samples_train_tiles_the_batch_and_averages() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = SeededVarMap::new(Seed(3));
+        let cfg = RamConfig { sigma: 0.3, ..RamConfig::tiny() };
+        let one = Ram::new(&cfg, &shape(), vm.builder(&dev))?;
+        let three = Ram::new(&RamConfig { mc_samples_train: 3, ..cfg }, &shape(), vm.builder(&dev))?;
+        let b = batch(&dev, 4)?;
+        let by_hand = tiled(&b, 3)?;
+        assert_eq!(by_hand.images.dims(), [12, 1, 8, 8]);
+        let got = three.forward(&b, Mode::train(0.0), &mut Seed(4).rng())?;
+        let want = one.forward(&by_hand, Mode::train(0.0), &mut Seed(4).rng())?;
+        for term in ["classify", "baseline", "reinforce"] {
+            let (g, w) = (loss_of(&got, term).to_scalar::<f32>()?, loss_of(&want, term).to_scalar::<f32>()?);
+            assert_eq!(g, w, "{term}");
+        }
+        assert_eq!(got.scores.tensor().dims(), [4, 3]);
+        let first = want.scores.tensor().narrow(0, 0, 4)?.to_vec2::<f32>()?;
+        assert_eq!(got.scores.tensor().to_vec2::<f32>()?, first);
+        let (Some(AttentionMap::Glimpses { centres: g, .. }), Some(AttentionMap::Glimpses { centres: w, .. })) =
+            (&got.attention, &want.attention)
+        else {
+            panic!("glimpses")
+        };
+        assert_eq!((g.len(), &g[..], w.len()), (4, &w[..4], 12));
+        assert_ne!(w[0][1], w[4][1], "the copies of an image sample their own paths");
+        let eval = three.forward(&b, Mode::eval(), &mut Seed(4).rng())?;
+        assert_eq!(eval.scores.tensor().dims(), [4, 3]);
+        let e = Ram::new(&RamConfig { mc_samples_train: 0, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("mc_samples_train = 0"), "{e}");
+        Ok(())
+    }
+
+    /// IRNN: the recurrent matrix starts as the identity, h_1 = ReLU(W_g g + b + h_0).
+    #[test]
+    fn irnn_starts_at_the_identity() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = SeededVarMap::new(Seed(3));
+        let model = Ram::new(&RamConfig { core: Core::Irnn, ..RamConfig::tiny() }, &shape(), vm.builder(&dev))?;
+        let b = batch(&dev, 4)?;
+        let g0 = model.glimpse(&b.images, &Tensor::zeros((4, 2), candle_core::DType::F32, &dev)?)?;
+        let h0 = model.step(&g0, None)?;
+        let g1 = model.glimpse(&b.images, &Tensor::full(0.5f32, (4, 2), &dev)?)?;
+        let h1 = model.step(&g1, Some(&h0))?.h().to_vec2::<f32>()?;
+        let CoreNet::Rnn { input, .. } = &model.core else { panic!("rnn") };
+        let want = relu(&(linear(input, &g1)? + h0.h())?)?.to_vec2::<f32>()?;
+        for (a, w) in h1.iter().flatten().zip(want.iter().flatten()) {
+            assert!((a - w).abs() < 1e-6, "{a} vs {w}");
+        }
+        let w = vm.sorted_vars().into_iter().find(|(n, _)| n == "core.recurrent.weight").map(|(_, v)| v);
+        assert_eq!(w.map(|v| v.as_tensor().abs()?.sum_all()?.to_scalar::<f32>()).transpose()?, Some(0.0));
         Ok(())
     }
 

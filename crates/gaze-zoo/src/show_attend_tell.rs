@@ -32,6 +32,11 @@
 //! the per-caption log-likelihood. [`Model::decode`] reads without the targets, greedily or by
 //! beam search.
 //!
+//! With `encoder = { type = "resnet18", weights = FILE, trainable = false }` (or `resnet34`) the
+//! annotations come from a ResNet trunk's last kept stage instead of the ConvNet (the paper used a
+//! pretrained VGG): its parameters are named `encoder.*`, loaded from the weights when a run
+//! starts, and held fixed unless `trainable`.
+//!
 //! The hard baseline lives in the model, not in its parameters: a resumed run starts it afresh
 //! from its first batch.
 
@@ -43,7 +48,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use gaze_attention::{weighted_sum, AdditiveAttention, AdditiveConfig};
-use gaze_encoders::{ConvNet, ConvNetConfig};
+use gaze_encoders::{Backbone, ConvNet, ConvNetConfig, ResNet};
 use gaze_tensor::lstm::{LstmCell, LstmState, LstmWeights};
 use gaze_tensor::sample;
 use gaze_tensor::seed::Rng;
@@ -94,6 +99,8 @@ pub struct ShowAttendTellConfig {
     pub feed_context: bool,
     /// The CNN whose last feature map is the annotation grid (`in_channels` from the data).
     pub convnet: ConvNetConfig,
+    /// A pretrained trunk in place of `convnet` (its last kept stage is the grid).
+    pub encoder: Option<Backbone>,
     /// Append each cell's centre (x, y in [-1, 1]) to its annotation vector, so that the context
     /// says where the attended cells are (relations, reading order need it).
     pub cell_coords: bool,
@@ -138,6 +145,7 @@ impl Default for ShowAttendTellConfig {
             query: Query::Previous,
             feed_context: false,
             convnet: ConvNetConfig::default(),
+            encoder: None,
             cell_coords: true,
             embed: 64,
             hidden: 128,
@@ -178,11 +186,27 @@ enum Head {
     Linear(Linear),
 }
 
+/// Where the annotation grid comes from.
+#[derive(Debug)]
+enum Trunk {
+    Conv(ConvNet),
+    ResNet(ResNet),
+}
+
+impl Trunk {
+    fn forward(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Trunk::Conv(n) => n.forward(images, train),
+            Trunk::ResNet(n) => n.forward(images, train),
+        }
+    }
+}
+
 /// The captioner.
 #[derive(Debug)]
 pub struct ShowAttendTell {
     cfg: ShowAttendTellConfig,
-    net: ConvNet,
+    net: Trunk,
     embed: Embedding,
     init_h: Linear,
     init_c: Linear,
@@ -287,7 +311,15 @@ impl ShowAttendTell {
             return Err(err("`feed_context` needs `query = \"current\"` (the paper's order already reads z_t)".into()));
         }
         let net_cfg = ConvNetConfig { in_channels: c, ..cfg.convnet.clone() };
-        let (d, gh, gw) = net_cfg.output_shape(h, w);
+        let (d, gh, gw) = match &cfg.encoder {
+            None => net_cfg.output_shape(h, w),
+            Some(b) => {
+                if c != 1 && c != 3 {
+                    return Err(err(format!("a ResNet encoder reads grey or RGB images, not {c} channels")));
+                }
+                ResNet::output_shape(b.parts().1.stages, h, w)
+            }
+        };
         if gh == 0 || gw == 0 {
             return Err(err(format!("a {h}x{w} input is too small for {} pooled blocks", net_cfg.channels.len())));
         }
@@ -304,7 +336,10 @@ impl ShowAttendTell {
         };
         Ok(Self {
             cfg: cfg.clone(),
-            net: ConvNet::new(&net_cfg, vb.pp("convnet"))?,
+            net: match &cfg.encoder {
+                None => Trunk::Conv(ConvNet::new(&net_cfg, vb.pp("convnet"))?),
+                Some(b) => Trunk::ResNet(b.build(vb.pp("encoder"))?),
+            },
             // Small word vectors (uniform in +-0.1, as common captioning code starts them): with
             // candle's N(0, 1), E y_{t-1} drowned the context in the LSTM input and the deep
             // output, and the decoder learnt a language model that ignored the image.
@@ -481,6 +516,20 @@ pub fn reinforce(log_picks: &Tensor, reward: &Tensor, baseline: f64) -> Result<T
 }
 
 impl Model for ShowAttendTell {
+    fn frozen(&self) -> Vec<String> {
+        match &self.cfg.encoder {
+            Some(b) if !b.parts().1.trainable => vec!["encoder.".into()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn pretrained(&self) -> Vec<(String, String)> {
+        match self.cfg.encoder.as_ref().and_then(|b| b.parts().1.weights.clone()) {
+            Some(w) => vec![("encoder.".into(), w)],
+            None => Vec::new(),
+        }
+    }
+
     /// Shapes: images (b, c, h, w), targets (b, t) tokens -> scores (b, t, vocab), losses
     /// `sequence` (+ `doubly_stochastic`; or `reinforce` and `entropy` on sampled batches),
     /// attention (b, t, gh, gw) unless `none`.

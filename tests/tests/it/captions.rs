@@ -133,3 +133,86 @@ fn a_broken_caption_folder_names_the_record() -> anyhow::Result<()> {
     assert!(e.contains("captions.jsonl") && e.contains("record 5"), "{e}");
     Ok(())
 }
+
+/// A ResNet-18 trunk (its first stage) from a weights file in torchvision's names: frozen, it
+/// ends training as the file has it and the run evaluates without the file; trainable, it moves.
+#[test]
+fn a_pretrained_resnet_trunk_loads_and_stays_frozen_unless_trainable() -> anyhow::Result<()> {
+    use candle_core::Device;
+    use gaze_tensor::SeededVarMap;
+
+    let tmp = tempfile::tempdir()?;
+    let flat = tmp.path().join("flat");
+    scenes()?.write_folder(&flat)?;
+    // "Pretrained" weights: a seeded trunk written as torchvision names it, plus a classifier
+    // head the trunk does not use.
+    let dev = Device::Cpu;
+    let vm = SeededVarMap::new(Seed(77));
+    let trunk = gaze_encoders::ResNetConfig { trainable: true, stages: 1, ..Default::default() };
+    gaze_encoders::ResNet::new(gaze_encoders::Depth::D18, &trunk, vm.builder(&dev))?;
+    let mut file: std::collections::HashMap<String, candle_core::Tensor> =
+        vm.sorted_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    file.insert("fc.weight".into(), candle_core::Tensor::zeros((10, 512), candle_core::DType::F32, &dev)?);
+    let weights = tmp.path().join("resnet18.safetensors");
+    candle_core::safetensors::save(&file, &weights)?;
+
+    let with = |trainable: bool| -> anyhow::Result<gaze_train::RunSummary> {
+        let text = tiny(&flat).replace(
+            "[model.convnet]",
+            &format!(
+                "encoder = {{ type = \"resnet18\", weights = \"{}\", trainable = {trainable}, stages = 1 }}\n[model.convnet]",
+                weights.display()
+            ),
+        );
+        let cfg = ExperimentConfig::from_toml(&text, Path::new("tiny-resnet.toml"))?;
+        Ok(gaze_train::run(&cfg, &opts(&tmp.path().join(format!("runs-{trainable}"))))?)
+    };
+    let trunk_of = |run: &Path| -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+        let ck = candle_core::safetensors::load(run.join("checkpoints/last.safetensors"), &dev)?;
+        let mut out: Vec<(String, Vec<f32>)> = ck
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix("encoder.").map(|k| (k.to_string(), t)))
+            .filter(|(k, _)| !k.contains("running_"))
+            .map(|(k, t)| Ok((k, t.flatten_all()?.to_vec1::<f32>()?)))
+            .collect::<anyhow::Result<_>>()?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    };
+    let want: Vec<(String, Vec<f32>)> = {
+        let mut w: Vec<(String, Vec<f32>)> = file
+            .iter()
+            .filter(|(k, _)| !k.starts_with("fc.") && !k.contains("running_"))
+            .map(|(k, t)| Ok((k.clone(), t.flatten_all()?.to_vec1::<f32>()?)))
+            .collect::<anyhow::Result<_>>()?;
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        w
+    };
+    assert_eq!(want.len(), 3 + 2 * 6, "conv1, bn1's weight and bias; two blocks of two convs and two norms");
+
+    let frozen = with(false)?;
+    assert!(frozen.metrics.contains_key("test_bleu4"), "{:?}", frozen.metrics);
+    assert_eq!(trunk_of(&frozen.run_dir)?, want, "a frozen trunk keeps the file's weights");
+    // The run needs the weights file no more: its checkpoints hold the trunk.
+    std::fs::remove_file(&weights)?;
+    let (_, _, built, _) = gaze_train::trainer::load_model(&frozen.run_dir, true, &dev)?;
+    assert!(built.vars.sorted_vars().iter().any(|(n, _)| n == "encoder.layer1.1.conv2.weight"));
+    candle_core::safetensors::save(&file, &weights)?;
+
+    let trained = with(true)?;
+    let moved = trunk_of(&trained.run_dir)?;
+    assert_eq!(moved.len(), want.len());
+    assert!(moved.iter().zip(&want).any(|(a, b)| a.1 != b.1), "a trainable trunk learns");
+
+    // A file of another network: an error naming the file and what it lacks.
+    let other = tmp.path().join("other.safetensors");
+    candle_core::safetensors::save(
+        &[("conv1.weight".to_string(), candle_core::Tensor::zeros((64, 3, 7, 7), candle_core::DType::F32, &dev)?)]
+            .into_iter()
+            .collect(),
+        &other,
+    )?;
+    std::fs::rename(&other, &weights)?;
+    let e = with(false).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("resnet18.safetensors") && e.contains("lacks"), "{e}");
+    Ok(())
+}

@@ -91,6 +91,17 @@ fn ltpa_maps_and_grad_cam_are_graded_by_the_digit_box() -> anyhow::Result<()> {
             let v = s.metrics.get(key).copied().unwrap_or(-1.0);
             assert!((0.0..=100.0).contains(&v), "attention = {attention}: {key} = {v} in {:?}", s.metrics);
         }
+        // Each attended block's map is graded too; the last is the one shown and graded above.
+        let layer = |k: &str| s.metrics.get(k).copied();
+        if attention {
+            for key in ["test_block0_pointing_pct", "test_block0_attention_in_box_pct"] {
+                assert!(layer(key).is_some_and(|v| (0.0..=100.0).contains(&v)), "{key} in {:?}", s.metrics);
+            }
+            assert_eq!(layer("test_block1_pointing_pct"), layer("test_pointing_pct"));
+            assert_eq!(layer("test_block1_attention_in_box_pct"), layer("test_attention_in_box_pct"));
+        } else {
+            assert!(!s.metrics.keys().any(|k| k.contains("block")), "no attention, no layer maps: {:?}", s.metrics);
+        }
     }
     Ok(())
 }

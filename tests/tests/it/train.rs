@@ -331,3 +331,34 @@ fn a_diverging_run_stops_and_keeps_no_infinite_checkpoint() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// A shift that moves the image out of view is an error naming the key, before any training.
+#[test]
+fn a_shift_past_half_the_image_is_refused() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = tiny()?;
+    cfg.train.augment_shift = 14;
+    let e = gaze_train::run(&cfg, &opts(tmp.path())).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("train.augment_shift") && e.contains("28x28"), "{e}");
+    assert!(!tmp.path().join("tiny").exists(), "no run folder is made");
+    Ok(())
+}
+
+/// Targets set for other data (a copied experiment on a new data set) are shown as such and
+/// compared with nothing; the same targets stamped with this data's test split are compared.
+#[test]
+fn targets_hold_only_for_the_data_they_were_set_for() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = tiny()?;
+    cfg.targets.insert("test_acc_pct".into(), ">= 99.9".into());
+    cfg.targets_data = Some("000000000000".into());
+    let s = gaze_train::run(&cfg, &opts(tmp.path()))?;
+    let report = std::fs::read_to_string(s.run_dir.join("report.md"))?;
+    assert!(report.contains("were set for other data") && !report.contains(">= 99.9 |"), "{report}");
+    let record = gaze_train::data::DataRecord::load(&s.run_dir)?.ok_or_else(|| anyhow::anyhow!("no data.json"))?;
+    cfg.targets_data = Some(record.sha256.test[..16].to_string());
+    let s = gaze_train::run(&cfg, &opts(&tmp.path().join("again")))?;
+    let report = std::fs::read_to_string(s.run_dir.join("report.md"))?;
+    assert!(!report.contains("were set for other data") && report.contains("| >= 99.9 |"), "{report}");
+    Ok(())
+}

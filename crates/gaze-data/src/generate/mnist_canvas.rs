@@ -109,9 +109,6 @@ impl<'a> MnistCanvas<'a> {
                 format!("{} must be between 1 and the digit size {}", cfg.crop, source.rows.min(source.cols)),
             ));
         }
-        if cfg.distractors > 0 && source.len() < 2 {
-            return Err(DataError::config("source", "clutter needs at least two digits"));
-        }
         Ok(Self { cfg, source, seed })
     }
 
@@ -125,19 +122,19 @@ impl<'a> MnistCanvas<'a> {
         self.source.is_empty()
     }
 
-    /// Sample `i`.
+    /// Sample `i`, composed as DeepMind's `mnist_cluttered.lua` does: each clutter crop (an 8x8
+    /// crop of a random digit of the source, which may be digit `i` itself) is *added* to the
+    /// black canvas and clipped at 255, then the digit is added on top and clipped. The digit's
+    /// place is drawn first, so the same sample without clutter has the digit at the same place.
     pub fn sample(&self, i: usize) -> Result<DigitSample> {
         let mut rng = self.seed.index(i as u64).rng();
         let (rows, cols, n) = (self.source.rows, self.source.cols, self.cfg.canvas);
+        let (y, x) = (rng.random_range(0..=n - rows), rng.random_range(0..=n - cols));
         let mut canvas = Image::filled(n, n, 1, 0);
         let mut boxes = vec![];
         let mut clutter = vec![];
         for _ in 0..self.cfg.distractors {
-            let mut j = rng.random_range(0..self.source.len() - 1);
-            if j >= i % self.source.len() {
-                j += 1; // another digit than the target
-            }
-            let other = digit_image(self.source, j)?;
+            let other = digit_image(self.source, rng.random_range(0..self.source.len()))?;
             let c = self.cfg.crop;
             let (cy, cx) = (rng.random_range(0..=rows - c), rng.random_range(0..=cols - c));
             let mut crop = Image::filled(c, c, 1, 0);
@@ -147,15 +144,14 @@ impl<'a> MnistCanvas<'a> {
                 }
             }
             let (py, px) = (rng.random_range(0..=n - c), rng.random_range(0..=n - c));
-            canvas.paste_max(&crop, py as i64, px as i64);
+            canvas.paste_add(&crop, py as i64, px as i64);
             clutter.push(LabeledBox {
                 label: "clutter".into(),
                 bbox: BBox::new(px as f32, py as f32, c as f32, c as f32),
             });
         }
         let digit = digit_image(self.source, i)?;
-        let (y, x) = (rng.random_range(0..=n - rows), rng.random_range(0..=n - cols));
-        canvas.paste_max(&digit, y as i64, x as i64);
+        canvas.paste_add(&digit, y as i64, x as i64);
         boxes.push(LabeledBox { label: "digit".into(), bbox: ink_box(&digit.data, rows, cols, y, x) });
         boxes.extend(clutter);
         Ok(DigitSample { image: canvas, label: self.source.labels[i], boxes })
@@ -359,6 +355,19 @@ mod tests {
         assert_eq!(a, g.sample(4)?);
         let other = MnistCanvas::new(CanvasConfig::cluttered_100(), &m.test, Seed(10))?;
         assert_ne!(a.image, other.sample(4)?.image);
+        // Clutter is added under the digit: without it the digit sits at the same place, and
+        // every pixel of the cluttered canvas is at least the bare one's, brighter where strokes
+        // overlap (added and clipped, not the brighter of the two).
+        let bare =
+            MnistCanvas::new(CanvasConfig { distractors: 0, ..CanvasConfig::cluttered_100() }, &m.test, Seed(9))?;
+        let mut summed = 0;
+        for i in 0..40 {
+            let (c, b) = (g.sample(i)?, bare.sample(i)?);
+            assert_eq!(c.boxes[0], b.boxes[0]);
+            assert!(c.image.data.iter().zip(&b.image.data).all(|(c, b)| c >= b));
+            summed += c.image.data.iter().zip(&b.image.data).filter(|(c, b)| **c > **b && **b > 0).count();
+        }
+        assert!(summed > 0, "somewhere clutter overlaps a stroke and adds to it");
         Ok(())
     }
 
