@@ -169,28 +169,52 @@ pub fn is_hub_id(arg: &str) -> bool {
     !Path::new(arg).exists() && id.split_once('/').is_some_and(|(o, n)| plain(o) && plain(n))
 }
 
-/// One file of the hub model repository `repo` (`owner/name`, optionally `@revision`), from the
-/// local hub cache or fetched into it (only the cache when `offline`). The error says what failed,
-/// for the caller to name the file and repository.
+/// A hub model repository `owner/name` (optionally `@revision`), opened once for the files read
+/// from it: from the local hub cache, or fetched into it (only the cache when `offline`).
+#[cfg(feature = "hub")]
+pub struct HubRepo {
+    repo: String,
+    model: hf_hub::HFRepositorySync<hf_hub::RepoTypeModel>,
+    revision: Option<String>,
+    offline: bool,
+}
+
+#[cfg(feature = "hub")]
+impl HubRepo {
+    /// Opens `repo`; a name that is not `OWNER/NAME` or a client that cannot start is an error.
+    pub fn open(repo: &str, offline: bool) -> Result<Self> {
+        let (id, revision) = repo.split_once('@').map_or((repo, None), |(id, r)| (id, Some(r.to_string())));
+        let (owner, name) = id
+            .split_once('/')
+            .ok_or_else(|| TrainError::Other(format!("{repo}: a hub repository is named OWNER/NAME")))?;
+        let client =
+            hf_hub::HFClientSync::new().map_err(|e| TrainError::Other(format!("Hugging Face hub client: {e}")))?;
+        Ok(Self { repo: repo.to_string(), model: client.model(owner, name), revision, offline })
+    }
+
+    /// The local path of `file`; the error names the repository and the file.
+    pub fn file(&self, file: &str) -> Result<std::path::PathBuf> {
+        self.model
+            .download_file()
+            .filename(file)
+            .maybe_revision(self.revision.clone())
+            .local_files_only(self.offline)
+            .send()
+            .map_err(|e| {
+                TrainError::Other(format!(
+                    "{}: could not get {file} from the Hugging Face hub{} ({e})",
+                    self.repo,
+                    if self.offline { " cache (HF_HUB_OFFLINE is set)" } else { "" }
+                ))
+            })
+    }
+}
+
+/// One file of the hub model repository `repo`, for a caller that reads only that file
+/// ([`HubRepo`] for several).
 #[cfg(feature = "hub")]
 pub fn hub_file(repo: &str, file: &str, offline: bool) -> Result<std::path::PathBuf> {
-    let (id, revision) = repo.split_once('@').map_or((repo, None), |(id, r)| (id, Some(r.to_string())));
-    let (owner, name) =
-        id.split_once('/').ok_or_else(|| TrainError::Other(format!("{repo}: a hub repository is named OWNER/NAME")))?;
-    let client = hf_hub::HFClientSync::new().map_err(|e| TrainError::Other(format!("Hugging Face hub client: {e}")))?;
-    client
-        .model(owner, name)
-        .download_file()
-        .filename(file)
-        .maybe_revision(revision)
-        .local_files_only(offline)
-        .send()
-        .map_err(|e| {
-            TrainError::Other(format!(
-                "{repo}: could not get {file} from the Hugging Face hub{} ({e})",
-                if offline { " cache (HF_HUB_OFFLINE is set)" } else { "" }
-            ))
-        })
+    HubRepo::open(repo, offline)?.file(file)
 }
 
 /// Fetches an exported model (`config.json`, `model.safetensors`, and its card when there) from
@@ -205,9 +229,10 @@ pub fn fetch(repo: &str) -> Result<std::path::PathBuf> {
 /// [`fetch`] with the offline switch given rather than read from the environment.
 #[cfg(feature = "hub")]
 pub fn fetch_from(repo: &str, offline: bool) -> Result<std::path::PathBuf> {
+    let hub = HubRepo::open(repo, offline)?;
     let mut dir = None;
     for (file, needed) in [("config.json", true), ("model.safetensors", true), ("README.md", false)] {
-        match hub_file(repo, file, offline) {
+        match hub.file(file) {
             Ok(path) => dir = path.parent().map(Path::to_path_buf),
             Err(e) if needed => {
                 return Err(TrainError::Other(format!("{e}; an exported folder on disk runs the same way")))
