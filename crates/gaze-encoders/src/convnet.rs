@@ -115,6 +115,33 @@ impl ConvNetConfig {
         self.kernel / 2
     }
 
+    /// Where each block's grids lie on an `h x w` input: for every block, its output's size and
+    /// frame before pooling, then after it (the same when `pool = 1`).
+    pub fn frames(&self, h: usize, w: usize) -> Vec<[((usize, usize), CellFrame); 2]> {
+        let (k, s, p) = (self.kernel, self.stride.max(1), self.pool.max(1));
+        let start = |n: usize| Track { n, first: 0.5, step: 1.0 };
+        let (mut ty, mut tx) = (start(h), start(w));
+        let mut out = Vec::with_capacity(self.channels.len());
+        for _ in &self.channels {
+            for j in 0..self.convs_per_block.max(1) {
+                let stride = if j == 0 { s } else { 1 };
+                (ty, tx) = (ty.conv(k, stride), tx.conv(k, stride));
+            }
+            let unpooled = ((ty.n, tx.n), CellFrame { y: ty.axis(h), x: tx.axis(w) });
+            (ty, tx) = (ty.pool(p), tx.pool(p));
+            out.push([unpooled, ((ty.n, tx.n), CellFrame { y: ty.axis(h), x: tx.axis(w) })]);
+        }
+        out
+    }
+
+    /// The frame of the block output (pooled or not) of size `grid` for an `image`-sized input;
+    /// None when no block gives that size, or when its cells tile the image evenly (within a
+    /// millionth of the side: the even tiling's own arithmetic is then used).
+    pub fn cell_frame(&self, grid: (usize, usize), (h, w): (usize, usize)) -> Option<CellFrame> {
+        let f = self.frames(h, w).into_iter().flatten().find(|(g, _)| *g == grid).map(|(_, f)| f)?;
+        (!f.is_even(grid)).then_some(f)
+    }
+
     /// The (channels, height, width) of the last feature map for an input of `h x w`.
     pub fn output_shape(&self, h: usize, w: usize) -> (usize, usize, usize) {
         let (p, s, pad) = (self.pool.max(1), self.stride.max(1), self.same_pad());
@@ -125,6 +152,96 @@ impl ConvNetConfig {
             w = conv(w) / p;
         }
         (self.channels.last().copied().unwrap_or(self.in_channels), h, w)
+    }
+}
+
+/// Where one axis of a feature grid lies on the input image, in fractions of the image's side:
+/// cell `i` stands for the span of width `step` centred on `first + i * step` (its receptive
+/// field's centre), clipped to the image. A grid made by pooling tiles the image evenly
+/// (`first = step / 2`); a stride-2 convolution with "same" padding centres its first cell on
+/// the first pixel instead, so its cells lie up to half a cell before an even tiling's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CellAxis {
+    /// Centre of the first cell.
+    pub first: f32,
+    /// Distance between neighbouring cells' centres (the cell's width).
+    pub step: f32,
+}
+
+impl CellAxis {
+    /// `n` cells tiling the side evenly.
+    pub fn even(n: usize) -> Self {
+        let step = 1.0 / n.max(1) as f32;
+        Self { first: step / 2.0, step }
+    }
+
+    /// Cell `i`'s span `[start, end)`, clipped to `[0, 1]`.
+    pub fn span(&self, i: usize) -> (f32, f32) {
+        let c = self.centre(i);
+        ((c - self.step / 2.0).max(0.0), (c + self.step / 2.0).min(1.0))
+    }
+
+    /// Cell `i`'s centre.
+    pub fn centre(&self, i: usize) -> f32 {
+        self.first + i as f32 * self.step
+    }
+
+    /// The cell whose span holds the fraction `f` (the nearest centre), clamped to `0..n`.
+    pub fn cell_at(&self, f: f32, n: usize) -> usize {
+        let i = ((f - self.first) / self.step + 0.5).floor();
+        (i.max(0.0) as usize).min(n.saturating_sub(1))
+    }
+}
+
+/// Where a (gh, gw) feature grid's cells lie on the image: one [`CellAxis`] per axis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CellFrame {
+    /// Rows.
+    pub y: CellAxis,
+    /// Columns.
+    pub x: CellAxis,
+}
+
+impl CellFrame {
+    /// A (gh, gw) grid tiling the image evenly.
+    pub fn even((gh, gw): (usize, usize)) -> Self {
+        Self { y: CellAxis::even(gh), x: CellAxis::even(gw) }
+    }
+
+    /// Whether this frame is a (gh, gw) grid's even tiling, within a millionth of the side.
+    pub fn is_even(&self, grid: (usize, usize)) -> bool {
+        let e = Self::even(grid);
+        let near = |a: CellAxis, b: CellAxis| (a.first - b.first).abs() < 1e-6 && (a.step - b.step).abs() < 1e-6;
+        near(self.y, e.y) && near(self.x, e.x)
+    }
+}
+
+/// One axis through the net: cells so far, and the first centre and the step in pixels (pixel
+/// `p` spans `[p, p + 1)`).
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    n: usize,
+    first: f64,
+    step: f64,
+}
+
+impl Track {
+    /// A conv of odd kernel `k`, stride `s` and "same" padding `k / 2`: output cell `o` is
+    /// centred on input cell `s * o`.
+    fn conv(self, k: usize, s: usize) -> Self {
+        let pad = k / 2;
+        Self { n: (self.n + 2 * pad).saturating_sub(k) / s + 1, first: self.first, step: self.step * s as f64 }
+    }
+
+    /// A max-pool of window and stride `p`: output cell `o` is centred between input cells
+    /// `p * o` and `p * o + p - 1`.
+    fn pool(self, p: usize) -> Self {
+        Self { n: self.n / p, first: self.first + self.step * (p - 1) as f64 / 2.0, step: self.step * p as f64 }
+    }
+
+    fn axis(self, side: usize) -> CellAxis {
+        let side = side.max(1) as f64;
+        CellAxis { first: (self.first / side) as f32, step: (self.step / side) as f32 }
     }
 }
 
@@ -314,6 +431,45 @@ mod tests {
         let bad = Tensor::zeros((2, 3, 28, 28), candle_core::DType::F32, &Device::Cpu)?;
         let e = net.forward(&bad, false).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("3 channels"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn frames_place_each_cell_on_its_receptive_fields_centre() -> Result<()> {
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        // Stride-2 blocks without pooling (the Learn to Pay Attention backbone): 100 -> 50 -> 25
+        // -> 13 -> 7. A 3x3 conv of stride 2 and pad 1 centres output o on input 2o, so the last
+        // grid's cell o is centred on pixel 16o (its centre 16o + 0.5), not on (o + 0.5) * 100 / 7.
+        let cfg = ConvNetConfig { channels: vec![2, 2, 2, 2], pool: 1, stride: 2, ..ConvNetConfig::tiny() };
+        let frames = cfg.frames(100, 100);
+        let sizes: Vec<(usize, usize)> = frames.iter().map(|f| f[1].0).collect();
+        assert_eq!(sizes, [(50, 50), (25, 25), (13, 13), (7, 7)]);
+        let last = cfg.cell_frame((7, 7), (100, 100)).ok_or(candle_core::Error::Msg("no 7x7".into()))?;
+        assert!(close(last.x.first, 0.005) && close(last.x.step, 0.16), "{last:?}");
+        assert!(close(last.x.centre(6), 0.965) && last.x.span(0) == (0.0, 0.085), "{last:?}");
+        assert_eq!((last.x.cell_at(0.0, 7), last.x.cell_at(0.09, 7), last.x.cell_at(0.999, 7)), (0, 1, 6));
+        // The sizes agree with the net's own outputs.
+        let vm = SeededVarMap::new(Seed(0));
+        let net = ConvNet::new(&ConvNetConfig { channels: vec![2, 2], ..cfg.clone() }, vm.builder(&Device::Cpu))?;
+        let x = Tensor::zeros((1, 1, 21, 9), candle_core::DType::F32, &Device::Cpu)?;
+        let outs = net.forward_all(&x, false)?;
+        let framed = net.config().frames(21, 9);
+        for (o, f) in outs.iter().zip(&framed) {
+            assert_eq!((o.dim(2)?, o.dim(3)?), f[1].0);
+        }
+        // Conv + 2x2 pooling on 28x28 (the ConvNet baseline): the grids tile the image evenly.
+        let pooled = ConvNetConfig::tiny();
+        for [unpooled, after] in pooled.frames(28, 28) {
+            for (g, f) in [unpooled, after] {
+                let even = CellFrame::even(g);
+                assert!(close(f.x.first, even.x.first) && close(f.y.step, even.y.step), "{g:?}: {f:?}");
+            }
+        }
+        // A 63-pixel side pools to 31 then 15 cells of 4 pixels: the last three pixels lie in none.
+        let f = pooled.cell_frame((15, 15), (63, 63)).ok_or(candle_core::Error::Msg("no 15x15".into()))?;
+        assert!(close(f.y.span(14).1, 60.0 / 63.0), "{f:?}");
+        assert!(pooled.cell_frame((5, 5), (28, 28)).is_none(), "no block gives 5x5");
+        assert!(pooled.cell_frame((7, 7), (28, 28)).is_none(), "even: left to the even arithmetic");
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use candle_core::Result;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-pub use convnet::{ConvNet, ConvNetConfig, Padding, Stage};
+pub use convnet::{CellAxis, CellFrame, ConvNet, ConvNetConfig, Padding, Stage};
 pub use resnet::{Depth, ResNet, ResNetConfig};
 pub use text::{TextEncoder, TextEncoderConfig, TextEncoding};
 

@@ -184,6 +184,15 @@ impl ResNet {
         (WIDTHS[stages.clamp(1, 4) - 1], h, w)
     }
 
+    /// Where the grid of a `stages`-stage trunk lies on an h x w image: each stride-2 layer
+    /// (conv1, the max-pool, each later stage's first conv, all padded by half their kernel)
+    /// centres output o on input 2o, so cell o is centred on pixel `2^(stages + 1) * o`.
+    pub fn cell_frame(stages: usize, h: usize, w: usize) -> crate::CellFrame {
+        let stride = (1usize << (stages.clamp(1, 4) + 1)) as f32;
+        let axis = |side: usize| crate::CellAxis { first: 0.5 / side.max(1) as f32, step: stride / side.max(1) as f32 };
+        crate::CellFrame { y: axis(h), x: axis(w) }
+    }
+
     /// Images (b, c, h, w), c = 1 or 3, in [0, 1] -> (b, d, h', w'). `train` (with a trainable
     /// trunk) uses batch statistics; a frozen trunk's output is detached.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {

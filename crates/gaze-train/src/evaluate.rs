@@ -123,13 +123,16 @@ pub fn evaluate(
             .map(|(k, v)| Ok((k.clone(), f64::from(v.to_scalar::<f32>()?))))
             .collect::<Result<Vec<_>>>()?;
         let rows: Vec<_> = info.into_iter().map(|i| i.row).collect();
+        let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
+        let frame_of = |grid| model.cell_frame(grid, image_hw);
         let view = Rows {
             rows: &rows,
             predicted: &predicted,
             looked: seen.as_ref(),
             steps: steps.as_deref(),
             stats: &batch_stats,
-            image_hw: (b.images.dim(2)?, b.images.dim(3)?),
+            image_hw,
+            frame_of: Some(&frame_of),
         };
         for m in metrics.iter_mut() {
             m.update(&view)?;
@@ -166,7 +169,7 @@ pub fn evaluate(
 /// (`gradcam_attention_in_box_pct`, `gradcam_pointing_pct`, beside `box_area_pct`). Empty for
 /// models without a convolutional feature map, and for other tasks.
 pub fn grad_cam_grounding(model: &dyn Model, set: &Examples, batch: usize, device: &Device) -> Result<Measured> {
-    maps_grounding(set, batch, device, |images| {
+    maps_grounding(model, set, batch, device, |images| {
         Ok(gaze_zoo::explain::grad_cam(model, images, None)?.map(|cam| vec![("gradcam".to_string(), cam)]))
     })
 }
@@ -175,15 +178,17 @@ pub fn grad_cam_grounding(model: &dyn Model, set: &Examples, batch: usize, devic
 /// `<layer>_attention_in_box_pct`, `<layer>_pointing_pct` (`block2_pointing_pct`). Empty for
 /// models with one map, and for tasks other than classes.
 pub fn layer_grounding(model: &dyn Model, set: &Examples, batch: usize, device: &Device) -> Result<Measured> {
-    maps_grounding(set, batch, device, |images| {
+    maps_grounding(model, set, batch, device, |images| {
         let maps = model.layer_maps(images)?;
         Ok((!maps.is_empty()).then_some(maps))
     })
 }
 
 /// Grades named maps, computed batch by batch by `maps` (None: nothing to grade), against the
-/// boxes of a class split: `<name>_attention_in_box_pct`, `<name>_pointing_pct`.
+/// boxes of a class split: `<name>_attention_in_box_pct`, `<name>_pointing_pct`; each map's
+/// cells placed where `model` says they lie.
 fn maps_grounding(
+    model: &dyn Model,
     set: &Examples,
     batch: usize,
     device: &Device,
@@ -206,13 +211,16 @@ fn maps_grounding(
                 }
             };
             let looked = Looked::Grid { maps: map.to_vec3::<f32>()?, hard: false };
+            let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
+            let frame_of = |grid| model.cell_frame(grid, image_hw);
             let view = Rows {
                 rows: &rows,
                 predicted: &[],
                 looked: Some(&looked),
                 steps: None,
                 stats: &[],
-                image_hw: (b.images.dim(2)?, b.images.dim(3)?),
+                image_hw,
+                frame_of: Some(&frame_of),
             };
             metrics::Metric::update(&mut graded[at].1, &view)?;
         }

@@ -10,13 +10,13 @@ use plotters::prelude::*;
 use gaze_data::preview::{grid, Tile};
 use gaze_data::{Image, LabeledImages};
 use gaze_tensor::Seed;
-use gaze_zoo::{AttentionMap, Decoded, Mode, Model, Search};
+use gaze_zoo::{AttentionMap, CellFrame, Decoded, Mode, Model, Search};
 
 use crate::config::ExperimentConfig;
 use crate::data::{Examples, Prepared, SequenceSplit};
 use crate::error::{Result, TrainError};
 use crate::evaluate::{predict, Evaluation};
-use crate::metrics::Predicted;
+use crate::metrics::{FrameOf, Predicted};
 use crate::record::RunSummary;
 
 /// The heat colour of `v` in [0, 1]: black-red-yellow-white.
@@ -26,10 +26,11 @@ fn heat(v: f32) -> [f32; 3] {
 }
 
 /// Overlays a grid of non-negative `weights` (gh rows of gw) on `image` as a heat map: each
-/// pixel is blended with the heat colour of its cell's weight (scaled so the largest is 1).
-pub fn overlay(image: &Image, weights: &[f32], gh: usize, gw: usize) -> Image {
+/// pixel is blended with the heat colour of its cell's weight (scaled so the largest is 1). The
+/// cells lie where `frames` says (the model's [`Model::cell_frame`]), else tile the image evenly.
+pub fn overlay(image: &Image, weights: &[f32], gh: usize, gw: usize, frames: Option<FrameOf>) -> Image {
     let max = weights.iter().copied().fold(0f32, f32::max);
-    overlay_on_scale(image, weights, gh, gw, max)
+    overlay_on_scale(image, weights, (gh, gw), frames.and_then(|f| f((gh, gw))), max)
 }
 
 /// Each cell's weight as a multiple of the uniform map's (weight x cells / total), so maps over
@@ -44,20 +45,40 @@ pub fn densities(weights: &[f32]) -> Vec<f32> {
 
 /// Maps compared side by side drawn on one scale ([`densities`], full heat at the largest of
 /// them all), each with its grid: a flat map looks faint beside a peaked one, as it is.
-pub fn overlays_on_common_scale(image: &Image, maps: &[(Vec<f32>, usize, usize)]) -> Vec<Image> {
+pub fn overlays_on_common_scale(
+    image: &Image,
+    maps: &[(Vec<f32>, usize, usize)],
+    frames: Option<FrameOf>,
+) -> Vec<Image> {
     let dens: Vec<Vec<f32>> = maps.iter().map(|(w, _, _)| densities(w)).collect();
     let top = dens.iter().flatten().copied().fold(0f32, f32::max);
-    dens.iter().zip(maps).map(|(d, (_, gh, gw))| overlay_on_scale(image, d, *gh, *gw, top)).collect()
+    dens.iter()
+        .zip(maps)
+        .map(|(d, &(_, gh, gw))| overlay_on_scale(image, d, (gh, gw), frames.and_then(|f| f((gh, gw))), top))
+        .collect()
 }
 
-/// [`overlay`] with full heat at `top` instead of the map's own largest weight.
-pub fn overlay_on_scale(image: &Image, weights: &[f32], gh: usize, gw: usize, top: f32) -> Image {
+/// [`overlay`] of one map whose cells lie at `frame` (None: tiling the image evenly), with
+/// full heat at `top` instead of the map's own largest weight.
+pub fn overlay_on_scale(
+    image: &Image,
+    weights: &[f32],
+    (gh, gw): (usize, usize),
+    frame: Option<CellFrame>,
+    top: f32,
+) -> Image {
     let rgb = image.to_rgb();
     let max = top.max(1e-12);
     let mut out = rgb.clone();
     for y in 0..rgb.height {
         for x in 0..rgb.width {
-            let cell = (y * gh / rgb.height.max(1)) * gw + x * gw / rgb.width.max(1);
+            let cell = match &frame {
+                None => (y * gh / rgb.height.max(1)) * gw + x * gw / rgb.width.max(1),
+                Some(f) => {
+                    let (fy, fx) = ((y as f32 + 0.5) / rgb.height as f32, (x as f32 + 0.5) / rgb.width as f32);
+                    f.y.cell_at(fy, gh) * gw + f.x.cell_at(fx, gw)
+                }
+            };
             let v = weights.get(cell).copied().unwrap_or(0.0) / max;
             let h = heat(v);
             let a = 0.65 * v.sqrt();
@@ -84,14 +105,17 @@ pub fn strip(panels: &[Image], gap: usize) -> Image {
     out
 }
 
-/// Outlines the kept cells of a (gh, gw) 0/1 `mask` on `image`, scaled up by `f`.
-pub fn draw_cells(image: &Image, mask: &[f32], gh: usize, gw: usize, f: usize) -> Image {
+/// Outlines the kept cells of a (gh, gw) 0/1 `mask` on `image`, scaled up by `f`; the cells lie
+/// at `frame` (None: tiling the image evenly).
+pub fn draw_cells(image: &Image, mask: &[f32], (gh, gw): (usize, usize), frame: Option<CellFrame>, f: usize) -> Image {
     let mut out = image.to_rgb().upscale(f);
-    let (ch, cw) = (out.height as f32 / gh.max(1) as f32, out.width as f32 / gw.max(1) as f32);
+    let (h, w) = (out.height as f32, out.width as f32);
     for r in 0..gh {
         for c in 0..gw {
             if mask.get(r * gw + c).is_some_and(|&m| m > 0.5) {
-                out.stroke_rect(gaze_data::BBox::new(c as f32 * cw, r as f32 * ch, cw, ch), [255, 60, 40], 1);
+                let [x0, y0, x1, y1] = crate::metrics::grounding::cell_box(r, c, (gh, gw), frame.as_ref());
+                let cell = gaze_data::BBox::new(x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h);
+                out.stroke_rect(cell, [255, 60, 40], 1);
             }
         }
     }
@@ -150,11 +174,17 @@ fn labelled(image: &Image, text: &str) -> Image {
 /// on one scale ([`overlays_on_common_scale`]). `maps[s]` holds
 /// step s's weights over a `gh` x `gw` grid; images narrower than 128 pixels are scaled up so that
 /// a word fits under its picture.
-pub fn word_strip(image: &Image, maps: &[Vec<f32>], (gh, gw): (usize, usize), words: &[String]) -> Image {
+pub fn word_strip(
+    image: &Image,
+    maps: &[Vec<f32>],
+    (gh, gw): (usize, usize),
+    words: &[String],
+    frames: Option<FrameOf>,
+) -> Image {
     let big = image.to_rgb().upscale((128 / image.width.max(1)).max(1));
     let mut panels = vec![labelled(&big, "")];
     let grids: Vec<(Vec<f32>, usize, usize)> = maps.iter().map(|m| (m.clone(), gh, gw)).collect();
-    for (shown, word) in overlays_on_common_scale(&big, &grids).iter().zip(words) {
+    for (shown, word) in overlays_on_common_scale(&big, &grids, frames).iter().zip(words) {
         panels.push(labelled(shown, word));
     }
     strip(&panels, 4)
@@ -163,9 +193,15 @@ pub fn word_strip(image: &Image, maps: &[Vec<f32>], (gh, gw): (usize, usize), wo
 /// Example `k` of a decoded batch drawn word by word ([`word_strip`]: the words read, spelt by
 /// `set`, and the end of the sequence when the decoder reached it), or the plain image when the
 /// decoder gave no attention.
-pub fn decoded_strip(image: &Image, d: &Decoded, k: usize, set: &SequenceSplit) -> Result<Image> {
+pub fn decoded_strip(
+    image: &Image,
+    d: &Decoded,
+    k: usize,
+    set: &SequenceSplit,
+    frames: Option<FrameOf>,
+) -> Result<Image> {
     if let Some(AttentionMap::Glimpses { .. }) = &d.attention {
-        return Ok(render_attention(image, d.attention.as_ref(), k)?.0);
+        return Ok(render_attention(image, d.attention.as_ref(), k, None)?.0);
     }
     let Some(AttentionMap::Steps { weights, .. }) = &d.attention else { return Ok(image.to_rgb()) };
     let w = weights.get(k)?; // (steps, gh, gw)
@@ -177,19 +213,25 @@ pub fn decoded_strip(image: &Image, d: &Decoded, k: usize, set: &SequenceSplit) 
     }
     let maps =
         (0..words.len()).map(|s| w.get(s)?.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(word_strip(image, &maps, (gh, gw), &words))
+    Ok(word_strip(image, &maps, (gh, gw), &words, frames))
 }
 
 /// Draws what a model attended, for example `k` of its batch, over `img`: a heat map, a strip
 /// of per-step heat maps and their sum, outlined kept cells, or a numbered glimpse path (scaled up
 /// to about [`GLIMPSE_PX`], the others at the image's size). Returns
-/// the picture and the map's title (`None` when the model said nothing).
-pub fn render_attention(img: &Image, map: Option<&AttentionMap>, k: usize) -> Result<(Image, Option<String>)> {
+/// the picture and the map's title (`None` when the model said nothing). Grid cells lie where
+/// `frames` says (the model's [`Model::cell_frame`]), else tile the image evenly.
+pub fn render_attention(
+    img: &Image,
+    map: Option<&AttentionMap>,
+    k: usize,
+    frames: Option<FrameOf>,
+) -> Result<(Image, Option<String>)> {
     Ok(match map {
         Some(AttentionMap::Grid { weights, title }) => {
             let w = weights.get(k)?;
             let (gh, gw) = w.dims2()?;
-            (overlay(img, &w.flatten_all()?.to_vec1::<f32>()?, gh, gw), Some(title.clone()))
+            (overlay(img, &w.flatten_all()?.to_vec1::<f32>()?, gh, gw, frames), Some(title.clone()))
         }
         Some(AttentionMap::Steps { weights, title }) => {
             let w = weights.get(k)?; // (t, gh, gw)
@@ -199,12 +241,13 @@ pub fn render_attention(img: &Image, map: Option<&AttentionMap>, k: usize) -> Re
                 maps.push((w.get(s)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
             }
             maps.push((w.sum(0)?.flatten_all()?.to_vec1::<f32>()?, gh, gw));
-            (strip(&overlays_on_common_scale(img, &maps), 2), Some(format!("{title} (one scale)")))
+            (strip(&overlays_on_common_scale(img, &maps, frames), 2), Some(format!("{title} (one scale)")))
         }
         Some(AttentionMap::Cells { mask, title }) => {
             let m = mask.get(k)?;
             let (gh, gw) = m.dims2()?;
-            (draw_cells(img, &m.flatten_all()?.to_vec1::<f32>()?, gh, gw, 1), Some(title.clone()))
+            let frame = frames.and_then(|f| f((gh, gw)));
+            (draw_cells(img, &m.flatten_all()?.to_vec1::<f32>()?, (gh, gw), frame, 1), Some(title.clone()))
         }
         Some(AttentionMap::Glimpses { centres, sizes, per_object, title, .. }) => {
             // drawn at (about) GLIMPSE_PX so that every scale's box and the step numbers stay legible
@@ -244,9 +287,12 @@ pub fn attention_tiles(
     let layers = model.layer_maps(&b.images)?;
     let mut tiles = Vec::with_capacity(indices.len());
     let mut title = String::from("inputs");
+    let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
+    let frame_of = |grid| model.cell_frame(grid, image_hw);
+    let frames: Option<FrameOf> = Some(&frame_of);
     for (k, &i) in indices.iter().enumerate() {
         let img = set.to_image(i)?;
-        let (mut shown, t) = render_attention(&img, out.attention.as_ref(), k)?;
+        let (mut shown, t) = render_attention(&img, out.attention.as_ref(), k, frames)?;
         if let Some(t) = t {
             title = t;
         }
@@ -269,7 +315,7 @@ pub fn attention_tiles(
                 grids.push((w.flatten_all()?.to_vec1::<f32>()?, gh, gw));
             }
             grids.extend(grid(cam.as_ref())?);
-            shown = strip(&overlays_on_common_scale(&img, &grids), 2);
+            shown = strip(&overlays_on_common_scale(&img, &grids, frames), 2);
             let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
             title = format!(
                 "left to right: attention at {}{} (one scale)",
@@ -279,8 +325,8 @@ pub fn attention_tiles(
         } else if let Some(c) = grid(cam.as_ref())? {
             // The model's own map and Grad-CAM on one scale when both are grids, else apart.
             let pair = match grid(out.attention.as_ref())? {
-                Some(own) => overlays_on_common_scale(&img, &[own, c]),
-                None => vec![shown.clone(), overlay(&img, &c.0, c.1, c.2)],
+                Some(own) => overlays_on_common_scale(&img, &[own, c], frames),
+                None => vec![shown.clone(), overlay(&img, &c.0, c.1, c.2, frames)],
             };
             if pair[0].height == pair[1].height {
                 shown = strip(&pair, 2);
@@ -394,11 +440,13 @@ fn sequence_tiles(
             match &d.attention {
                 Some(AttentionMap::Steps { title: t, .. }) => title = format!("{t}, one picture per word"),
                 Some(map @ AttentionMap::Glimpses { .. }) => {
-                    title = render_attention(&img, Some(map), k)?.1.unwrap_or_default();
+                    title = render_attention(&img, Some(map), k, None)?.1.unwrap_or_default();
                 }
                 _ => {}
             }
-            let shown = decoded_strip(&img, &d, k, set)?;
+            let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
+            let frame_of = |grid| model.cell_frame(grid, image_hw);
+            let shown = decoded_strip(&img, &d, k, set, Some(&frame_of))?;
             let want = truth(i).map(|t| set.spell(t)).unwrap_or_default();
             let mark = if right { "right" } else { "WRONG" };
             let got = d.tokens.get(k).map(|t| set.spell(t)).unwrap_or_default();
@@ -436,7 +484,9 @@ fn vqa_tiles(model: &dyn Model, data: &Prepared, n: usize, device: &Device) -> R
                 continue;
             }
             let img = set.image(idx[info.image])?;
-            let (shown, t) = render_attention(&img, out.attention.as_ref(), r)?;
+            let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
+            let frame_of = |grid| model.cell_frame(grid, image_hw);
+            let (shown, t) = render_attention(&img, out.attention.as_ref(), r, Some(&frame_of))?;
             if let Some(t) = t {
                 title = t;
             }
@@ -951,13 +1001,13 @@ mod tests {
         let uniform = vec![0.25f32; 4];
         let peaked = vec![1.0f32, 0.0, 0.0, 0.0];
         // Alone, a uniform map is drawn at full heat everywhere, like the peak of a peaked one.
-        let alone = overlay(&img, &uniform, 2, 2);
-        let both = overlays_on_common_scale(&img, &[(uniform.clone(), 2, 2), (peaked, 2, 2)]);
+        let alone = overlay(&img, &uniform, 2, 2, None);
+        let both = overlays_on_common_scale(&img, &[(uniform.clone(), 2, 2), (peaked, 2, 2)], None);
         let red = |im: &Image| im.data[0]; // the top-left pixel, in the top-left cell
         assert!(red(&both[0]) < red(&alone), "on one scale the uniform map is fainter");
         assert!(red(&both[1]) > red(&both[0]), "than the peak beside it");
         // A 1x1 grid and a 2x2 grid with the same density look the same.
-        let same = overlays_on_common_scale(&img, &[(vec![3.0], 1, 1), (uniform, 2, 2)]);
+        let same = overlays_on_common_scale(&img, &[(vec![3.0], 1, 1), (uniform, 2, 2)], None);
         assert_eq!(same[0].data, same[1].data);
         Ok(())
     }
@@ -1018,10 +1068,10 @@ mod tests {
             title: "path".into(),
         };
         let (big, title) =
-            render_attention(&Image::filled(60, 60, 1, 0), Some(&map), 0).unwrap_or_else(|e| panic!("{e}"));
+            render_attention(&Image::filled(60, 60, 1, 0), Some(&map), 0, None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((big.width, big.height, title.as_deref()), (180, 180, Some("path")));
         assert_eq!(big.get(90 - 18, 90, 0), c0[0]); // the 12-px box's top edge, 18 px above the centre at 3x
-        let cells = draw_cells(&img, &[0.0, 1.0, 0.0, 0.0], 2, 2, 1);
+        let cells = draw_cells(&img, &[0.0, 1.0, 0.0, 0.0], (2, 2), None, 1);
         assert_eq!(cells.get(0, 15, 0), 255); // top-right cell outlined
         assert_eq!(cells.get(15, 5, 0), 0); // bottom-left not
     }
@@ -1029,10 +1079,19 @@ mod tests {
     #[test]
     fn overlay_brightens_the_attended_cell() {
         let img = Image::filled(4, 4, 1, 0);
-        let o = overlay(&img, &[0.0, 1.0, 0.0, 0.0], 2, 2);
+        let o = overlay(&img, &[0.0, 1.0, 0.0, 0.0], 2, 2, None);
         // top-right cell is hot, bottom-left is not
         assert!(o.get(0, 3, 0) > 100);
         assert_eq!(o.get(3, 0, 0), 0);
+        // Cells centred at 1/8 and 5/8 of the side (a stride-2 grid's): the hot first cell covers
+        // the first pixel of each row only, where the even grid covers two.
+        let axis = gaze_zoo::CellAxis { first: 0.125, step: 0.5 };
+        let frame = CellFrame { y: axis, x: axis };
+        let frame_of = |_| Some(frame);
+        let framed = overlay(&img, &[1.0, 0.0, 0.0, 0.0], 2, 2, Some(&frame_of));
+        let even = overlay(&img, &[1.0, 0.0, 0.0, 0.0], 2, 2, None);
+        assert!(framed.get(0, 0, 0) > 100 && even.get(1, 1, 0) > 100);
+        assert_eq!(framed.get(1, 1, 0), 0);
     }
 
     /// The curves follow the task's validation metric and keep their labels apart on long runs.

@@ -500,9 +500,12 @@ pub fn run(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
         // Attention read off afterwards, graded as the trained maps are (models with a CNN).
         let cam = crate::evaluate::grad_cam_grounding(model, &data.test, bs, &device)?;
         metrics.extend(cam.scores.iter().map(|(k, v)| (format!("test_{k}"), *v)));
-        // Models that attend at several layers: each layer's map graded alike.
-        let layers = crate::evaluate::layer_grounding(model, &data.test, bs, &device)?;
-        metrics.extend(layers.scores.iter().map(|(k, v)| (format!("test_{k}"), *v)));
+        // Models that attend at several layers: each layer's map graded alike, on validation
+        // too (where the map to show can be chosen without reading the test split).
+        for (split, set) in [("val", &data.val), ("test", &data.test)] {
+            let layers = crate::evaluate::layer_grounding(model, set, bs, &device)?;
+            metrics.extend(layers.scores.iter().map(|(k, v)| (format!("{split}_{k}"), *v)));
+        }
         // Captions decoded by beam search are also read greedily, to show what the beam adds.
         if task == (Task::Sequence { bleu: true }) && cfg.train.decode != Search::Greedy {
             let how = (1.0, Search::Greedy, data.max_steps.max(1));

@@ -93,6 +93,10 @@ impl ConvNetClassifier {
 }
 
 impl Model for ConvNetClassifier {
+    /// The ConvNet's cells.
+    fn cell_frame(&self, grid: (usize, usize), image: (usize, usize)) -> Option<crate::CellFrame> {
+        self.net.config().cell_frame(grid, image)
+    }
     /// Shapes: images (b, c, h, w), targets (b,) -> logits (b, classes), loss `classify`,
     /// feature-norm map (b, h', w').
     fn forward(&self, batch: &Batch, mode: Mode, rng: &mut Rng) -> Result<Output> {

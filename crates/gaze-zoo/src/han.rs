@@ -479,6 +479,10 @@ impl Han {
 }
 
 impl Model for Han {
+    /// The CNN's cells.
+    fn cell_frame(&self, grid: (usize, usize), image: (usize, usize)) -> Option<crate::CellFrame> {
+        self.cnn.config().cell_frame(grid, image)
+    }
     /// Shapes: images (b, c, h, w), questions for q rows -> logits (q, answers), loss `classify`;
     /// statistics `cells_kept_pct` and `head_mflops` (per example); the kept cells (or soft
     /// weights) over the grid.

@@ -215,6 +215,10 @@ impl LearnToPayAttention {
 }
 
 impl Model for LearnToPayAttention {
+    /// The backbone's cells: stride-2 blocks centre their first cell on the first pixel.
+    fn cell_frame(&self, grid: (usize, usize), image: (usize, usize)) -> Option<crate::CellFrame> {
+        self.backbone.config().cell_frame(grid, image)
+    }
     /// Shapes: images (b, c, h, w), targets (b,) -> logits (b, classes); loss `classify`; the last
     /// attended block's map (the reference: the last feature map's norm, as the ConvNet shows).
     fn forward(&self, batch: &Batch, mode: Mode, _rng: &mut Rng) -> Result<Output> {

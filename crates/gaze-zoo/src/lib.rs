@@ -23,6 +23,7 @@ mod test_util;
 
 pub use convnet_classifier::{ConvNetClassifier, ConvNetClassifierConfig};
 pub use dram::{Dram, DramConfig};
+pub use gaze_encoders::{CellAxis, CellFrame};
 pub use han::{Han, HanConfig, Head, PairNorm, QuestionInput, Selection};
 pub use learn_to_pay_attention::{LearnToPayAttention, LtpaConfig, LtpaHead};
 pub use model::{

@@ -4,6 +4,7 @@
 
 use candle_core::{Result, Tensor};
 
+use gaze_encoders::CellFrame;
 use gaze_tensor::seed::Rng;
 
 /// One batch, as tensors. Fields a model does not use may be absent.
@@ -291,6 +292,14 @@ pub trait Model: Send + Sync {
     fn conv_features(&self, images: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
         let _ = images;
         Ok(None)
+    }
+
+    /// Where the cells of a `grid`-sized map of this model (its attention, a layer's map, Grad-CAM
+    /// of its conv features) lie on an `image`-sized input, for grading and drawing the map.
+    /// None: they tile the image evenly, as pooled grids do.
+    fn cell_frame(&self, grid: (usize, usize), image: (usize, usize)) -> Option<CellFrame> {
+        let _ = (grid, image);
+        None
     }
 
     /// Every attention map the model computes, one per layer where it attends at several (Learn

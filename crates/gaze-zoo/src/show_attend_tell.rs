@@ -516,6 +516,18 @@ pub fn reinforce(log_picks: &Tensor, reward: &Tensor, baseline: f64) -> Result<T
 }
 
 impl Model for ShowAttendTell {
+    /// The trunk's cells.
+    fn cell_frame(&self, grid: (usize, usize), image: (usize, usize)) -> Option<crate::CellFrame> {
+        match &self.net {
+            Trunk::Conv(n) => n.config().cell_frame(grid, image),
+            Trunk::ResNet(n) => {
+                let stages = n.config().stages;
+                let (_, h, w) = ResNet::output_shape(stages, image.0, image.1);
+                ((h, w) == grid).then(|| ResNet::cell_frame(stages, image.0, image.1))
+            }
+        }
+    }
+
     fn frozen(&self) -> Vec<String> {
         match &self.cfg.encoder {
             Some(b) if !b.parts().1.trainable => vec!["encoder.".into()],

@@ -415,7 +415,9 @@ fn infer(
         let d = model.decode(&batch, search, max_steps.max(1), &mut Seed(0).rng())?;
         let tokens = d.tokens.first().cloned().unwrap_or_default();
         println!("{}", seqs.spell(&tokens));
-        let picture = report::decoded_strip(&img, &d, 0, seqs)?;
+        let image_hw = (batch.images.dim(2)?, batch.images.dim(3)?);
+        let frame_of = |grid| model.cell_frame(grid, image_hw);
+        let picture = report::decoded_strip(&img, &d, 0, seqs, Some(&frame_of))?;
         picture.save_png(out)?;
         println!("attention per word: {}", out.display());
         return Ok(());
@@ -447,7 +449,9 @@ fn infer(
         let best = o.scores.classes()?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
         let answer = best.first().and_then(|&c| v.answers.name(c)).unwrap_or("?");
         println!("{answer}");
-        let (overlay, _) = report::render_attention(&img, o.attention.as_ref(), 0)?;
+        let image_hw = (batch.images.dim(2)?, batch.images.dim(3)?);
+        let frame_of = |grid| model.cell_frame(grid, image_hw);
+        let (overlay, _) = report::render_attention(&img, o.attention.as_ref(), 0, Some(&frame_of))?;
         overlay.upscale((224 / w.max(1)).max(1)).save_png(out)?;
         println!("overlay: {}", out.display());
         return Ok(());
@@ -460,7 +464,9 @@ fn infer(
         _ => best.to_string(),
     };
     println!("class {name} (p = {conf:.3})");
-    let (overlay, _) = report::render_attention(&img, out_.attention.as_ref(), 0)?;
+    let image_hw = (x.dim(2)?, x.dim(3)?);
+    let frame_of = |grid| model.cell_frame(grid, image_hw);
+    let (overlay, _) = report::render_attention(&img, out_.attention.as_ref(), 0, Some(&frame_of))?;
     // glimpse paths come back already scaled up (`drawn` x); other maps at the image's size,
     // and a strip of per-step maps is as high as one image: scale one image's width to ~224 px
     let drawn = (overlay.height / h.max(1)).max(1);
@@ -471,7 +477,7 @@ fn infer(
             anyhow::bail!("this model has no convolutional feature map for Grad-CAM");
         };
         let map = gaze_zoo::AttentionMap::Grid { weights: cam, title: "Grad-CAM".into() };
-        let (shown, _) = report::render_attention(&img, Some(&map), 0)?;
+        let (shown, _) = report::render_attention(&img, Some(&map), 0, Some(&frame_of))?;
         let path = image.with_extension("gradcam.png");
         shown.upscale((224 / w.max(1)).max(1)).save_png(&path)?;
         println!("Grad-CAM of class {name}: {}", path.display());

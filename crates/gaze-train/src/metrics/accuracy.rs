@@ -60,6 +60,7 @@ mod tests {
             steps: None,
             stats: &[],
             image_hw: (1, 1),
+            frame_of: None,
         })?;
         let mut out = Measured::default();
         m.finish(&mut out);

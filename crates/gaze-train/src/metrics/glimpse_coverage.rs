@@ -187,6 +187,7 @@ mod tests {
             steps: None,
             stats: &[],
             image_hw: (100, 100),
+            frame_of: None,
         };
         let mut m = GlimpseCoverage::default();
         m.update(&view)?;
@@ -227,6 +228,7 @@ mod tests {
             steps: None,
             stats: &[],
             image_hw: (100, 100),
+            frame_of: None,
         };
         let mut m = ObjectGlimpses::default();
         m.update(&view)?;

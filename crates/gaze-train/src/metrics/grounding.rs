@@ -12,6 +12,7 @@
 
 use super::{round4, FracBox, Looked, Measured, Metric, Rows};
 use crate::error::Result;
+use gaze_zoo::CellFrame;
 
 /// Sums of the rows' shares.
 #[derive(Debug, Clone, Default)]
@@ -51,10 +52,29 @@ fn cell_share(cell: FracBox, boxes: &[FracBox]) -> f32 {
     inside as f32 / (n * n) as f32
 }
 
-/// For one map (rows of cells over the whole image): the share of its mass inside the boxes,
-/// the share of the image the boxes cover, and whether its peak lies inside a box. None for an
-/// empty map.
-pub fn ground(map: &[Vec<f32>], boxes: &[FracBox]) -> Option<(f64, f64, bool)> {
+/// Cell (i, j)'s box of a (gh, gw) grid: where `frame` puts it, else the even tiling's.
+pub fn cell_box(i: usize, j: usize, (gh, gw): (usize, usize), frame: Option<&CellFrame>) -> FracBox {
+    match frame {
+        None => [j as f32 / gw as f32, i as f32 / gh as f32, (j + 1) as f32 / gw as f32, (i + 1) as f32 / gh as f32],
+        Some(f) => {
+            let ((x0, x1), (y0, y1)) = (f.x.span(j), f.y.span(i));
+            [x0, y0, x1, y1]
+        }
+    }
+}
+
+/// Cell (i, j)'s centre (x, y) of a (gh, gw) grid: where `frame` puts it, else the even tiling's.
+pub fn cell_centre(i: usize, j: usize, (gh, gw): (usize, usize), frame: Option<&CellFrame>) -> (f32, f32) {
+    match frame {
+        None => ((j as f32 + 0.5) / gw as f32, (i as f32 + 0.5) / gh as f32),
+        Some(f) => (f.x.centre(j), f.y.centre(i)),
+    }
+}
+
+/// For one map (rows of cells over the whole image, placed by `frame`, else tiling it evenly):
+/// the share of its mass inside the boxes, the share of the image the boxes cover, and whether
+/// its peak lies inside a box. None for an empty map.
+pub fn ground(map: &[Vec<f32>], frame: Option<&CellFrame>, boxes: &[FracBox]) -> Option<(f64, f64, bool)> {
     let (gh, gw) = (map.len(), map.first().map_or(0, Vec::len));
     let total: f32 = map.iter().flatten().sum();
     if gh == 0 || gw == 0 || total <= 0.0 || !total.is_finite() {
@@ -63,9 +83,7 @@ pub fn ground(map: &[Vec<f32>], boxes: &[FracBox]) -> Option<(f64, f64, bool)> {
     let (mut mass, mut area, mut peak) = (0f64, 0f64, (f32::NEG_INFINITY, 0, 0));
     for (i, row) in map.iter().enumerate() {
         for (j, &w) in row.iter().enumerate() {
-            let cell =
-                [j as f32 / gw as f32, i as f32 / gh as f32, (j + 1) as f32 / gw as f32, (i + 1) as f32 / gh as f32];
-            let share = f64::from(cell_share(cell, boxes));
+            let share = f64::from(cell_share(cell_box(i, j, (gh, gw), frame), boxes));
             mass += f64::from(w / total) * share;
             area += share / (gh * gw) as f64;
             if w > peak.0 {
@@ -73,9 +91,15 @@ pub fn ground(map: &[Vec<f32>], boxes: &[FracBox]) -> Option<(f64, f64, bool)> {
             }
         }
     }
-    let (x, y) = ((peak.2 as f32 + 0.5) / gw as f32, (peak.1 as f32 + 0.5) / gh as f32);
+    let (x, y) = cell_centre(peak.1, peak.2, (gh, gw), frame);
     let hit = boxes.iter().any(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
     Some((mass, area, hit))
+}
+
+/// The frame of a map for the rows of `b`.
+pub fn frame_for(b: &Rows, map: &[Vec<f32>]) -> Option<CellFrame> {
+    let grid = (map.len(), map.first().map_or(0, Vec::len));
+    b.frame_of.and_then(|f| f(grid))
 }
 
 impl Metric for Grounding {
@@ -85,7 +109,7 @@ impl Metric for Grounding {
             if row.boxes.is_empty() {
                 continue;
             }
-            if let Some((mass, area, hit)) = ground(map, &row.boxes) {
+            if let Some((mass, area, hit)) = ground(map, frame_for(b, map).as_ref(), &row.boxes) {
                 self.mass += mass;
                 self.area += area;
                 self.rows += 1;
@@ -121,17 +145,29 @@ mod tests {
         // A 2x2 map, 0.7 on the top-left cell; the box is the top-left quarter exactly.
         let map = vec![vec![0.7, 0.1], vec![0.1, 0.1]];
         let quarter = [0.0, 0.0, 0.5, 0.5];
-        let (mass, area, hit) = ground(&map, &[quarter]).ok_or(crate::TrainError::Other("empty".into()))?;
+        let (mass, area, hit) = ground(&map, None, &[quarter]).ok_or(crate::TrainError::Other("empty".into()))?;
         assert!((mass - 0.7).abs() < 1e-6 && (area - 0.25).abs() < 1e-6 && hit);
         // A box over the left half of the top-left cell holds half its mass; the peak (the cell's
         // centre, x = 0.25) is outside [0, 0.25).
-        let (mass, area, hit) = ground(&map, &[[0.0, 0.0, 0.25, 0.5]]).ok_or(crate::TrainError::Other("e".into()))?;
+        let (mass, area, hit) =
+            ground(&map, None, &[[0.0, 0.0, 0.25, 0.5]]).ok_or(crate::TrainError::Other("e".into()))?;
         assert!((mass - 0.35).abs() < 1e-6 && (area - 0.125).abs() < 1e-6 && !hit);
         // Unnormalised maps are normalised; two overlapping boxes count their union once.
-        let (mass, ..) = ground(&[vec![2.0, 2.0], vec![0.0, 0.0]], &[[0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 0.5]])
+        let (mass, ..) = ground(&[vec![2.0, 2.0], vec![0.0, 0.0]], None, &[[0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 0.5]])
             .ok_or(crate::TrainError::Other("e".into()))?;
         assert!((mass - 1.0).abs() < 1e-6, "{mass}");
-        assert!(ground(&[vec![0.0]], &[quarter]).is_none(), "no mass, no share");
+        assert!(ground(&[vec![0.0]], None, &[quarter]).is_none(), "no mass, no share");
+
+        // Cells placed by a frame: a stride-2 grid's first cell is centred near the image's edge
+        // (x = 0.1, spanning [0, 0.35)), not at the even tiling's 0.25: its peak falls in a box
+        // over [0, 0.2) that the even grid's misses, and the box holds 0.2 / 0.35 of its mass.
+        let frame = CellFrame { y: gaze_zoo::CellAxis::even(1), x: gaze_zoo::CellAxis { first: 0.1, step: 0.5 } };
+        let edge = [0.0, 0.0, 0.2, 1.0];
+        let one_row = [vec![1.0, 0.0]];
+        let (mass, _, hit) = ground(&one_row, None, &[edge]).ok_or(crate::TrainError::Other("e".into()))?;
+        assert!((mass - 0.4).abs() < 1e-6 && !hit, "{mass}");
+        let (mass, _, hit) = ground(&one_row, Some(&frame), &[edge]).ok_or(crate::TrainError::Other("e".into()))?;
+        assert!((mass - 0.2 / 0.35).abs() < 1e-6 && hit, "{mass}");
 
         // Through the metric: two rows, the second looking at the bottom-right.
         let row = Row {
@@ -153,6 +189,7 @@ mod tests {
             steps: None,
             stats: &[],
             image_hw: (8, 8),
+            frame_of: None,
         })?;
         let mut out = Measured::default();
         g.finish(&mut out);
@@ -169,6 +206,7 @@ mod tests {
             steps: None,
             stats: &[],
             image_hw: (8, 8),
+            frame_of: None,
         })?;
         let mut out = Measured::default();
         g.finish(&mut out);

@@ -176,7 +176,14 @@ pub struct Rows<'a> {
     pub stats: &'a [(String, f64)],
     /// (height, width) of the images.
     pub image_hw: (usize, usize),
+    /// Where the cells of a (gh, gw) map lie on the images, when not tiling them evenly (the
+    /// model's [`gaze_zoo::Model::cell_frame`]); None: every grid tiles them evenly.
+    pub frame_of: Option<FrameOf<'a>>,
 }
+
+/// A model's [`gaze_zoo::Model::cell_frame`] for the batch's images: a map's (gh, gw) to where
+/// its cells lie (None: evenly).
+pub type FrameOf<'a> = &'a dyn Fn((usize, usize)) -> Option<gaze_zoo::CellFrame>;
 
 /// Results by name: `scores` are measured on every split and named with its prefix (`acc_pct`
 /// becomes `val_acc_pct`, `test_acc_pct`); `facts` are properties of the test run named as they

@@ -17,9 +17,10 @@
 //!
 //! They are facts of the split evaluated (named without its prefix).
 
-use super::grounding::ground;
+use super::grounding::{cell_centre, frame_for, ground};
 use super::{round4, FracBox, Measured, Metric, Rows};
 use crate::error::Result;
+use gaze_zoo::CellFrame;
 
 /// Sums over the words seen.
 #[derive(Debug, Clone, Default)]
@@ -34,12 +35,13 @@ pub struct WordGrounding {
     prev_words: u64,
 }
 
-/// The share of the cells of a `gh` x `gw` grid whose centre lies inside `b`.
-pub fn centres_inside(b: &FracBox, gh: usize, gw: usize) -> f64 {
+/// The share of the cells of a `gh` x `gw` grid (placed by `frame`, else tiling the image evenly)
+/// whose centre lies inside `b`.
+pub fn centres_inside(b: &FracBox, gh: usize, gw: usize, frame: Option<&CellFrame>) -> f64 {
     let mut n = 0usize;
     for i in 0..gh {
         for j in 0..gw {
-            let (x, y) = ((j as f32 + 0.5) / gw as f32, (i as f32 + 0.5) / gh as f32);
+            let (x, y) = cell_centre(i, j, (gh, gw), frame);
             n += usize::from(x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
         }
     }
@@ -52,16 +54,19 @@ impl Metric for WordGrounding {
         for (row, maps) in b.rows.iter().zip(steps) {
             for (s, (word, map)) in row.word_boxes.iter().zip(maps).enumerate() {
                 let Some(bx) = word.and_then(|k| row.boxes.get(k)) else { continue };
-                if let Some((mass, area, hit)) = ground(map, std::slice::from_ref(bx)) {
+                let frame = frame_for(b, map);
+                if let Some((mass, area, hit)) = ground(map, frame.as_ref(), std::slice::from_ref(bx)) {
                     let (gh, gw) = (map.len(), map.first().map_or(0, Vec::len));
                     self.mass += mass;
                     self.area += area;
                     self.hits += u64::from(hit);
-                    self.chance_hits += centres_inside(bx, gh, gw);
+                    self.chance_hits += centres_inside(bx, gh, gw, frame.as_ref());
                     self.words += 1;
                 }
                 let before = s.checked_sub(1).and_then(|p| maps.get(p));
-                if let Some((mass, _, hit)) = before.and_then(|m| ground(m, std::slice::from_ref(bx))) {
+                if let Some((mass, _, hit)) =
+                    before.and_then(|m| ground(m, frame_for(b, m).as_ref(), std::slice::from_ref(bx)))
+                {
                     self.prev_mass += mass;
                     self.prev_hits += u64::from(hit);
                     self.prev_words += 1;
@@ -127,6 +132,7 @@ mod tests {
             steps: Some(&steps),
             stats: &[],
             image_hw: (8, 8),
+            frame_of: None,
         })?;
         let mut out = Measured::default();
         g.finish(&mut out);
@@ -141,11 +147,19 @@ mod tests {
         assert_eq!(out.facts["pointing_prev_pct"], 0.0);
         // Without teacher-forced maps (a model that does not attend) nothing is reported.
         let mut none = WordGrounding::default();
-        none.update(&Rows { rows: &rows, predicted: &pred, looked: None, steps: None, stats: &[], image_hw: (8, 8) })?;
+        none.update(&Rows {
+            rows: &rows,
+            predicted: &pred,
+            looked: None,
+            steps: None,
+            stats: &[],
+            image_hw: (8, 8),
+            frame_of: None,
+        })?;
         let mut out = Measured::default();
         none.finish(&mut out);
         assert!(out.facts.is_empty());
-        assert!((centres_inside(&[0.0, 0.0, 0.5, 1.0], 3, 4) - 0.5).abs() < 1e-9);
+        assert!((centres_inside(&[0.0, 0.0, 0.5, 1.0], 3, 4, None) - 0.5).abs() < 1e-9);
         Ok(())
     }
 }
