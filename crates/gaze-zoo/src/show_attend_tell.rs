@@ -21,7 +21,10 @@
 //! With `query = "current"` the step reads its word first (the LSTM on [E y_{t-1}; mean(a)], or
 //! with `feed_context` on [E y_{t-1}; z_{t-1}]) and attends with the new state h_t instead
 //! ("Knowing When to Look", Lu et al. 2017), so the map of step t belongs to the state that
-//! scores word t.
+//! scores word t. With `feed_location` the LSTM also reads where the last step looked (the
+//! attention-weighted mean of the cells' centres, or the sampled cell's centre), but not what it
+//! saw there: relations between what it has named stay within its reach, while a colour or a
+//! shape has to be read again at the step that names it.
 //!
 //! With `gate`, z_t is scaled by beta_t = sigmoid(f_beta(h_{t-1})) (section 4.2.1). The LSTM reads
 //! [E y_{t-1}; z_t]. With `deep_output` the token scores are
@@ -97,6 +100,10 @@ pub struct ShowAttendTellConfig {
     /// looked at ("input feeding", Luong et al. 2015, "Effective Approaches to Attention-based
     /// Neural Machine Translation").
     pub feed_context: bool,
+    /// With `query = "current"`: the LSTM also reads where the previous step looked, (x, y) in
+    /// [-1, 1] (the centre at the first step): the attention-weighted mean of the cells' centres,
+    /// or the sampled cell's centre.
+    pub feed_location: bool,
     /// The CNN whose last feature map is the annotation grid (`in_channels` from the data).
     pub convnet: ConvNetConfig,
     /// A pretrained trunk in place of `convnet` (its last kept stage is the grid).
@@ -144,6 +151,7 @@ impl Default for ShowAttendTellConfig {
             attention: Looking::Soft,
             query: Query::Previous,
             feed_context: false,
+            feed_location: false,
             convnet: ConvNetConfig::default(),
             encoder: None,
             cell_coords: true,
@@ -214,7 +222,7 @@ pub struct ShowAttendTell {
     lstm: LstmCell,
     head: Head,
     grid: (usize, usize),
-    /// Each cell's centre (1, L, 2), when appended to the annotations.
+    /// Each cell's centre (1, L, 2), when appended to the annotations or fed as the location.
     centres: Option<Tensor>,
     vocab: usize,
     baseline: Mutex<Option<f64>>,
@@ -233,6 +241,8 @@ struct ReadState {
     keys: Tensor,
     mean: Tensor,
     context: Tensor,
+    /// Where the last step looked, (n, 2) (the centre, 0, before the first).
+    place: Tensor,
 }
 
 impl BeamState for ReadState {
@@ -243,6 +253,7 @@ impl BeamState for ReadState {
             keys: self.keys.index_select(rows, 0)?,
             mean: self.mean.index_select(rows, 0)?,
             context: self.context.index_select(rows, 0)?,
+            place: self.place.index_select(rows, 0)?,
         })
     }
 }
@@ -310,6 +321,11 @@ impl ShowAttendTell {
         if cfg.feed_context && cfg.query != Query::Current {
             return Err(err("`feed_context` needs `query = \"current\"` (the paper's order already reads z_t)".into()));
         }
+        if cfg.feed_location && (cfg.query != Query::Current || cfg.attention == Looking::None) {
+            return Err(err(
+                "`feed_location` needs `query = \"current\"` and an attention to say where it looked".into()
+            ));
+        }
         let net_cfg = ConvNetConfig { in_channels: c, ..cfg.convnet.clone() };
         let (d, gh, gw) = match &cfg.encoder {
             None => net_cfg.output_shape(h, w),
@@ -354,10 +370,14 @@ impl ShowAttendTell {
             init_h: candle_nn::linear(d, cfg.hidden, vb.pp("init_h"))?,
             init_c: candle_nn::linear(d, cfg.hidden, vb.pp("init_c"))?,
             attention: AdditiveAttention::new(&att, vb.pp("attention"))?,
-            lstm: LstmCell::new(cfg.embed + d, cfg.hidden, vb.pp("lstm"))?,
+            lstm: LstmCell::new(cfg.embed + d + if cfg.feed_location { 2 } else { 0 }, cfg.hidden, vb.pp("lstm"))?,
             head,
             grid: (gh, gw),
-            centres: if cfg.cell_coords { Some(gaze_tensor::ops::cell_centres(gh, gw, vb.device())?) } else { None },
+            centres: if cfg.cell_coords || cfg.feed_location {
+                Some(gaze_tensor::ops::cell_centres(gh, gw, vb.device())?)
+            } else {
+                None
+            },
             vocab: shape.classes,
             baseline: Mutex::new(None),
         })
@@ -366,14 +386,15 @@ impl ShowAttendTell {
     /// The annotation grid and the initial state. Shapes: images (b, c, h, w) -> feats (b, L, D).
     fn start(&self, images: &Tensor, train: bool) -> Result<ReadState> {
         let mut feats = self.net.forward(images, train)?.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-        if let Some(xy) = &self.centres {
+        if let Some(xy) = self.centres.as_ref().filter(|_| self.cfg.cell_coords) {
             let (b, l, _) = feats.dims3()?;
             feats = Tensor::cat(&[&feats, &xy.broadcast_as((b, l, 2))?.contiguous()?], 2)?;
         }
         let mean = feats.mean(1)?;
         let lstm = LstmState { h: self.init_h.forward(&mean)?.tanh()?, c: self.init_c.forward(&mean)?.tanh()? };
         let keys = self.attention.keys(&feats)?;
-        Ok(ReadState { lstm, feats, keys, context: mean.clone(), mean })
+        let place = Tensor::zeros((mean.dim(0)?, 2), mean.dtype(), mean.device())?;
+        Ok(ReadState { lstm, feats, keys, context: mean.clone(), mean, place })
     }
 
     /// How a pass forms its contexts: from the config, training or not, and (hard attention in
@@ -415,23 +436,37 @@ impl ShowAttendTell {
         let read_first = match (self.cfg.query, how) {
             (Query::Current, Context::Expected | Context::Sampled) => {
                 let seen = if self.cfg.feed_context { &s.context } else { &s.mean };
-                Some(w.step(&Tensor::cat(&[&e, seen], 1)?, Some(&s.lstm))?)
+                let input = if self.cfg.feed_location {
+                    Tensor::cat(&[&e, seen, &s.place], 1)?
+                } else {
+                    Tensor::cat(&[&e, seen], 1)?
+                };
+                Some(w.step(&input, Some(&s.lstm))?)
             }
             _ => None,
         };
         let h = read_first.as_ref().map_or(&s.lstm.h, |l| &l.h);
-        let (mut z, alpha, log_pick) = match how {
-            Context::Mean => (s.mean.clone(), None, None),
+        let centres = self.centres.as_ref().filter(|_| self.cfg.feed_location);
+        let (mut z, alpha, log_pick, place) = match how {
+            Context::Mean => (s.mean.clone(), None, None, s.place.clone()),
             Context::Expected | Context::Sampled => {
                 let alpha = candle_nn::ops::softmax(&self.attention.scores_from_keys(&s.keys, h)?, D::Minus1)?;
                 if how == Context::Expected {
-                    (weighted_sum(&s.feats, &alpha)?, Some(alpha), None)
+                    let place = match centres {
+                        Some(xy) => alpha.matmul(&xy.squeeze(0)?)?,
+                        None => s.place.clone(),
+                    };
+                    (weighted_sum(&s.feats, &alpha)?, Some(alpha), None, place)
                 } else {
                     let (n, _, d) = s.feats.dims3()?;
                     let index = sample::categorical_sample(&alpha.detach(), rng)?;
                     let log_pick = sample::categorical_log_prob(&alpha, &index)?;
+                    let place = match centres {
+                        Some(xy) => xy.squeeze(0)?.index_select(&index, 0)?,
+                        None => s.place.clone(),
+                    };
                     let idx = index.reshape((n, 1, 1))?.broadcast_as((n, 1, d))?.contiguous()?;
-                    (s.feats.gather(&idx, 1)?.squeeze(1)?, Some(alpha), Some(log_pick))
+                    (s.feats.gather(&idx, 1)?.squeeze(1)?, Some(alpha), Some(log_pick), place)
                 }
             }
         };
@@ -458,8 +493,14 @@ impl ShowAttendTell {
                 out.forward(&o)?
             }
         };
-        let state =
-            ReadState { lstm, feats: s.feats.clone(), keys: s.keys.clone(), mean: s.mean.clone(), context: z.clone() };
+        let state = ReadState {
+            lstm,
+            feats: s.feats.clone(),
+            keys: s.keys.clone(),
+            mean: s.mean.clone(),
+            context: z.clone(),
+            place,
+        };
         Ok(Stepped { scores, state, alpha, log_pick })
     }
 
@@ -693,15 +734,23 @@ mod tests {
     fn each_kind_of_attention_fits_the_fixed_batch_and_decodes_it() -> Result<()> {
         let batch = halves()?;
         let want = vec![vec![4], vec![5], vec![4, 5], vec![]];
-        for (looking, query, feed_context) in [
-            (Looking::Soft, Query::Previous, false),
-            (Looking::Hard, Query::Previous, false),
-            (Looking::None, Query::Previous, false),
-            (Looking::Soft, Query::Current, false),
-            (Looking::Hard, Query::Current, false),
-            (Looking::Soft, Query::Current, true),
+        for (looking, query, feed_context, feed_location) in [
+            (Looking::Soft, Query::Previous, false, false),
+            (Looking::Hard, Query::Previous, false, false),
+            (Looking::None, Query::Previous, false, false),
+            (Looking::Soft, Query::Current, false, false),
+            (Looking::Hard, Query::Current, false, false),
+            (Looking::Soft, Query::Current, true, false),
+            (Looking::Soft, Query::Current, false, true),
+            (Looking::Hard, Query::Current, false, true),
         ] {
-            let cfg = ShowAttendTellConfig { attention: looking, query, feed_context, ..ShowAttendTellConfig::tiny() };
+            let cfg = ShowAttendTellConfig {
+                attention: looking,
+                query,
+                feed_context,
+                feed_location,
+                ..ShowAttendTellConfig::tiny()
+            };
             let (vm, model) = tiny_with(cfg)?;
             let mut r = Seed(1).rng();
             // Hard attention learns from half its batches' samples: more steps; so does a decoder
@@ -752,6 +801,38 @@ mod tests {
             let (a, b) = (alpha(4)?, alpha(5)?);
             let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert_eq!(diff > 1e-6, depends, "{query:?}: {diff}");
+        }
+        Ok(())
+    }
+
+    /// With `feed_location`, where the last step looked reaches the next step's query (and so
+    /// where it looks); without it the place is not read. The place fed is the attention's
+    /// centre of mass over the cells' centres.
+    #[test]
+    fn the_fed_location_is_where_the_last_step_looked() -> Result<()> {
+        let batch = halves()?;
+        for fed in [false, true] {
+            let cfg =
+                ShowAttendTellConfig { query: Query::Current, feed_location: fed, ..ShowAttendTellConfig::tiny() };
+            let (_vm, model) = tiny_with(cfg)?;
+            let w = model.lstm.weights()?;
+            let s = model.start(&batch.images, false)?;
+            let prev = Tensor::full(4u32, 4, batch.images.device())?;
+            let mut r = Seed(0).rng();
+            let first = model.step(&w, &s, &prev, (Context::Expected, false), &mut r)?;
+            let alpha = first.alpha.as_ref().ok_or_else(|| err("no alpha".into()))?;
+            if fed {
+                let xy = model.centres.as_ref().ok_or_else(|| err("no centres".into()))?;
+                let want = alpha.matmul(&xy.squeeze(0)?)?;
+                let diff = (&first.state.place - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 1e-6, "{diff}");
+            }
+            let mut moved = ReadState { place: Tensor::full(0.5f32, (4, 2), batch.images.device())?, ..s };
+            moved.place = moved.place.contiguous()?;
+            let again = model.step(&w, &moved, &prev, (Context::Expected, false), &mut r)?;
+            let a2 = again.alpha.ok_or_else(|| err("no alpha".into()))?;
+            let diff = (alpha - a2)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff > 1e-6, fed, "fed {fed}: {diff}");
         }
         Ok(())
     }
@@ -858,6 +939,18 @@ mod tests {
         let fed = ShowAttendTellConfig { feed_context: true, ..ShowAttendTellConfig::tiny() };
         let e = ShowAttendTell::new(&fed, &shape, vm.builder(&Device::Cpu)).err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("feed_context")), "feeding the context needs the current query");
+        for cfg in [
+            ShowAttendTellConfig { feed_location: true, ..ShowAttendTellConfig::tiny() },
+            ShowAttendTellConfig {
+                feed_location: true,
+                query: Query::Current,
+                attention: Looking::None,
+                ..ShowAttendTellConfig::tiny()
+            },
+        ] {
+            let e = ShowAttendTell::new(&cfg, &shape, vm.builder(&Device::Cpu)).err().map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("feed_location")), "{cfg:?}");
+        }
         Ok(())
     }
 }
