@@ -53,15 +53,7 @@ mod tests {
         let rows = [row(Some(1)), row(Some(2)), row(None), row(Some(0))];
         let predicted = [Predicted::Class(1), Predicted::Class(0), Predicted::Class(0), Predicted::Class(0)];
         let mut m = Accuracy::default();
-        m.update(&Rows {
-            rows: &rows,
-            predicted: &predicted,
-            looked: None,
-            steps: None,
-            stats: &[],
-            image_hw: (1, 1),
-            frame_of: None,
-        })?;
+        m.update(&crate::metrics::tests::plain(&rows, &predicted))?;
         let mut out = Measured::default();
         m.finish(&mut out);
         assert_eq!(out.scores["acc_pct"], 50.0);

@@ -269,3 +269,13 @@ pub fn round4(x: f64) -> f64 {
 pub fn class_right(p: &Predicted, t: &Truth) -> bool {
     matches!((p, t), (Predicted::Class(p), Truth::Class(Some(t))) if p == t)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::{Predicted, Row, Rows};
+
+    /// A batch of predictions alone (no maps, no statistics, 1x1 images), for the metrics' tests.
+    pub(crate) fn plain<'a>(rows: &'a [Row], predicted: &'a [Predicted]) -> Rows<'a> {
+        Rows { rows, predicted, looked: None, steps: None, stats: &[], image_hw: (1, 1), frame_of: None }
+    }
+}

@@ -83,15 +83,7 @@ mod tests {
         let rows = [row(vec![4, 5]), row(vec![6, 7]), row(vec![8, 9])];
         let got = [Predicted::Tokens(vec![4, 5]), Predicted::Tokens(vec![6]), Predicted::Tokens(vec![9, 8])];
         let mut m = SequenceError::default();
-        m.update(&Rows {
-            rows: &rows,
-            predicted: &got,
-            looked: None,
-            steps: None,
-            stats: &[],
-            image_hw: (1, 1),
-            frame_of: None,
-        })?;
+        m.update(&crate::metrics::tests::plain(&rows, &got))?;
         let mut out = Measured::default();
         m.finish(&mut out);
         assert_eq!(out.scores["sequence_error_pct"], round4(200.0 / 3.0));
@@ -102,15 +94,7 @@ mod tests {
         let rows = [two.clone(), two];
         let got = [Predicted::Tokens(vec![6, 5]), Predicted::Tokens(vec![6])];
         let mut m = SequenceError::default();
-        m.update(&Rows {
-            rows: &rows,
-            predicted: &got,
-            looked: None,
-            steps: None,
-            stats: &[],
-            image_hw: (1, 1),
-            frame_of: None,
-        })?;
+        m.update(&crate::metrics::tests::plain(&rows, &got))?;
         let mut out = Measured::default();
         m.finish(&mut out);
         assert_eq!(out.scores["sequence_error_pct"], 50.0);
