@@ -271,7 +271,7 @@ pub fn class_right(p: &Predicted, t: &Truth) -> bool {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::{Predicted, Row, Rows};
 
     /// A batch of predictions alone (no maps, no statistics, 1x1 images), for the metrics' tests.
