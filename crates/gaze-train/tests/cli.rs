@@ -43,6 +43,9 @@ fn train_eval_infer_show() -> anyhow::Result<()> {
         .sum();
     assert_eq!(matrix, 32, "every test digit counted once: {out}");
     assert!(gaze(&["eval", run, "--last"])?.contains("last.safetensors"));
+    // The validation split, scored alike under its own names.
+    let val = gaze(&["eval", run, "--split", "val"])?;
+    assert!(val.contains("val accuracy") && val.contains("val_acc_pct") && !val.contains("test_acc_pct"), "{val}");
     // Without `best`, eval says so instead of reading `last` unasked.
     let best = Path::new(run).join("checkpoints/best.safetensors");
     let kept = tmp.path().join("best.keep");

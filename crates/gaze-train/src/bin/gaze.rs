@@ -26,6 +26,15 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// A split of a run's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Split {
+    /// The validation split.
+    Val,
+    /// The test split.
+    Test,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Train an experiment file; writes runs/<name>/<timestamp>-s<seed>/.
@@ -46,7 +55,7 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Evaluate a run's best checkpoint on its test set.
+    /// Evaluate a run's best checkpoint on its test set (or, with `--split val`, its validation set).
     Eval {
         /// The run folder.
         run: PathBuf,
@@ -57,6 +66,10 @@ enum Cmd {
         /// (by default that is refused: the scores would be of other data).
         #[arg(long)]
         other_data: bool,
+        /// The split to score: `test`, or `val` to compare settings without reading the test
+        /// split (every measure the test split gets, grounding included).
+        #[arg(long, value_enum, default_value_t = Split::Test)]
+        split: Split,
     },
     /// Classify an image (or, for a sequence model, read it: a caption, digits) with a run's
     /// model and write a picture of where it looked (one per word for a sequence).
@@ -137,14 +150,18 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&s.metrics)?);
             println!("run: {}", s.run_dir.display());
         }
-        Cmd::Eval { run, last, other_data } => {
+        Cmd::Eval { run, last, other_data, split } => {
             gaze_train::set_threads(cli.threads.unwrap_or(0));
             let (cfg, data, built, checkpoint) = trainer::load_run(&run, last, other_data, &device)?;
             println!("checkpoint: {}", checkpoint.display());
             let how = (1.0, cfg.train.decode, data.max_steps.max(1));
+            let (name, set) = match split {
+                Split::Test => ("test", &data.test),
+                Split::Val => ("val", &data.val),
+            };
             let e = evaluate(
                 built.model.as_ref(),
-                &data.test,
+                set,
                 cfg.train.eval_batch_size,
                 how,
                 Seed(cfg.seed).stream("eval"),
@@ -152,36 +169,39 @@ fn main() -> anyhow::Result<()> {
             )?;
             match (e.score("acc_pct"), e.score("sequence_error_pct")) {
                 (_, Some(err)) if e.score("bleu4").is_some() => println!(
-                    "{}: test BLEU-4 {:.2} (captions unlike every reference {err:.2}%), loss {:.4}, on {}",
+                    "{}: {name} BLEU-4 {:.2} (captions unlike every reference {err:.2}%), loss {:.4}, on {}",
                     cfg.name,
                     e.score("bleu4").unwrap_or_default(),
                     e.loss,
                     data.description
                 ),
                 (Some(acc), _) => println!(
-                    "{}: test accuracy {acc:.2}% (error {:.2}%), loss {:.4}, on {}",
+                    "{}: {name} accuracy {acc:.2}% (error {:.2}%), loss {:.4}, on {}",
                     cfg.name,
                     100.0 - acc,
                     e.loss,
                     data.description
                 ),
                 (None, Some(err)) => {
-                    println!("{}: test sequence error {err:.2}%, loss {:.4}, on {}", cfg.name, e.loss, data.description)
+                    println!(
+                        "{}: {name} sequence error {err:.2}%, loss {:.4}, on {}",
+                        cfg.name, e.loss, data.description
+                    )
                 }
-                _ => println!("{}: test loss {:.4}, on {}", cfg.name, e.loss, data.description),
+                _ => println!("{}: {name} loss {:.4}, on {}", cfg.name, e.loss, data.description),
             }
-            for (k, v) in e.named("test").iter().chain(&e.measured.facts) {
+            for (k, v) in e.named(name).iter().chain(&e.measured.facts) {
                 println!("  {k:<28} {v}");
             }
             if !e.loss.is_finite() {
                 anyhow::bail!(
-                    "{}: the test loss is {} with these parameters: the run diverged before this checkpoint was \
+                    "{}: the {name} loss is {} with these parameters: the run diverged before this checkpoint was \
                      written; its figures mean nothing",
                     checkpoint.display(),
                     e.loss
                 );
             }
-            if let gaze_train::data::Examples::Images { set, .. } = &data.test {
+            if let gaze_train::data::Examples::Images { set, .. } = set {
                 if let Some(c) = report::Confusion::of_images(set, &e.predictions, data.classes)? {
                     print!("{}", c.describe(&data.class_names));
                 }
