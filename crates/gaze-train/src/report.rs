@@ -432,6 +432,8 @@ fn sequence_tiles(
             continue;
         }
         let b = set.batch(&idx, device)?;
+        let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
+        let frame_of = |grid| model.cell_frame(grid, image_hw);
         let d = model.decode(&b, search, max_steps.max(1), &mut Seed(0).rng())?;
         let mut title = String::from("inputs (the model does not attend)");
         let mut tiles = vec![];
@@ -444,8 +446,6 @@ fn sequence_tiles(
                 }
                 _ => {}
             }
-            let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
-            let frame_of = |grid| model.cell_frame(grid, image_hw);
             let shown = decoded_strip(&img, &d, k, set, Some(&frame_of))?;
             let want = truth(i).map(|t| set.spell(t)).unwrap_or_default();
             let mark = if right { "right" } else { "WRONG" };
@@ -476,6 +476,8 @@ fn vqa_tiles(model: &dyn Model, data: &Prepared, n: usize, device: &Device) -> R
         let b = set.batch(&idx, device)?;
         let out = model.forward(&b, Mode::eval(), &mut Seed(0).rng())?;
         let preds = out.scores.classes()?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
+        let frame_of = |grid| model.cell_frame(grid, image_hw);
         for (r, info) in set.row_info(&idx).iter().enumerate() {
             let known = !matches!(info.row.truth, crate::metrics::Truth::Class(None));
             let ok = known && preds.get(r).is_some_and(|&p| name(p) == info.truth);
@@ -484,8 +486,6 @@ fn vqa_tiles(model: &dyn Model, data: &Prepared, n: usize, device: &Device) -> R
                 continue;
             }
             let img = set.image(idx[info.image])?;
-            let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
-            let frame_of = |grid| model.cell_frame(grid, image_hw);
             let (shown, t) = render_attention(&img, out.attention.as_ref(), r, Some(&frame_of))?;
             if let Some(t) = t {
                 title = t;
