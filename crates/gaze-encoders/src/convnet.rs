@@ -29,6 +29,10 @@ pub struct ConvNetConfig {
     /// Stride of each block's first conv (1: none; 2 with `pool = 1` is the Relation Networks
     /// CNN, four times cheaper than conv + pool at the same output size).
     pub stride: usize,
+    /// The first conv's stride block by block, one per block, in place of `stride` (empty: `stride`
+    /// for every block). `[2, 2, 2, 1]` keeps the last block's grid as fine as the one before it
+    /// while its receptive field still grows.
+    pub strides: Vec<usize>,
     /// Group norm after each conv with this many channel groups (0: none). Unlike batch norm it
     /// normalises each image on its own ("Group Normalization", Wu and He 2018), so training
     /// and evaluation compute the same function and small batches are fine. Not with `batch_norm`.
@@ -67,6 +71,7 @@ impl Default for ConvNetConfig {
             batch_norm: false,
             convs_per_block: 1,
             stride: 1,
+            strides: vec![],
             group_norm: 0,
             coord_channels: false,
             padding: Padding::Zeros,
@@ -85,6 +90,7 @@ impl ConvNetConfig {
             batch_norm: false,
             convs_per_block: 1,
             stride: 1,
+            strides: vec![],
             group_norm: 0,
             coord_channels: false,
             padding: Padding::Zeros,
@@ -103,6 +109,7 @@ impl ConvNetConfig {
             batch_norm: true,
             convs_per_block: 2,
             stride: 1,
+            strides: vec![],
             group_norm: 0,
             coord_channels: false,
             padding: Padding::Zeros,
@@ -118,13 +125,13 @@ impl ConvNetConfig {
     /// Where each block's grids lie on an `h x w` input: for every block, its output's size and
     /// frame before pooling, then after it (the same when `pool = 1`).
     pub fn frames(&self, h: usize, w: usize) -> Vec<[((usize, usize), CellFrame); 2]> {
-        let (k, s, p) = (self.kernel, self.stride.max(1), self.pool.max(1));
+        let (k, p) = (self.kernel, self.pool.max(1));
         let start = |n: usize| Track { n, first: 0.5, step: 1.0 };
         let (mut ty, mut tx) = (start(h), start(w));
         let mut out = Vec::with_capacity(self.channels.len());
-        for _ in &self.channels {
+        for i in 0..self.channels.len() {
             for j in 0..self.convs_per_block.max(1) {
-                let stride = if j == 0 { s } else { 1 };
+                let stride = if j == 0 { self.block_stride(i) } else { 1 };
                 (ty, tx) = (ty.conv(k, stride), tx.conv(k, stride));
             }
             let unpooled = ((ty.n, tx.n), CellFrame { y: ty.axis(h), x: tx.axis(w) });
@@ -144,14 +151,13 @@ impl ConvNetConfig {
 
     /// The (channels, height, width) of the last feature map for an input of `h x w`.
     pub fn output_shape(&self, h: usize, w: usize) -> (usize, usize, usize) {
-        let (p, s, pad) = (self.pool.max(1), self.stride.max(1), self.same_pad());
-        let conv = |x: usize| (x + 2 * pad).saturating_sub(self.kernel) / s + 1;
-        let (mut h, mut w) = (h, w);
-        for _ in &self.channels {
-            h = conv(h) / p;
-            w = conv(w) / p;
-        }
+        let (h, w) = self.frames(h, w).last().map_or((h, w), |[_, (grid, _)]| *grid);
         (self.channels.last().copied().unwrap_or(self.in_channels), h, w)
+    }
+
+    /// The stride of block `i`'s first conv: `strides[i]`, else `stride` (0 read as 1).
+    pub fn block_stride(&self, i: usize) -> usize {
+        self.strides.get(i).copied().unwrap_or(self.stride).max(1)
     }
 }
 
@@ -303,6 +309,16 @@ impl ConvNet {
                 return Err(candle_core::Error::Msg(format!("ConvNet: {name} must be at least 1, not 0")));
             }
         }
+        if !cfg.strides.is_empty() && cfg.strides.len() != cfg.channels.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "ConvNet: strides has {} entries for {} blocks (one per block, or none)",
+                cfg.strides.len(),
+                cfg.channels.len()
+            )));
+        }
+        if let Some(i) = cfg.strides.iter().position(|&s| s == 0) {
+            return Err(candle_core::Error::Msg(format!("ConvNet: strides[{i}] must be at least 1, not 0")));
+        }
         let mut c_in = cfg.in_channels + if cfg.coord_channels { 2 } else { 0 };
         for (i, &c) in cfg.channels.iter().enumerate() {
             let vb = vb.pp(format!("block{i}"));
@@ -314,7 +330,7 @@ impl ConvNet {
                 } else {
                     (format!("conv{j}"), format!("bn{j}"))
                 };
-                let stride = if j == 0 { cfg.stride.max(1) } else { 1 };
+                let stride = if j == 0 { cfg.block_stride(i) } else { 1 };
                 let padding = match cfg.padding {
                     Padding::Zeros => cfg.same_pad(),
                     Padding::Replicate => 0, // padded in `forward_stages`
@@ -470,6 +486,41 @@ mod tests {
         assert!(close(f.y.span(14).1, 60.0 / 63.0), "{f:?}");
         assert!(pooled.cell_frame((5, 5), (28, 28)).is_none(), "no block gives 5x5");
         assert!(pooled.cell_frame((7, 7), (28, 28)).is_none(), "even: left to the even arithmetic");
+        Ok(())
+    }
+
+    #[test]
+    fn strides_block_by_block_set_each_grid() -> Result<()> {
+        // [2, 2, 2, 1]: the last block keeps the 13x13 grid, and its cells where block 2 put them.
+        let cfg = ConvNetConfig {
+            channels: vec![2, 3, 2, 3],
+            pool: 1,
+            stride: 2,
+            strides: vec![2, 2, 2, 1],
+            ..ConvNetConfig::tiny()
+        };
+        let frames = cfg.frames(100, 100);
+        let sizes: Vec<(usize, usize)> = frames.iter().map(|f| f[1].0).collect();
+        assert_eq!(sizes, [(50, 50), (25, 25), (13, 13), (13, 13)]);
+        assert_eq!(frames[3][1].1, frames[2][1].1);
+        assert!((frames[3][1].1.x.step - 0.08).abs() < 1e-6, "{:?}", frames[3][1].1);
+        assert_eq!(cfg.output_shape(100, 100), (3, 13, 13));
+        let net = ConvNet::new(&cfg, SeededVarMap::new(Seed(0)).builder(&Device::Cpu))?;
+        let x = Tensor::zeros((1, 1, 37, 30), candle_core::DType::F32, &Device::Cpu)?;
+        for (o, f) in net.forward_all(&x, false)?.iter().zip(cfg.frames(37, 30)) {
+            assert_eq!((o.dim(2)?, o.dim(3)?), f[1].0);
+        }
+        // `strides` wins over `stride`; empty leaves `stride` to every block.
+        let plain = ConvNetConfig { strides: vec![], ..cfg.clone() };
+        assert_eq!(plain.output_shape(100, 100), (3, 7, 7));
+        assert_eq!((cfg.block_stride(3), plain.block_stride(3)), (1, 2));
+        // One per block, none zero.
+        let vm = candle_nn::VarMap::new();
+        for (bad, want) in [(vec![2, 2], "strides has 2 entries for 4 blocks"), (vec![2, 0, 2, 1], "strides[1]")] {
+            let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+            let e = ConvNet::new(&ConvNetConfig { strides: bad, ..cfg.clone() }, vb).err().map(|e| e.to_string());
+            assert!(e.as_deref().unwrap_or_default().contains(want), "{e:?}");
+        }
         Ok(())
     }
 

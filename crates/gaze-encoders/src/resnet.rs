@@ -184,13 +184,18 @@ impl ResNet {
         (WIDTHS[stages.clamp(1, 4) - 1], h, w)
     }
 
-    /// Where the grid of a `stages`-stage trunk lies on an h x w image: each stride-2 layer
+    /// Where the `grid` of a `stages`-stage trunk lies on an `(h, w)` image: each stride-2 layer
     /// (conv1, the max-pool, each later stage's first conv, all padded by half their kernel)
-    /// centres output o on input 2o, so cell o is centred on pixel `2^(stages + 1) * o`.
-    pub fn cell_frame(stages: usize, h: usize, w: usize) -> crate::CellFrame {
+    /// centres output o on input 2o, so cell o is centred on pixel `2^(stages + 1) * o`. None when
+    /// the trunk gives that image another grid.
+    pub fn cell_frame(stages: usize, grid: (usize, usize), (h, w): (usize, usize)) -> Option<crate::CellFrame> {
+        let (_, gh, gw) = Self::output_shape(stages, h, w);
+        if (gh, gw) != grid {
+            return None;
+        }
         let stride = (1usize << (stages.clamp(1, 4) + 1)) as f32;
         let axis = |side: usize| crate::CellAxis { first: 0.5 / side.max(1) as f32, step: stride / side.max(1) as f32 };
-        crate::CellFrame { y: axis(h), x: axis(w) }
+        Some(crate::CellFrame { y: axis(h), x: axis(w) })
     }
 
     /// Images (b, c, h, w), c = 1 or 3, in [0, 1] -> (b, d, h', w'). `train` (with a trainable
@@ -298,6 +303,9 @@ mod tests {
             assert_eq!(net.forward(&x, false)?.dims(), [2, d, gh, gw], "stages {stages}, {h}x{w}");
         }
         assert_eq!(ResNet::output_shape(4, 224, 224), (512, 7, 7));
+        let f = ResNet::cell_frame(4, (7, 7), (224, 224)).ok_or(candle_core::Error::Msg("no 7x7 frame".into()))?;
+        assert!((f.x.step - 32.0 / 224.0).abs() < 1e-6 && (f.y.first - 0.5 / 224.0).abs() < 1e-6, "{f:?}");
+        assert!(ResNet::cell_frame(4, (14, 14), (224, 224)).is_none(), "stage 4 gives 7x7, not 14x14");
         assert_eq!(ResNet::output_shape(3, 224, 224), (256, 14, 14));
         Ok(())
     }

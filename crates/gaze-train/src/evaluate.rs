@@ -202,6 +202,8 @@ fn maps_grounding(
         let b = set.batch(&idx, device)?;
         let Some(named) = maps(&b.images)? else { return Ok(Measured::default()) };
         let rows: Vec<_> = set.row_info(&idx).into_iter().map(|i| i.row).collect();
+        let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
+        let frame_of = |grid| model.cell_frame(grid, image_hw);
         for (name, map) in named {
             let at = match graded.iter().position(|(n, _)| *n == name) {
                 Some(i) => i,
@@ -211,8 +213,6 @@ fn maps_grounding(
                 }
             };
             let looked = Looked::Grid { maps: map.to_vec3::<f32>()?, hard: false };
-            let image_hw = (b.images.dim(2)?, b.images.dim(3)?);
-            let frame_of = |grid| model.cell_frame(grid, image_hw);
             let view = Rows {
                 rows: &rows,
                 predicted: &[],

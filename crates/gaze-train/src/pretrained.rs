@@ -35,7 +35,7 @@ pub fn resolve(source: &str) -> Result<PathBuf> {
 #[cfg(feature = "hub")]
 fn fetch_weights(repo: &str) -> Result<PathBuf> {
     crate::export::hub_file(repo, "model.safetensors", gaze_data::mnist::hub_offline())
-        .map_err(|e| TrainError::Other(format!("weights `{repo}`: {e}")))
+        .map_err(|e| TrainError::Other(format!("pretrained weights: {e}")))
 }
 
 /// What [`load`] did.

@@ -436,12 +436,9 @@ impl ShowAttendTell {
         let read_first = match (self.cfg.query, how) {
             (Query::Current, Context::Expected | Context::Sampled) => {
                 let seen = if self.cfg.feed_context { &s.context } else { &s.mean };
-                let input = if self.cfg.feed_location {
-                    Tensor::cat(&[&e, seen, &s.place], 1)?
-                } else {
-                    Tensor::cat(&[&e, seen], 1)?
-                };
-                Some(w.step(&input, Some(&s.lstm))?)
+                let place = self.cfg.feed_location.then_some(&s.place);
+                let parts: Vec<&Tensor> = [&e, seen].into_iter().chain(place).collect();
+                Some(w.step(&Tensor::cat(&parts, 1)?, Some(&s.lstm))?)
             }
             _ => None,
         };
@@ -561,11 +558,7 @@ impl Model for ShowAttendTell {
     fn cell_frame(&self, grid: (usize, usize), image: (usize, usize)) -> Option<crate::CellFrame> {
         match &self.net {
             Trunk::Conv(n) => n.config().cell_frame(grid, image),
-            Trunk::ResNet(n) => {
-                let stages = n.config().stages;
-                let (_, h, w) = ResNet::output_shape(stages, image.0, image.1);
-                ((h, w) == grid).then(|| ResNet::cell_frame(stages, image.0, image.1))
-            }
+            Trunk::ResNet(n) => ResNet::cell_frame(n.config().stages, grid, image),
         }
     }
 
